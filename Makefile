@@ -1,0 +1,32 @@
+# One entry point per task. `make help` lists them.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: help install serve demo test lint typecheck policy-test policy-check bench clean
+
+help:  ## list the tasks
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+install:  ## create .venv and install the project with its dev tools
+	scripts/setup
+
+demo: install  ## run the service with demo data on http://127.0.0.1:8080
+	$(VENV)/bin/pdp serve --demo
+
+test: install  ## lint, type-check, policy suites and the whole test suite
+	scripts/test
+
+lint:  ## ruff
+	$(VENV)/bin/ruff check .
+
+typecheck:  ## mypy --strict
+	$(VENV)/bin/mypy
+
+policy-check:  ## load the policies, report syntax errors with file and line
+	$(VENV)/bin/pdp policy check
+
+policy-test:  ## run the YAML policy suites in policies/tests
+	$(VENV)/bin/pdp policy test
+
+clean:  ## remove the venv and local data
+	rm -rf $(VENV) pdp-data .pytest_cache .mypy_cache .ruff_cache

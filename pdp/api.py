@@ -1,0 +1,425 @@
+"""The HTTP service (FastAPI): the one thin layer that owns limits, roles and status codes.
+
+Decisions run on the event loop (a memoised decision is microseconds); store I/O runs in
+the thread pool. Every error body is API.md's `{"error": {"code", "message", "details"}}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pdp.authzen import Evaluation, EvaluationsEnvelope, merge_item
+from pdp.core import Decision
+from pdp.errors import (
+    FORBIDDEN,
+    INTERNAL,
+    INVALID_REQUEST,
+    METHOD_NOT_ALLOWED,
+    NOT_FOUND,
+    PAYLOAD_TOO_LARGE,
+    UNAVAILABLE,
+    ApiError,
+    bad_request,
+    error_body,
+    invalid,
+    validation_details,
+)
+from pdp.facts import COLLECTIONS, MunicipalityCode, dump_fact, parse_fact
+from pdp.facts_service import FactsBehind
+from pdp.runtime import Runtime
+from pdp.store import Change, NotFound, StoreUnavailable
+from pdp.vocab import FACT_KINDS
+
+log = logging.getLogger(__name__)
+
+# Which role keeps which facts (API.md "Caller authentication").
+KIND_ROLES: dict[str, str] = {
+    "client": "facts_writer",
+    "relationship": "facts_writer",
+    "user": "facts_writer",
+    "area": "grant_admin",
+    "agreement": "grant_admin",
+    "grant": "grant_admin",
+}
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def _error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+class RequestIdMiddleware:
+    """Echo X-Request-ID on every response and time requests for the metrics."""
+
+    def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
+        self.app = app
+        self.runtime = runtime
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                request_id = value[:200]
+                break
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if request_id is not None:
+                    message["headers"] = [*message.get("headers", []),
+                                          (b"x-request-id", request_id)]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            self.runtime.metrics.http_seconds.labels(path, scope["method"], str(status)).observe(
+                time.perf_counter() - started)
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The request body as JSON: 413 past `limit` bytes, 400 when it is not JSON."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise ApiError(413, PAYLOAD_TOO_LARGE, f"request body over the limit of {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, PAYLOAD_TOO_LARGE,
+                           f"request body over the limit of {limit} bytes")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise bad_request(f"malformed JSON: {error}") from None
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    settings = runtime.settings
+    facts = runtime.facts
+    metrics = runtime.metrics
+    auth = runtime.auth
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        poller = asyncio.create_task(_poll_store())
+        try:
+            yield
+        finally:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+            runtime.close()
+
+    async def _poll_store() -> None:
+        """Pick up writes committed by other processes on the same store."""
+        while True:
+            await asyncio.sleep(settings.poll_interval_seconds)
+            try:
+                version = await run_in_threadpool(facts.catch_up)
+                metrics.facts_version.set(version)
+            except StoreUnavailable:
+                log.warning("store unavailable while catching up")
+            except Exception:  # keep polling whatever happens
+                log.exception("catch-up failed")
+
+    app = FastAPI(title="pdp", version="1", lifespan=lifespan,
+                  default_response_class=JSONResponse, docs_url="/docs", redoc_url=None)
+    app.add_middleware(RequestIdMiddleware, runtime=runtime)
+
+    # -- errors ------------------------------------------------------------------------
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, error: ApiError) -> Response:
+        return _error_response(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, error: RequestValidationError) -> Response:
+        details = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
+                   for e in error.errors()]
+        return JSONResponse(error_body(INVALID_REQUEST, "invalid request", details), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, error: StarletteHTTPException) -> Response:
+        code = {404: NOT_FOUND, 405: METHOD_NOT_ALLOWED}.get(error.status_code, INVALID_REQUEST)
+        return JSONResponse(error_body(code, str(error.detail)), error.status_code,
+                            headers=getattr(error, "headers", None))
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store_down(_request: Request, error: StoreUnavailable) -> Response:
+        log.warning("store unavailable: %s", error)
+        return JSONResponse(error_body(UNAVAILABLE, "the fact store is unavailable"), 503,
+                            headers={"Retry-After": "1"})
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, error: Exception) -> Response:
+        log.exception("unexpected error", exc_info=error)
+        return JSONResponse(error_body(INTERNAL, "internal error"), 500)
+
+    # -- health ------------------------------------------------------------------------
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        problems = []
+        if not facts.loaded:
+            problems.append("facts not loaded")
+        try:
+            await run_in_threadpool(facts.store.ping)
+        except StoreUnavailable as error:
+            problems.append(f"store: {error}")
+        body = {"status": "ready" if not problems else "not_ready", "problems": problems,
+                "policy_version": runtime.policy.version, "facts_version": facts.index.version}
+        return JSONResponse(body, status_code=503 if problems else 200)
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        metrics.facts_version.set(facts.index.version)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/.well-known/authzen-configuration")
+    async def authzen_configuration(request: Request) -> dict[str, str]:
+        base = str(request.base_url).rstrip("/")
+        return {
+            "policy_decision_point": base,
+            "access_evaluation_endpoint": f"{base}/access/v1/evaluation",
+            "access_evaluations_endpoint": f"{base}/access/v1/evaluations",
+        }
+
+    # -- decisions ---------------------------------------------------------------------
+
+    async def ensure_facts(min_version: int | None) -> None:
+        if min_version is None or facts.index.version >= min_version:
+            return
+        try:
+            await run_in_threadpool(facts.ensure_version, min_version,
+                                    settings.min_facts_wait_seconds)
+        except FactsBehind as error:
+            raise ApiError(503, UNAVAILABLE, str(error), headers={"Retry-After": "1"}) from None
+
+    def decide(evaluation: Evaluation) -> dict[str, Any]:
+        started = time.perf_counter()
+        decider = runtime.decider
+        misses = decider.misses
+        decision: Decision = decider.decide(evaluation.to_request())
+        metrics.decision_seconds.observe(time.perf_counter() - started)
+        metrics.decisions.labels(str(decision.decision).lower(), decision.reason).inc()
+        hit = decider.misses == misses
+        metrics.cache_requests.labels("decision", "hit" if hit else "miss").inc()
+        if not hit:
+            metrics.policy_queries.inc()
+        return {
+            "decision": decision.decision,
+            "context": {
+                "reason": decision.reason,
+                "decision_id": str(uuid.uuid4()),
+                "policy_version": decision.policy_version,
+                "facts_version": decision.facts_version,
+            },
+        }
+
+    @app.post("/access/v1/evaluation")
+    async def evaluation(request: Request) -> dict[str, Any]:
+        auth.require(request.headers.get("authorization"), ["pep"])
+        body = await read_json(request, settings.max_body_bytes)
+        try:
+            item = Evaluation.model_validate(body)
+        except ValidationError as error:
+            raise invalid(error) from None
+        await ensure_facts(item.context.min_facts_version)
+        return decide(item)
+
+    @app.post("/access/v1/evaluations")
+    async def evaluations(request: Request) -> dict[str, Any]:
+        auth.require(request.headers.get("authorization"), ["pep"])
+        body = await read_json(request, settings.max_body_bytes)
+        try:
+            envelope = EvaluationsEnvelope.model_validate(body)
+        except ValidationError as error:
+            raise invalid(error) from None
+        if len(envelope.evaluations) > settings.max_decision_batch:
+            raise bad_request(
+                f"{len(envelope.evaluations)} items; at most {settings.max_decision_batch}",
+                field="evaluations")
+        items: list[Evaluation | dict[str, Any]] = []
+        for index, raw in enumerate(envelope.evaluations):
+            try:
+                items.append(Evaluation.model_validate(merge_item(envelope, raw)))
+            except ValidationError as error:
+                details = validation_details(error, f"evaluations[{index}]")
+                items.append({"decision": False, "context": {"error": {
+                    "code": INVALID_REQUEST,
+                    "message": f"{details[0]['field']}: {details[0]['message']}",
+                    "details": details}}})
+        versions = [i.context.min_facts_version for i in items if isinstance(i, Evaluation)]
+        await ensure_facts(max((v for v in versions if v is not None), default=None))
+        semantic = envelope.options.evaluations_semantic
+        results: list[dict[str, Any]] = []
+        for item in items:
+            result = decide(item) if isinstance(item, Evaluation) else item
+            results.append(result)
+            if semantic == "deny_on_first_deny" and not result["decision"]:
+                break
+            if semantic == "permit_on_first_permit" and result["decision"]:
+                break
+        return {"evaluations": results}
+
+    # -- facts -------------------------------------------------------------------------
+
+    def fact_kind(collection: str) -> str:
+        kind = COLLECTIONS.get(collection)
+        if kind is None:
+            raise ApiError(404, NOT_FOUND, f"no such collection: {collection}")
+        return kind
+
+    def check_id(kind: str, fact_id: str, field: str = "id") -> None:
+        try:
+            parse_id(kind, fact_id)
+        except ValidationError:
+            what = ("a three-digit municipality code" if kind == "agreement" else
+                    "1-128 letters, digits, '-', '_' or '.'")
+            raise bad_request(f"must be {what}", field=field) from None
+
+    def fact_body(kind: str, fact_id: str, data: dict[str, Any], version: int) -> dict[str, Any]:
+        return {"id": fact_id, **data, "facts_version": version}
+
+    @app.put("/v1/{collection}/{fact_id}")
+    async def put_fact(collection: str, fact_id: str, request: Request) -> dict[str, Any]:
+        kind = fact_kind(collection)
+        auth.require(request.headers.get("authorization"), [KIND_ROLES[kind]])
+        check_id(kind, fact_id)
+        body = await read_json(request, settings.max_body_bytes)
+        try:
+            fact = parse_fact(kind, body)
+        except ValidationError as error:
+            raise invalid(error) from None
+        data = dump_fact(fact)
+        version = await run_in_threadpool(facts.write, [Change(kind, fact_id, data)])
+        metrics.fact_writes.labels(kind).inc()
+        return fact_body(kind, fact_id, data, version)
+
+    @app.get("/v1/{collection}/{fact_id}")
+    async def get_fact(collection: str, fact_id: str, request: Request) -> dict[str, Any]:
+        kind = fact_kind(collection)
+        auth.require(request.headers.get("authorization"), [KIND_ROLES[kind]])
+        stored = await run_in_threadpool(facts.get, kind, fact_id)
+        if stored is None:
+            raise ApiError(404, NOT_FOUND, f"no {kind} {fact_id!r}")
+        return fact_body(kind, fact_id, stored.data, stored.version)
+
+    @app.delete("/v1/{collection}/{fact_id}")
+    async def delete_fact(collection: str, fact_id: str, request: Request) -> dict[str, Any]:
+        kind = fact_kind(collection)
+        auth.require(request.headers.get("authorization"), [KIND_ROLES[kind]])
+        try:
+            version = await run_in_threadpool(facts.write, [Change(kind, fact_id, None)])
+        except NotFound:
+            raise ApiError(404, NOT_FOUND, f"no {kind} {fact_id!r}") from None
+        metrics.fact_writes.labels(kind).inc()
+        return {"id": fact_id, "deleted": True, "facts_version": version}
+
+    @app.post("/v1/facts:batch")
+    async def facts_batch(request: Request) -> dict[str, Any]:
+        caller = auth.authenticate(request.headers.get("authorization"))
+        body = await read_json(request, settings.max_batch_body_bytes)
+        raw = body.get("facts") if isinstance(body, dict) else None
+        if not isinstance(body, dict) or not isinstance(raw, list):
+            raise bad_request("must be a list of facts", field="facts")
+        if len(raw) > settings.max_facts_batch:
+            raise bad_request(f"{len(raw)} facts; at most {settings.max_facts_batch}",
+                              field="facts")
+        kinds = {str(i.get("kind")) for i in raw if isinstance(i, dict)} & set(FACT_KINDS)
+        missing = sorted({KIND_ROLES[k] for k in kinds if not caller.has_any([KIND_ROLES[k]])})
+        if missing:
+            raise ApiError(403, FORBIDDEN, f"this token lacks the role: {missing[0]}")
+        changes = parse_batch(raw)
+        if not changes:
+            return {"facts_version": facts.index.version, "count": 0}
+        version = await run_in_threadpool(facts.write, changes)
+        for change in changes:
+            metrics.fact_writes.labels(change.kind).inc()
+        return {"facts_version": version, "count": len(changes)}
+
+    return app
+
+
+def parse_id(kind: str, fact_id: str) -> str:
+    from pydantic import TypeAdapter
+
+    from pdp.facts import Id
+
+    adapter: TypeAdapter[str] = TypeAdapter(MunicipalityCode if kind == "agreement" else Id)
+    return adapter.validate_python(fact_id)
+
+
+def parse_batch(raw: list[Any]) -> list[Change]:
+    """Validate every item of a facts batch; 400 naming the first bad one, nothing stored."""
+    changes: list[Change] = []
+    details: list[dict[str, Any]] = []
+    for index, item in enumerate(raw):
+        where = f"facts[{index}]"
+        if not isinstance(item, dict):
+            details.append({"field": where, "message": "must be an object"})
+            continue
+        unknown = sorted(set(item) - {"kind", "id", "data"})
+        kind, fact_id = item.get("kind"), item.get("id")
+        if unknown:
+            details.append({"field": f"{where}.{unknown[0]}", "message": "unknown field"})
+            continue
+        if kind not in FACT_KINDS:
+            details.append({"field": f"{where}.kind",
+                            "message": f"must be one of {', '.join(FACT_KINDS)}"})
+            continue
+        if not isinstance(fact_id, str):
+            details.append({"field": f"{where}.id", "message": "must be a string"})
+            continue
+        try:
+            parse_id(kind, fact_id)
+        except ValidationError:
+            details.append({"field": f"{where}.id", "message": "not a valid id"})
+            continue
+        try:
+            fact = parse_fact(kind, item.get("data"))
+        except ValidationError as error:
+            details.extend(validation_details(error, f"{where}.data"))
+            continue
+        changes.append(Change(kind, fact_id, dump_fact(fact)))
+    if details:
+        first = details[0]
+        raise ApiError(400, INVALID_REQUEST, f"{first['field']}: {first['message']}", details)
+    return changes
+

@@ -1,0 +1,96 @@
+"""The AuthZEN request shapes (API.md "Decisions"), validated into core requests.
+
+Bad shape, wrong types, an unknown category or action: invalid (400, or an item error in
+a batch). A missing or unknown purpose is not an error: the policy denies it
+(`purpose_invalid`); unknown users and clients likewise.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
+
+from pdp.core import DecisionRequest
+from pdp.vocab import Action, Category
+
+RequestId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+class _Open(BaseModel):
+    """AuthZEN objects may carry more members than this service reads."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Subject(_Open):
+    type: Literal["user"]
+    id: RequestId
+
+
+class ActionModel(_Open):
+    name: Action
+
+
+class ResourceProperties(_Open):
+    category: Category
+
+
+class Resource(_Open):
+    type: Literal["client_record"]
+    id: RequestId
+    properties: ResourceProperties
+
+
+class Context(_Open):
+    purpose: Annotated[str, StringConstraints(max_length=128)] | None = None
+    min_facts_version: Annotated[StrictInt, Field(ge=0)] | None = None
+
+
+class Evaluation(_Open):
+    subject: Subject
+    action: ActionModel
+    resource: Resource
+    context: Context = Field(default_factory=Context)
+
+    def to_request(self) -> DecisionRequest:
+        return DecisionRequest(
+            user=self.subject.id,
+            client=self.resource.id,
+            category=self.resource.properties.category,
+            action=self.action.name,
+            purpose=self.context.purpose or "",
+        )
+
+
+EvaluationsSemantic = Literal["execute_all", "deny_on_first_deny", "permit_on_first_permit"]
+
+
+class EvaluationsOptions(_Open):
+    evaluations_semantic: EvaluationsSemantic = "execute_all"
+
+
+class EvaluationsEnvelope(_Open):
+    """The batch envelope; items are merged with the defaults and validated one by one."""
+
+    subject: dict[str, Any] | None = None
+    action: dict[str, Any] | None = None
+    resource: dict[str, Any] | None = None
+    context: dict[str, Any] | None = None
+    evaluations: list[dict[str, Any]]
+    options: EvaluationsOptions = Field(default_factory=EvaluationsOptions)
+
+
+def merge_item(defaults: EvaluationsEnvelope, item: dict[str, Any]) -> dict[str, Any]:
+    """An item's own members win over the request's defaults, one level deep."""
+    merged: dict[str, Any] = dict(item)
+    for key in ("subject", "action", "resource", "context"):
+        default = getattr(defaults, key)
+        own = item.get(key)
+        if default is None:
+            continue
+        if own is None and key not in item:
+            merged[key] = default
+        elif isinstance(own, dict):
+            merged[key] = {**default, **own}
+    return merged

@@ -1,0 +1,237 @@
+"""The `pdp` command: serve, check, facts import, policy test, policy check."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from pydantic import ValidationError
+
+from pdp.settings import Settings
+
+app = typer.Typer(help="Authorization decision service (PDP) for municipal access to "
+                       "employment-services client data.", no_args_is_help=True,
+                  add_completion=False)
+facts_app = typer.Typer(help="Load and inspect facts.", no_args_is_help=True)
+policy_app = typer.Typer(help="Check and test the Polar policies.", no_args_is_help=True)
+app.add_typer(facts_app, name="facts")
+app.add_typer(policy_app, name="policy")
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as error:
+        typer.echo(f"pdp: invalid configuration: {error}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"pdp: {message}", err=True)
+    return typer.Exit(code)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    demo: Annotated[bool, typer.Option(
+        "--demo", help="Load the demo data set and demo keys (a fresh SQLite file under "
+                       "pdp-data/ unless PDP_DATABASE_URL is set).")] = False,
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+) -> None:
+    """Start the HTTP decision service."""
+    import uvicorn
+
+    from pdp.api import create_app
+    from pdp.auth import DEMO_KEYS
+    from pdp.policy_engine import PolicyError
+    from pdp.runtime import build_runtime
+    from pdp.store import StoreUnavailable
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: "
+                                                        "%(message)s")
+    settings = _settings()
+    keys = settings.api_keys
+    if demo:
+        if not settings.database_url:
+            demo_file = settings.data_dir / "demo.sqlite3"
+            for path in demo_file.parent.glob("demo.sqlite3*"):
+                path.unlink()
+            settings = settings.model_copy(update={"database_url": f"sqlite:///{demo_file}"})
+        if keys is None:
+            keys = DEMO_KEYS
+            typer.echo("pdp: demo keys (bearer tokens): " + ", ".join(
+                f"{token} ({'/'.join(roles)})" for token, roles in DEMO_KEYS.items()))
+    if not keys:
+        raise _fail("PDP_API_KEYS is not set: give a JSON object of bearer token -> roles, "
+                    'e.g. PDP_API_KEYS=\'{"secret-token": ["pep"]}\' (or use --demo)', 2)
+    try:
+        runtime = build_runtime(settings, keys)
+    except PolicyError as error:
+        raise _fail(f"policy: {error}") from None
+    except StoreUnavailable as error:
+        raise _fail(f"store: {error}") from None
+    if demo:
+        from pdp.api import parse_batch
+        from pdp.demo import demo_facts
+
+        runtime.facts.write(parse_batch(demo_facts()))
+        typer.echo(f"pdp: demo data loaded, facts_version {runtime.facts.index.version}")
+    uvicorn.run(create_app(runtime), host=host, port=port, log_level=log_level.lower(),
+                access_log=False)
+
+
+@app.command()
+def check(
+    user: Annotated[str, typer.Option(help="Subject: the user id.")],
+    client: Annotated[str, typer.Option(help="Resource: the client id.")],
+    category: Annotated[str, typer.Option(help="Data category code.")],
+    purpose: Annotated[str, typer.Option(help="coaching, guidance or training.")] = "",
+    action: Annotated[str, typer.Option(help="read or write.")] = "read",
+    url: Annotated[str | None, typer.Option(
+        help="Ask a running server (e.g. http://127.0.0.1:8080) instead of the store.")] = None,
+    token: Annotated[str | None, typer.Option(
+        envvar="PDP_TOKEN", help="Bearer token for --url (or PDP_TOKEN).")] = None,
+) -> None:
+    """Decide one request and print the decision and reason.
+
+    Exit status: 0 allowed, 1 denied, 2 error."""
+    body: dict[str, Any] = {
+        "subject": {"type": "user", "id": user},
+        "action": {"name": action},
+        "resource": {"type": "client_record", "id": client, "properties": {"category": category}},
+        "context": {"purpose": purpose} if purpose else {},
+    }
+    if url:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            response = httpx.post(url.rstrip("/") + "/access/v1/evaluation", json=body,
+                                  headers=headers, timeout=10)
+        except httpx.HTTPError as error:
+            raise _fail(f"{url}: {error}", 2) from None
+        if response.status_code != 200:
+            raise _fail(f"{response.status_code} {response.text}", 2)
+        result = response.json()
+        decision, context = result["decision"], result["context"]
+    else:
+        from pdp.authzen import Evaluation
+        from pdp.core import check_policy, decide
+        from pdp.facts_service import FactService
+        from pdp.policy_engine import PolicyError, load_policy
+        from pdp.sqlstore import open_store
+
+        settings = _settings()
+        try:
+            evaluation = Evaluation.model_validate(body)
+        except ValidationError as error:
+            raise _fail(f"invalid request: {error}", 2) from None
+        try:
+            policy = load_policy(settings.policy_dir)
+            check_policy(policy)
+        except PolicyError as error:
+            raise _fail(f"policy: {error}", 2) from None
+        facts = FactService(open_store(settings.store_url()))
+        facts.load()
+        from pdp.clock import utcnow
+
+        made = decide(policy, facts.index, evaluation.to_request(), utcnow())
+        decision = made.decision
+        context = {"reason": made.reason, "policy_version": made.policy_version,
+                   "facts_version": made.facts_version}
+    typer.echo(f"{'allow' if decision else 'deny'} {context['reason']}")
+    typer.echo(f"policy_version {context['policy_version']} facts_version "
+               f"{context['facts_version']}")
+    raise typer.Exit(0 if decision else 1)
+
+
+@facts_app.command("import")
+def facts_import(
+    file: Annotated[Path, typer.Argument(help="JSONL: one fact {kind, id, data} or one "
+                                              "batch {facts: [...]} per line; '-' for stdin.")],
+) -> None:
+    """Load facts into the configured store, all or nothing (one transaction)."""
+    from pdp.api import parse_batch
+    from pdp.errors import ApiError
+    from pdp.sqlstore import open_store
+    from pdp.store import Change
+
+    items: list[Any] = []
+    stream = sys.stdin.buffer if str(file) == "-" else file.open("rb")
+    with stream:
+        for number, line in enumerate(stream, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = orjson.loads(line)
+            except orjson.JSONDecodeError as error:
+                raise _fail(f"{file}:{number}: malformed JSON: {error}", 2) from None
+            items.extend(value["facts"] if isinstance(value, dict) and "facts" in value
+                         else [value])
+    try:
+        changes: list[Change] = parse_batch(items)
+    except ApiError as error:
+        raise _fail(f"{file}: {error.message}; nothing imported", 2) from None
+    if not changes:
+        raise _fail(f"{file}: no facts", 2)
+    store = open_store(_settings().store_url())
+    try:
+        version = store.apply(changes)
+    finally:
+        store.close()
+    typer.echo(f"imported {len(changes)} facts, facts_version {version}")
+
+
+@policy_app.command("check")
+def policy_check(
+    directory: Annotated[Path | None, typer.Argument(
+        help="Policy directory (default: PDP_POLICY_DIR or the project's policies/).")] = None,
+) -> None:
+    """Load the policies; on a syntax error print file:line:column and fail."""
+    from pdp.core import check_policy
+    from pdp.policy_engine import PolicyError, load_policy
+
+    directory = directory or _settings().policy_dir
+    try:
+        policy = load_policy(directory)
+        check_policy(policy)
+    except PolicyError as error:
+        raise _fail(str(error)) from None
+    typer.echo(f"ok {policy.version} ({len(policy.files)} files)")
+
+
+@policy_app.command("test")
+def policy_test(
+    directory: Annotated[Path | None, typer.Argument(
+        help="Suites directory (default: <policy dir>/tests).")] = None,
+    policy_dir: Annotated[Path | None, typer.Option(
+        help="Policy directory (default: PDP_POLICY_DIR or the project's policies/).")] = None,
+) -> None:
+    """Run the YAML policy test suites; print each case and a summary."""
+    from pdp.core import check_policy
+    from pdp.policy_engine import PolicyError, load_policy
+    from pdp.policy_tests import SuiteError, format_report, load_suites, run_suites
+
+    policy_dir = policy_dir or _settings().policy_dir
+    directory = directory or policy_dir / "tests"
+    try:
+        policy = load_policy(policy_dir)
+        check_policy(policy)
+        suites = load_suites(directory)
+    except (PolicyError, SuiteError) as error:
+        raise _fail(str(error)) from None
+    report = run_suites(policy, suites)
+    typer.echo(format_report(report))
+    raise typer.Exit(0 if report.failed == 0 and report.passed > 0 else 1)
+
+
+def main() -> None:
+    app()
+
+

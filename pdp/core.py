@@ -1,0 +1,121 @@
+"""The decision core: facts + request + time -> decision and reason. No HTTP, no storage.
+
+`decide_all` asks the policy once for a user x client x purpose and returns the outcome
+of every category and action, with the span of time in which that answer holds;
+`decide` picks one request's outcome out of it. Both fail closed: a policy that errs or
+gives no answer yields a deny with reason `policy_error`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from pdp.clock import to_micros
+from pdp.factindex import FactIndex
+from pdp.policy_engine import CompiledPolicy, Outcome, PolicyError
+from pdp.policy_input import Record, policy_record, time_window
+from pdp.vocab import ACTIONS, CATEGORIES, REASONS
+
+# The reason of a deny that the policy did not give because it failed (an extension of
+# API.md's reasons; never an allow).
+POLICY_ERROR = "policy_error"
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRequest:
+    user: str
+    client: str
+    category: str
+    action: str
+    purpose: str  # "" when the request states none
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    decision: bool
+    reason: str
+    policy_version: str
+    facts_version: int
+    grant: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionTable:
+    """Every category x action outcome for one user x client x purpose, valid for
+    `now` in [valid_from, valid_until) as long as the facts it read are unchanged."""
+
+    outcomes: dict[tuple[str, str], tuple[str, str]]  # (category, action) -> (reason, grant)
+    policy_version: str
+    facts_version: int
+    valid_from: int
+    valid_until: int
+
+    def at_version(self, facts_version: int) -> DecisionTable:
+        """The same answer, reported as based on facts at `facts_version` (the facts it
+        read are unchanged up to that version)."""
+        if facts_version == self.facts_version:
+            return self
+        return DecisionTable(self.outcomes, self.policy_version, facts_version,
+                             self.valid_from, self.valid_until)
+
+    def pick(self, category: str, action: str) -> Decision:
+        reason, grant = self.outcomes.get((category, action), (POLICY_ERROR, ""))
+        allowed = reason == "allowed"
+        return Decision(allowed, reason, self.policy_version, self.facts_version,
+                        grant if allowed else None)
+
+
+def _table(outcomes: list[Outcome]) -> dict[tuple[str, str], tuple[str, str]]:
+    """Keep the first outcome per category x action; anything unexpected fails closed."""
+    table: dict[tuple[str, str], tuple[str, str]] = {}
+    for outcome in outcomes:
+        key = (outcome.category, outcome.action)
+        if key in table:
+            continue
+        if outcome.reason not in REASONS or (outcome.reason == "allowed") != bool(outcome.grant):
+            table[key] = (POLICY_ERROR, "")
+        else:
+            table[key] = (outcome.reason, outcome.grant)
+    return table
+
+
+def evaluate_record(policy: CompiledPolicy, record: Record, facts_version: int) -> DecisionTable:
+    """Ask the policy about one shaped record (see pdp.policy_input)."""
+    start, end = time_window(record)
+    try:
+        outcomes = _table(policy.evaluate(record))
+    except PolicyError:
+        outcomes = {}
+        start = end = record["now"]  # an empty span: never reused
+    return DecisionTable(outcomes, policy.version, facts_version, start, end)
+
+
+def decide_all(policy: CompiledPolicy, facts: FactIndex, user: str, client: str,
+               purpose: str, now: datetime) -> DecisionTable:
+    """One policy query for all categories and actions of a user x client x purpose."""
+    with facts.lock:
+        record = policy_record(facts, user, client, purpose, to_micros(now))
+        facts_version = facts.version
+    return evaluate_record(policy, record, facts_version)
+
+
+def decide(policy: CompiledPolicy, facts: FactIndex, request: DecisionRequest,
+           now: datetime) -> Decision:
+    """The decision for one request at `now`."""
+    table = decide_all(policy, facts, request.user, request.client, request.purpose, now)
+    return table.pick(request.category, request.action)
+
+
+def check_policy(policy: CompiledPolicy) -> None:
+    """Raise PolicyError unless the policy answers every category and action with a
+    known reason (run once, on load, before a policy is put to use)."""
+    empty = FactIndex()
+    record = policy_record(empty, "", "", "", 0)
+    table = _table(policy.evaluate(record))
+    missing = [(c, a) for c in CATEGORIES for a in ACTIONS if (c, a) not in table]
+    if missing:
+        raise PolicyError(f"decision/5 gives no answer for {missing[0][0]}/{missing[0][1]}")
+    bad = {reason for reason, _ in table.values() if reason == POLICY_ERROR}
+    if bad:
+        raise PolicyError("decision/5 answers with an unknown reason")

@@ -1,0 +1,84 @@
+"""Decisions with memoisation: the service-side wrapper of the pure core.
+
+A decision table (all categories and actions of a user x client x purpose) is kept and
+reused while (1) the policy version is the same, (2) the stamps of every fact group it
+read — user and grants, agreement, area, client and relationships — are unchanged, and
+(3) now is still inside the time span in which its answer holds. A write that touches
+any of those is therefore seen by the very next decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from pdp.clock import to_micros, utcnow
+from pdp.core import Decision, DecisionRequest, DecisionTable, evaluate_record
+from pdp.factindex import FactIndex
+from pdp.policy_engine import CompiledPolicy
+from pdp.policy_input import policy_record
+
+Stamps = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class _Memo:
+    policy_version: str
+    stamps: Stamps
+    table: DecisionTable
+
+
+class Decider:
+    def __init__(self, policy: CompiledPolicy, facts: FactIndex, *, cache_size: int = 100_000,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        self.policy = policy
+        self.facts = facts
+        self.clock = clock
+        self.cache_size = cache_size
+        self._memo: dict[tuple[str, str, str], _Memo] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def swap_policy(self, policy: CompiledPolicy) -> None:
+        """Use a new compiled policy from the next decision on (atomic)."""
+        self.policy = policy
+
+    def _stamps(self, user: str, client: str) -> Stamps:
+        facts = self.facts
+        user_fact = facts.users.get(user)
+        municipality = user_fact.municipality if user_fact else ""
+        agreement = facts.agreements.get(municipality)
+        area = agreement.area if agreement else ""
+        return (facts.stamp("user", user), facts.stamp("agreement", municipality),
+                facts.stamp("area", area), facts.stamp("client", client))
+
+    def table(self, user: str, client: str, purpose: str,
+              now: datetime | None = None) -> DecisionTable:
+        now_us = to_micros(now or self.clock())
+        policy = self.policy
+        key = (user, client, purpose)
+        with self.facts.lock:
+            version = self.facts.version
+            stamps = self._stamps(user, client)
+            memo = self._memo.get(key)
+            if (memo is not None and memo.policy_version == policy.version
+                    and memo.stamps == stamps
+                    and memo.table.valid_from <= now_us < memo.table.valid_until):
+                self.hits += 1
+                return memo.table.at_version(version)
+            record = policy_record(self.facts, user, client, purpose, now_us)
+        self.misses += 1
+        table = evaluate_record(policy, record, version)
+        if table.valid_from < table.valid_until:
+            if len(self._memo) >= self.cache_size:
+                self._memo.pop(next(iter(self._memo)), None)
+            self._memo[key] = _Memo(policy.version, stamps, table)
+        return table
+
+    def decide(self, request: DecisionRequest, now: datetime | None = None) -> Decision:
+        table = self.table(request.user, request.client, request.purpose, now)
+        return table.pick(request.category, request.action)
+
+    def clear(self) -> None:
+        self._memo.clear()

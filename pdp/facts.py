@@ -1,0 +1,154 @@
+"""Fact models: the shapes of areas, agreements, users, grants, clients and relationships.
+
+Every fact is validated here before anything is stored. Field names and values are
+those of API.md "Facts"; unknown fields are refused.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    model_validator,
+)
+
+from pdp.vocab import (
+    Action,
+    AgreementStatus,
+    Category,
+    FactKind,
+    GrantStatus,
+    Service,
+    UserStatus,
+)
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")]
+MunicipalityCode = Annotated[str, StringConstraints(pattern=r"^[0-9]{3}$")]
+Text = Annotated[str, StringConstraints(max_length=1000)]
+
+
+class Fact(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Municipality(Fact):
+    code: MunicipalityCode
+    name: Text
+
+
+class Area(Fact):
+    name: Text
+    responsible_municipality: MunicipalityCode
+    municipalities: list[Municipality] = Field(max_length=1000)
+
+    @model_validator(mode="after")
+    def _unique_codes(self) -> Area:
+        codes = [m.code for m in self.municipalities]
+        if len(codes) != len(set(codes)):
+            raise ValueError("municipalities: each code may appear once")
+        return self
+
+
+class Agreement(Fact):
+    area: Id
+    status: AgreementStatus
+    signed_at: AwareDatetime
+    ends_at: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _notice_has_end(self) -> Agreement:
+        if self.status == "notice_given" and self.ends_at is None:
+            raise ValueError("ends_at: an agreement under notice must state when it ends")
+        if self.ends_at is not None and self.ends_at <= self.signed_at:
+            raise ValueError("ends_at: must be after signed_at")
+        return self
+
+
+class User(Fact):
+    municipality: MunicipalityCode
+    display_name: Text
+    tasks: list[Service] = Field(max_length=3)
+    status: UserStatus
+    client_id: Id | None = None
+
+
+def _read_only() -> list[Action]:
+    return ["read"]
+
+
+class Grant(Fact):
+    user: Id
+    scopes: list[Category] = Field(min_length=1, max_length=10)
+    actions: list[Action] = Field(default_factory=_read_only, min_length=1, max_length=2)
+    valid_from: AwareDatetime
+    valid_until: AwareDatetime
+    status: GrantStatus
+    legal_basis: Text
+
+    @model_validator(mode="after")
+    def _window(self) -> Grant:
+        if self.valid_until <= self.valid_from:
+            raise ValueError("valid_until: must be after valid_from")
+        return self
+
+
+class Client(Fact):
+    home_municipality: MunicipalityCode
+    protection_order: StrictBool = False
+
+
+class Relationship(Fact):
+    client: Id
+    municipality: MunicipalityCode
+    service: Service
+    starts_at: AwareDatetime
+    ends_at: AwareDatetime | None = None
+    assigned_users: list[Id] = Field(default_factory=list, max_length=1000)
+
+    @model_validator(mode="after")
+    def _window(self) -> Relationship:
+        if self.ends_at is not None and self.ends_at <= self.starts_at:
+            raise ValueError("ends_at: must be after starts_at")
+        return self
+
+
+MODELS: dict[str, type[Fact]] = {
+    "area": Area,
+    "agreement": Agreement,
+    "user": User,
+    "grant": Grant,
+    "client": Client,
+    "relationship": Relationship,
+}
+
+# URL collection names of the facts API, and the kind each holds.
+COLLECTIONS: dict[str, str] = {
+    "areas": "area",
+    "agreements": "agreement",
+    "users": "user",
+    "grants": "grant",
+    "clients": "client",
+    "relationships": "relationship",
+}
+
+# Keys a client may send back from a GET body; they are not part of the fact.
+_ECHO_KEYS = ("id", "kind", "facts_version")
+
+
+def parse_fact(kind: FactKind | str, data: Any) -> Fact:
+    """Validate one fact's data; raises pydantic.ValidationError or KeyError (unknown kind)."""
+    model = MODELS[kind]
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k not in _ECHO_KEYS}
+    return model.model_validate(data)
+
+
+def dump_fact(fact: Fact) -> dict[str, Any]:
+    """The JSON form of a fact, as stored and as returned."""
+    return fact.model_dump(mode="json")

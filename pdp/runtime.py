@@ -1,0 +1,52 @@
+"""The running parts of one service process, built once from validated settings."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from pdp.auth import Authenticator
+from pdp.core import check_policy
+from pdp.decider import Decider
+from pdp.facts_service import FactService
+from pdp.metrics import Metrics
+from pdp.policy_engine import CompiledPolicy, load_policy
+from pdp.settings import Settings
+from pdp.sqlstore import open_store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    facts: FactService
+    decider: Decider
+    metrics: Metrics
+    auth: Authenticator
+
+    @property
+    def policy(self) -> CompiledPolicy:
+        return self.decider.policy
+
+    def close(self) -> None:
+        self.facts.store.close()
+
+
+def load_checked_policy(settings: Settings) -> CompiledPolicy:
+    policy = load_policy(settings.policy_dir)
+    check_policy(policy)
+    return policy
+
+
+def build_runtime(settings: Settings, keys: dict[str, list[str]]) -> Runtime:
+    policy = load_checked_policy(settings)
+    store = open_store(settings.store_url())
+    facts = FactService(store)
+    facts.load()
+    metrics = Metrics()
+    metrics.policy_info.info({"version": policy.version})
+    metrics.facts_version.set(facts.index.version)
+    decider = Decider(policy, facts.index, cache_size=settings.decision_cache_size)
+    log.info("policy %s, facts_version %d", policy.version, facts.index.version)
+    return Runtime(settings, facts, decider, metrics, Authenticator(keys))

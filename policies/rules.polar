@@ -1,0 +1,131 @@
+# The rules of DOMAIN.md ("The rules"), in their order.
+#
+# A user may perform an action on one category of one client's record only if all rules
+# hold; the reason given is the first failing rule's, or "allowed" when none fails.
+#
+# The service asks one question per user x client x purpose and gets the answer for every
+# category and action at once (the categories and actions come from data.polar):
+#
+#     decision(r, category, action, reason, grant)
+#
+# `grant` is the id of the grant an allow used ("" for a deny). Rules 1-8 concern the user, the
+# client and the purpose; rules 9-11 each category and action.
+#
+# The input `r` is a flat record made by pdp/policy_input.py from the facts:
+#   now                        decision time, integer microseconds since the epoch
+#   user_known, user_id, user_status, user_municipality, user_tasks, user_client_id
+#   agreement_status, agreement_ends_at         the agreement of the user's municipality
+#   area_municipalities        codes of the municipalities of that agreement's area
+#   grants                     the user's grants: id, status, valid_from, valid_until,
+#                              scopes, actions
+#   client_known, client_id, client_home, client_protection_order
+#   relationships              the client's relationships: municipality, service,
+#                              starts_at, ends_at, assigned_users
+#   purpose                    the purpose the request states ("" when it states none)
+#
+# Absent values are never nil: a missing end is the largest integer (open-ended), a
+# missing string is "" and a missing list is []. Comparisons stay in the policy VM.
+#
+# Invariant the decision cache relies on: `r.now` is only ever compared (<, <=) with
+# timestamps from the input, so a decision holds until the next of them after now.
+
+decision(r, category, action, reason, "") if
+    failing(r, reason) and cut and
+    category_and_action(category, action);
+decision(r, category, action, reason, grant) if
+    category_and_action(category, action) and
+    category_decision(r, category, action, reason, grant);
+
+category_and_action(category, action) if category(category) and action(action);
+
+# ---------------------------------------------------------------------------------------
+# 1. Known, active user. Accounts are personal.
+failing(r, "unknown_subject") if not r.user_known;
+failing(r, "user_inactive") if r.user_status != "active";
+
+# 2. Agreement in force: `in_force`, or `notice_given` until its end; never
+#    `terminated` or `rescinded`.
+failing(r, "agreement_not_in_force") if not agreement_in_force(r);
+
+agreement_in_force(r) if
+    agreement_status_in_force(r.agreement_status) and
+    r.now < r.agreement_ends_at;
+
+# 3. Active personal grant: approved by the authority, opened by KEHA (status active),
+#    and now inside its window [valid_from, valid_until).
+failing(r, "no_active_grant") if not active_grant(r, _);
+
+active_grant(r, grant) if
+    grant in r.grants and
+    grant.status = "active" and
+    grant.valid_from <= r.now and
+    r.now < grant.valid_until;
+
+# The record asked for must exist.
+failing(r, "unknown_resource") if not r.client_known;
+
+# 4. Client of the area: the client's home municipality belongs to the user's area.
+failing(r, "client_outside_area") if not r.client_home in r.area_municipalities;
+
+# 5. Own municipality: the municipality serves its own residents.
+failing(r, "client_not_own_municipality") if r.client_home != r.user_municipality;
+
+# 6. Not one's own record.
+failing(r, "own_record") if r.user_client_id = r.client_id;
+
+# 7. Purpose: one of the complementary services, and among the user's tasks.
+failing(r, "purpose_invalid") if not valid_purpose(r);
+
+valid_purpose(r) if
+    complementary_service(r.purpose) and
+    r.purpose in r.user_tasks;
+
+# 8. Active client relationship with the user's municipality for that very service;
+#    if it names assigned users, the user is one of them.
+failing(r, "no_active_relationship") if not active_relationship(r);
+
+active_relationship(r) if
+    relationship in r.relationships and
+    relationship.municipality = r.user_municipality and
+    relationship.service = r.purpose and
+    relationship.starts_at <= r.now and
+    r.now < relationship.ends_at and
+    assigned_to(relationship, r.user_id);
+
+assigned_to(relationship, _user_id) if relationship.assigned_users = [];
+assigned_to(relationship, user_id) if user_id in relationship.assigned_users;
+
+# ---------------------------------------------------------------------------------------
+# 9. Necessary data only: the category is in the task profile of the purpose and in an
+#    active grant's scopes; never-needed categories never; special categories only where
+#    the grant names them.
+category_decision(r, category, _action, "category_not_necessary", "") if
+    not necessary(r, category, _) and cut;
+
+necessary(r, category, grant) if
+    task_profile(r.purpose, category) and
+    not never_needed(category) and
+    active_grant(r, grant) and
+    category in grant.scopes and
+    named_where_required(category, grant);
+
+named_where_required(category, _grant) if not explicitly_granted_only(category);
+named_where_required(category, grant) if
+    explicitly_granted_only(category) and
+    category in grant.scopes;
+
+# 10. Protection order (turvakielto): contact data is not shown.
+category_decision(r, category, _action, "protection_order", "") if
+    r.client_protection_order and
+    protected_by_order(category) and cut;
+
+# 11. Powers: the action is among the grant's actions; writing only the user's own
+#     service records.
+category_decision(r, category, action, "allowed", grant.id) if
+    necessary(r, category, grant) and
+    action in grant.actions and
+    permitted_on(action, category) and cut;
+category_decision(_r, _category, _action, "action_not_permitted", "");
+
+permitted_on("read", _category);
+permitted_on("write", category) if writable(category);

@@ -1,0 +1,185 @@
+"""Shared fixtures: a real `pdp serve` process on a free port, with its own store."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# One token per role, and the admin.
+KEYS: dict[str, list[str]] = {
+    "t-pep": ["pep"],
+    "t-facts": ["facts_writer"],
+    "t-grants": ["grant_admin"],
+    "t-auditor": ["auditor"],
+    "t-policy": ["policy_admin"],
+    "t-admin": ["admin"],
+    "t-both": ["facts_writer", "grant_admin"],
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def client(self, token: str | None = "t-admin", **kwargs: Any) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kwargs)
+
+
+def start_server(tmp: Path, *, env: dict[str, str] | None = None,
+                 args: tuple[str, ...] = ()) -> Server:
+    port = free_port()
+    log = tmp / f"server-{port}.log"
+    environment = {
+        **os.environ,
+        "PDP_DATABASE_URL": f"sqlite:///{tmp / 'facts.sqlite3'}",
+        "PDP_API_KEYS": __import__("json").dumps(KEYS),
+        "PDP_POLL_INTERVAL_SECONDS": "0.2",
+        **(env or {}),
+    }
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pdp", "serve", "--port", str(port), *args],
+            cwd=tmp, env=environment, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {log.read_text()}")
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return Server(url, process, log)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"server did not become ready: {log.read_text()}")
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(10)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    running = start_server(tmp_path_factory.mktemp("server"))
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture
+def admin(server: Server) -> Iterator[httpx.Client]:
+    with server.client("t-admin") as client:
+        yield client
+
+
+@pytest.fixture
+def pep(server: Server) -> Iterator[httpx.Client]:
+    with server.client("t-pep") as client:
+        yield client
+
+
+_worlds = itertools.count(1)
+
+# The test area: Kuopio-like. 749 is shared by most tests; the others are for tests that
+# change their municipality's agreement.
+AREA = [("297", "Kuopio"), ("749", "Siilinjärvi"), ("844", "Tuusniemi"), ("686", "Rautavaara"),
+        ("204", "Kaavi"), ("420", "Leppävirta"), ("915", "Varkaus"), ("239", "Keitele")]
+
+NOW = "2026-01-01T00:00:00+02:00"
+
+
+class World:
+    """A small consistent world with unique ids, written through the facts API: one user
+    with one grant, one client with one coaching relationship, all in `municipality`.
+
+    Worlds share the area and the agreements (municipality codes are few): a test that
+    changes an agreement uses a municipality of its own (see AREA)."""
+
+    def __init__(self, admin: httpx.Client, municipality: str = "749") -> None:
+        n = next(_worlds)
+        self.admin = admin
+        self.municipality = municipality
+        self.p = f"w{n}-{os.getpid()}"
+        self.user = f"{self.p}-u1"
+        self.client = f"{self.p}-c1"
+        self.grant = f"{self.p}-g1"
+        self.relationship = f"{self.p}-r1"
+
+    def put(self, collection: str, fact_id: str, data: dict[str, Any]) -> dict[str, Any]:
+        response = self.admin.put(f"/v1/{collection}/{fact_id}", json=data)
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def build(self) -> World:
+        self.put("areas", "kuopio", {
+            "name": "Kuopion työllisyysalue", "responsible_municipality": "297",
+            "municipalities": [{"code": code, "name": name} for code, name in AREA]})
+        self.put("areas", "joensuu", {
+            "name": "Joensuu", "responsible_municipality": "167",
+            "municipalities": [{"code": "167", "name": "Joensuu"}]})
+        self.put("agreements", self.municipality, {
+            "area": "kuopio", "status": "in_force", "signed_at": "2025-01-01T00:00:00+02:00"})
+        self.put("users", self.user, {"municipality": self.municipality, "display_name": "Testi Käyttäjä",
+                                      "tasks": ["coaching"], "status": "active"})
+        self.put("grants", self.grant, self.grant_data())
+        self.put("clients", self.client, {"home_municipality": self.municipality})
+        self.put("relationships", self.relationship, {
+            "client": self.client, "municipality": self.municipality, "service": "coaching",
+            "starts_at": "2025-06-01T00:00:00+03:00"})
+        return self
+
+    def grant_data(self, **changes: Any) -> dict[str, Any]:
+        return {"user": self.user, "scopes": ["name_contact", "service_needs_plans"],
+                "actions": ["read", "write"], "valid_from": "2025-01-01T00:00:00+02:00",
+                "valid_until": "2099-01-01T00:00:00+02:00", "status": "active",
+                "legal_basis": "380/2023 125 § 1 mom.", **changes}
+
+    def request(self, category: str = "service_needs_plans", action: str = "read",
+                purpose: str | None = "coaching", **context: Any) -> dict[str, Any]:
+        ctx: dict[str, Any] = dict(context)
+        if purpose is not None:
+            ctx["purpose"] = purpose
+        return {"subject": {"type": "user", "id": self.user},
+                "action": {"name": action},
+                "resource": {"type": "client_record", "id": self.client,
+                             "properties": {"category": category}},
+                "context": ctx}
+
+
+@pytest.fixture
+def world(admin: httpx.Client) -> World:
+    return World(admin).build()
+
+
+def decide(client: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
+    response = client.post("/access/v1/evaluation", json=body)
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result

@@ -1,0 +1,162 @@
+"""The decision cache: reused only while policy, facts and time allow (unit level)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pdp.core import POLICY_ERROR, DecisionRequest, check_policy, decide
+from pdp.decider import Decider
+from pdp.factindex import FactIndex
+from pdp.policy_engine import PolicyError, load_policy
+from pdp.settings import DEFAULT_POLICY_DIR
+from pdp.store import ChangeRecord
+
+T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+GRANT_END = T0 + timedelta(days=10)
+REL_START = T0 + timedelta(days=2)
+
+
+def world() -> FactIndex:
+    facts: list[tuple[str, str, dict[str, Any]]] = [
+        ("area", "kuopio", {"name": "K", "responsible_municipality": "297",
+                            "municipalities": [{"code": "297", "name": "Kuopio"},
+                                               {"code": "749", "name": "Siilinjärvi"}]}),
+        ("agreement", "749", {"area": "kuopio", "status": "in_force",
+                              "signed_at": "2025-01-01T00:00:00+00:00"}),
+        ("user", "u1", {"municipality": "749", "display_name": "A", "tasks": ["coaching"],
+                        "status": "active"}),
+        ("grant", "g1", {"user": "u1", "scopes": ["name_contact"],
+                         "valid_from": "2026-01-01T00:00:00+00:00",
+                         "valid_until": GRANT_END.isoformat(), "status": "active",
+                         "legal_basis": "x"}),
+        ("client", "c1", {"home_municipality": "749"}),
+        ("relationship", "r1", {"client": "c1", "municipality": "749", "service": "coaching",
+                                "starts_at": "2026-01-01T00:00:00+00:00"}),
+    ]
+    index = FactIndex()
+    index.apply([ChangeRecord(v, k, i, d) for v, (k, i, d) in enumerate(facts, start=1)])
+    return index
+
+
+REQUEST = DecisionRequest("u1", "c1", "name_contact", "read", "coaching")
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def policy() -> Any:
+    loaded = load_policy(DEFAULT_POLICY_DIR)
+    check_policy(loaded)
+    return loaded
+
+
+def test_second_decision_is_a_cache_hit(policy: Any) -> None:
+    decider = Decider(policy, world(), clock=Clock(T0))
+    assert decider.decide(REQUEST).decision is True
+    assert decider.decide(REQUEST).decision is True
+    # another category of the same user x client x purpose: the same policy query
+    assert decider.decide(DecisionRequest("u1", "c1", "benefits", "read", "coaching")).reason \
+        == "category_not_necessary"
+    assert (decider.misses, decider.hits) == (1, 2)
+
+
+def test_cached_allow_ends_at_the_grant_end(policy: Any) -> None:
+    clock = Clock(GRANT_END - timedelta(microseconds=1))
+    decider = Decider(policy, world(), clock=clock)
+    assert decider.decide(REQUEST).decision is True
+    clock.now = GRANT_END
+    assert decider.decide(REQUEST).reason == "no_active_grant"
+    assert decider.misses == 2
+
+
+def test_cached_deny_ends_when_a_relationship_starts(policy: Any) -> None:
+    facts = world()
+    facts.apply([ChangeRecord(10, "relationship", "r1", {
+        "client": "c1", "municipality": "749", "service": "coaching",
+        "starts_at": REL_START.isoformat()})])
+    clock = Clock(T0)
+    decider = Decider(policy, facts, clock=clock)
+    assert decider.decide(REQUEST).reason == "no_active_relationship"
+    clock.now = REL_START - timedelta(microseconds=1)
+    assert decider.decide(REQUEST).reason == "no_active_relationship"
+    assert decider.hits == 1
+    clock.now = REL_START
+    assert decider.decide(REQUEST).decision is True
+
+
+def test_each_fact_group_invalidates(policy: Any) -> None:
+    facts = world()
+    decider = Decider(policy, facts, clock=Clock(T0))
+    changes: list[tuple[str, str, dict[str, Any] | None, str]] = [
+        ("grant", "g1", None, "no_active_grant"),
+        ("grant", "g1", {"user": "u1", "scopes": ["name_contact"],
+                         "valid_from": "2026-01-01T00:00:00+00:00",
+                         "valid_until": GRANT_END.isoformat(), "status": "active",
+                         "legal_basis": "x"}, "allowed"),
+        ("client", "c1", {"home_municipality": "749", "protection_order": True},
+         "protection_order"),
+        ("client", "c1", {"home_municipality": "749"}, "allowed"),
+        ("agreement", "749", {"area": "kuopio", "status": "terminated",
+                              "signed_at": "2025-01-01T00:00:00+00:00"},
+         "agreement_not_in_force"),
+        ("agreement", "749", {"area": "kuopio", "status": "in_force",
+                              "signed_at": "2025-01-01T00:00:00+00:00"}, "allowed"),
+        ("area", "kuopio", {"name": "K", "responsible_municipality": "297",
+                            "municipalities": [{"code": "297", "name": "Kuopio"}]},
+         "client_outside_area"),
+        ("relationship", "r1", None, "client_outside_area"),
+        ("area", "kuopio", {"name": "K", "responsible_municipality": "297",
+                            "municipalities": [{"code": "749", "name": "S"}]},
+         "no_active_relationship"),
+        ("user", "u1", None, "unknown_subject"),
+    ]
+    assert decider.decide(REQUEST).decision is True
+    for version, (kind, fact_id, data, reason) in enumerate(changes, start=100):
+        facts.apply([ChangeRecord(version, kind, fact_id, data)])
+        assert decider.decide(REQUEST).reason == reason, (kind, data)
+        assert decider.decide(REQUEST).reason == reason  # and the cached answer agrees
+
+
+def test_new_policy_version_is_not_served_from_cache(policy: Any, tmp_path: Path) -> None:
+    decider = Decider(policy, world(), clock=Clock(T0))
+    assert decider.decide(REQUEST).decision is True
+    for source in DEFAULT_POLICY_DIR.glob("*.polar"):
+        text = source.read_text()
+        if source.name == "data.polar":
+            text = text.replace('task_profile("coaching", "name_contact");', "")
+        (tmp_path / source.name).write_text(text)
+    stricter = load_policy(tmp_path)
+    assert stricter.version != policy.version
+    decider.swap_policy(stricter)
+    decision = decider.decide(REQUEST)
+    assert decision.reason == "category_not_necessary"
+    assert decision.policy_version == stricter.version
+
+
+def test_a_policy_that_fails_denies(tmp_path: Path) -> None:
+    (tmp_path / "broken.polar").write_text(
+        'decision(r, c, a, "allowed", "g") if category(c) and action(a) and r.no_such_field;\n'
+        'category("name_contact"); action("read");\n')
+    broken = load_policy(tmp_path)
+    decision = decide(broken, world(), REQUEST, T0)
+    assert decision.decision is False
+    assert decision.reason == POLICY_ERROR
+    with pytest.raises(PolicyError):
+        check_policy(broken)
+
+
+def test_a_policy_that_allows_without_grant_fails_closed(tmp_path: Path) -> None:
+    (tmp_path / "lax.polar").write_text(
+        'decision(_r, "name_contact", "read", "allowed", "");\n')
+    decision = decide(load_policy(tmp_path), world(), REQUEST, T0)
+    assert (decision.decision, decision.reason) == (False, POLICY_ERROR)

@@ -1,0 +1,139 @@
+"""Decisions over HTTP: the AuthZEN shapes, batches and their semantics, min_facts_version."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from tests.conftest import World, decide
+
+
+def test_allow_carries_reason_id_and_versions(pep: httpx.Client, world: World) -> None:
+    result = decide(pep, world.request())
+    assert result["decision"] is True
+    context = result["context"]
+    assert context["reason"] == "allowed"
+    assert context["policy_version"].startswith("sha256:")
+    assert isinstance(context["facts_version"], int) and context["facts_version"] > 0
+    other = decide(pep, world.request())
+    assert other["context"]["decision_id"] != context["decision_id"]
+
+
+def test_each_rule_is_reported_over_http(pep: httpx.Client, world: World) -> None:
+    assert decide(pep, world.request(category="benefits"))["context"]["reason"] == (
+        "category_not_necessary")
+    assert decide(pep, world.request(purpose="guidance"))["context"]["reason"] == (
+        "purpose_invalid")
+    write_name = decide(pep, world.request(category="name_contact", action="write"))
+    assert write_name["context"]["reason"] == "action_not_permitted"
+    assert decide(pep, world.request(action="write"))["decision"] is True
+    body = world.request()
+    body["subject"]["id"] = "nobody-at-all"
+    assert decide(pep, body)["context"]["reason"] == "unknown_subject"
+    body = world.request()
+    body["resource"]["id"] = "no-such-client"
+    assert decide(pep, body)["context"]["reason"] == "unknown_resource"
+
+
+def test_client_from_another_area_and_municipality(pep: httpx.Client, world: World) -> None:
+    world.put("clients", world.client, {"home_municipality": "167"})
+    assert decide(pep, world.request())["context"]["reason"] == "client_outside_area"
+    world.put("clients", world.client, {"home_municipality": "297"})
+    assert decide(pep, world.request())["context"]["reason"] == "client_not_own_municipality"
+
+
+def _batch(pep: httpx.Client, body: dict[str, Any]) -> list[dict[str, Any]]:
+    response = pep.post("/access/v1/evaluations", json=body)
+    assert response.status_code == 200, response.text
+    results: list[dict[str, Any]] = response.json()["evaluations"]
+    return results
+
+
+def test_batch_defaults_are_merged_and_items_win(pep: httpx.Client, world: World) -> None:
+    base = world.request()
+    results = _batch(pep, {
+        "subject": base["subject"], "action": base["action"], "context": base["context"],
+        "resource": {"type": "client_record", "id": world.client},
+        "evaluations": [
+            {"resource": {"properties": {"category": "service_needs_plans"}}},
+            {"resource": {"properties": {"category": "benefits"}}},
+            {"resource": {"properties": {"category": "name_contact"}},
+             "action": {"name": "write"}},
+            {"resource": {"properties": {"category": "name_contact"}},
+             "context": {"purpose": "training"}},
+        ]})
+    assert [r["context"]["reason"] for r in results] == [
+        "allowed", "category_not_necessary", "action_not_permitted", "purpose_invalid"]
+    assert [r["decision"] for r in results] == [True, False, False, False]
+
+
+def test_batch_semantics(pep: httpx.Client, world: World) -> None:
+    allow = world.request()
+    deny = world.request(category="benefits")
+    items = [allow, allow, deny, allow, deny]
+    all_results = _batch(pep, {"evaluations": items})
+    assert [r["decision"] for r in all_results] == [True, True, False, True, False]
+    explicit = _batch(pep, {"evaluations": items,
+                            "options": {"evaluations_semantic": "execute_all"}})
+    assert [r["decision"] for r in explicit] == [True, True, False, True, False]
+    first_deny = _batch(pep, {"evaluations": items,
+                              "options": {"evaluations_semantic": "deny_on_first_deny"}})
+    assert [r["decision"] for r in first_deny] == [True, True, False]
+    first_permit = _batch(pep, {"evaluations": [deny, deny, allow, deny],
+                                "options": {"evaluations_semantic": "permit_on_first_permit"}})
+    assert [r["decision"] for r in first_permit] == [False, False, True]
+    none_permit = _batch(pep, {"evaluations": [deny, deny],
+                               "options": {"evaluations_semantic": "permit_on_first_permit"}})
+    assert [r["decision"] for r in none_permit] == [False, False]
+
+
+def test_unknown_semantic_is_invalid(pep: httpx.Client, world: World) -> None:
+    response = pep.post("/access/v1/evaluations", json={
+        "evaluations": [world.request()], "options": {"evaluations_semantic": "most"}})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_request"
+
+
+def test_invalid_item_does_not_fail_the_batch(pep: httpx.Client, world: World) -> None:
+    bad = world.request(category="not-a-category")
+    results = _batch(pep, {"evaluations": [world.request(), bad, world.request()],
+                           "options": {"evaluations_semantic": "deny_on_first_deny"}})
+    assert len(results) == 2
+    assert results[0]["decision"] is True
+    assert results[1]["decision"] is False
+    assert results[1]["context"]["error"]["code"] == "invalid_request"
+    assert "category" in results[1]["context"]["error"]["message"]
+
+
+def test_min_facts_version(pep: httpx.Client, admin: httpx.Client, world: World) -> None:
+    written = world.put("grants", world.grant, world.grant_data(status="suspended"))
+    version = written["facts_version"]
+    result = decide(pep, world.request(min_facts_version=version))
+    assert result["context"]["facts_version"] >= version
+    assert result["context"]["reason"] == "no_active_grant"
+    future = pep.post("/access/v1/evaluation",
+                      json=world.request(min_facts_version=version + 10_000))
+    assert future.status_code == 503
+    assert future.json()["error"]["code"] == "unavailable"
+    assert future.headers["retry-after"]
+
+
+def test_well_known_configuration(server: Any) -> None:
+    response = httpx.get(server.url + "/.well-known/authzen-configuration")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["policy_decision_point"] == server.url
+    assert body["access_evaluation_endpoint"] == server.url + "/access/v1/evaluation"
+    assert body["access_evaluations_endpoint"] == server.url + "/access/v1/evaluations"
+
+
+def test_health_and_metrics(server: Any, pep: httpx.Client, world: World) -> None:
+    assert httpx.get(server.url + "/healthz").status_code == 200
+    ready = httpx.get(server.url + "/readyz")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    decide(pep, world.request(category="benefits"))
+    text = httpx.get(server.url + "/metrics").text
+    assert 'pdp_decisions_total{decision="false",reason="category_not_necessary"}' in text
+    assert "pdp_decision_duration_seconds_bucket" in text
+    assert "pdp_facts_version" in text

@@ -1,0 +1,508 @@
+"""Conformance tests for the fact store, run against every SQL backend.
+
+SQLite runs on a file under tmp_path. PostgreSQL runs against the local server at
+127.0.0.1:5432 (trust auth, user postgres): a fresh database per test session, its
+tables dropped before each test so that every test migrates an empty database.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from psycopg import sql
+
+from pdp.sqlstore import SqlFactStore, open_store, write_transaction
+from pdp.store import Change, ChangeRecord, FactStore, NotFound, StoredFact, StoreUnavailable
+
+PG_HOST = "127.0.0.1"
+PG_PORT = 5432
+PG_ADMIN_DB = "test"
+PG_TABLES = ("fact_changes", "facts", "fact_meta", "alembic_version")
+
+Opener = Callable[[str], SqlFactStore]
+
+
+def _pg_connect(dbname: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(
+        host=PG_HOST,
+        port=PG_PORT,
+        user="postgres",
+        dbname=dbname,
+        autocommit=True,
+        connect_timeout=3,
+    )
+
+
+def _pg_running() -> bool:
+    try:
+        with _pg_connect(PG_ADMIN_DB):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+def _start_pg() -> None:
+    versions = sorted(os.listdir("/etc/postgresql")) if os.path.isdir("/etc/postgresql") else []
+    if not versions:
+        pytest.fail("PostgreSQL is not installed (no /etc/postgresql): .ci/run installs it")
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main", "start"],
+        check=False,
+        capture_output=True,
+        timeout=60,
+    )
+    deadline = time.monotonic() + 30
+    while not _pg_running():
+        if time.monotonic() > deadline:
+            pytest.fail(f"PostgreSQL did not come up on {PG_HOST}:{PG_PORT}")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for this session; its name."""
+    if not _pg_running():
+        _start_pg()
+    name = f"pdp_test_{secrets.token_hex(6)}"
+    with _pg_connect(PG_ADMIN_DB) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield name
+    finally:
+        with _pg_connect(PG_ADMIN_DB) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+def _pg_url(dbname: str, port: int = PG_PORT) -> str:
+    return f"postgresql+psycopg://postgres@{PG_HOST}:{port}/{dbname}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'pdp.db'}"
+    name: str = request.getfixturevalue("pg_database")
+    with _pg_connect(name) as conn:
+        for table in PG_TABLES:
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
+    return _pg_url(name)
+
+
+@pytest.fixture
+def opener() -> Iterator[Opener]:
+    """open_store(), closing every store it opened when the test ends."""
+    opened: list[SqlFactStore] = []
+
+    def _open(url: str) -> SqlFactStore:
+        store = open_store(url)
+        opened.append(store)
+        return store
+
+    yield _open
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(store_url: str, opener: Opener) -> SqlFactStore:
+    return opener(store_url)
+
+
+def put(kind: str, id: str, **data: Any) -> Change:
+    return Change(kind=kind, id=id, data=data)
+
+
+def delete(kind: str, id: str) -> Change:
+    return Change(kind=kind, id=id, data=None)
+
+
+def snapshot(store: FactStore) -> tuple[int, list[StoredFact], list[ChangeRecord]]:
+    return store.version(), list(store.all_facts()), store.changes_since(0)
+
+
+def test_satisfies_the_protocol(store: SqlFactStore) -> None:
+    fact_store: FactStore = store
+    assert fact_store is store
+
+
+def test_fresh_store_is_empty(store: SqlFactStore) -> None:
+    assert store.version() == 0
+    assert list(store.all_facts()) == []
+    assert store.changes_since(0) == []
+    assert store.get("user", "u1") is None
+
+
+def test_each_apply_adds_one_to_the_version(store: SqlFactStore) -> None:
+    assert store.apply([put("user", "u1", n=1)]) == 1
+    assert store.version() == 1
+    assert store.apply([put("user", "u2", n=2), put("user", "u3", n=3)]) == 2
+    assert store.apply([put("user", "u1", n=4)]) == 3
+    assert store.apply([delete("user", "u2")]) == 4
+    assert store.version() == 4
+
+
+def test_reads_return_what_was_written(store: SqlFactStore) -> None:
+    area = {
+        "name": "Pirkanmaa \u2013 ÄÖÅ",
+        "responsible_municipality": "837",
+        "municipalities": [{"code": "837", "name": "Tampere"}, {"code": "211", "name": "K"}],
+    }
+    client = {"home_municipality": "837", "protection_order": True, "note": None, "x": 1.5}
+    v = store.apply([Change("area", "a-1", area), Change("client", "c.1", client)])
+
+    assert store.get("area", "a-1") == StoredFact("area", "a-1", area, v)
+    assert store.get("client", "c.1") == StoredFact("client", "c.1", client, v)
+    assert store.get("client", "a-1") is None  # the kind is part of the key
+    assert store.get("area", "missing") is None
+    assert sorted(store.all_facts(), key=lambda f: (f.kind, f.id)) == [
+        StoredFact("area", "a-1", area, v),
+        StoredFact("client", "c.1", client, v),
+    ]
+    assert store.changes_since(0) == [
+        ChangeRecord(v, "area", "a-1", area),
+        ChangeRecord(v, "client", "c.1", client),
+    ]
+
+
+def test_same_id_in_different_kinds(store: SqlFactStore) -> None:
+    store.apply([put("user", "x", who="user"), put("client", "x", who="client")])
+    assert store.get("user", "x") == StoredFact("user", "x", {"who": "user"}, 1)
+    assert store.get("client", "x") == StoredFact("client", "x", {"who": "client"}, 1)
+    store.apply([delete("user", "x")])
+    assert store.get("user", "x") is None
+    assert store.get("client", "x") is not None
+
+
+def test_put_is_an_upsert(store: SqlFactStore) -> None:
+    v1 = store.apply([put("grant", "g1", status="applied", extra=True)])
+    v2 = store.apply([put("grant", "g1", status="active")])
+    assert v2 == v1 + 1
+    assert store.get("grant", "g1") == StoredFact("grant", "g1", {"status": "active"}, v2)
+    assert [f.id for f in store.all_facts()] == ["g1"]
+    assert store.changes_since(v1) == [ChangeRecord(v2, "grant", "g1", {"status": "active"})]
+
+
+def test_unchanged_facts_keep_their_version(store: SqlFactStore) -> None:
+    v1 = store.apply([put("user", "u1", n=1), put("user", "u2", n=2)])
+    v2 = store.apply([put("user", "u2", n=3)])
+    assert store.get("user", "u1") == StoredFact("user", "u1", {"n": 1}, v1)
+    assert store.get("user", "u2") == StoredFact("user", "u2", {"n": 3}, v2)
+
+
+def test_delete(store: SqlFactStore) -> None:
+    v1 = store.apply([put("user", "u1", n=1), put("user", "u2", n=2)])
+    v2 = store.apply([delete("user", "u1")])
+    assert store.get("user", "u1") is None
+    assert [f.id for f in store.all_facts()] == ["u2"]
+    assert store.changes_since(v1) == [ChangeRecord(v2, "user", "u1", None)]
+    assert store.changes_since(0) == [
+        ChangeRecord(v1, "user", "u1", {"n": 1}),
+        ChangeRecord(v1, "user", "u2", {"n": 2}),
+        ChangeRecord(v2, "user", "u1", None),
+    ]
+
+
+def test_a_deleted_fact_can_be_put_again(store: SqlFactStore) -> None:
+    store.apply([put("user", "u1", n=1)])
+    store.apply([delete("user", "u1")])
+    v3 = store.apply([put("user", "u1", n=3)])
+    assert store.get("user", "u1") == StoredFact("user", "u1", {"n": 3}, v3)
+
+
+def test_changes_in_a_batch_apply_in_order(store: SqlFactStore) -> None:
+    v = store.apply(
+        [
+            put("user", "u1", n=1),
+            put("user", "u1", n=2),
+            delete("user", "u1"),
+            put("user", "u1", n=3),
+            put("user", "u2", n=4),
+            delete("user", "u2"),
+        ]
+    )
+    assert store.get("user", "u1") == StoredFact("user", "u1", {"n": 3}, v)
+    assert store.get("user", "u2") is None
+    assert store.changes_since(0) == [
+        ChangeRecord(v, "user", "u1", {"n": 1}),
+        ChangeRecord(v, "user", "u1", {"n": 2}),
+        ChangeRecord(v, "user", "u1", None),
+        ChangeRecord(v, "user", "u1", {"n": 3}),
+        ChangeRecord(v, "user", "u2", {"n": 4}),
+        ChangeRecord(v, "user", "u2", None),
+    ]
+
+
+def test_changes_since_is_exclusive_and_ordered(store: SqlFactStore) -> None:
+    for i in range(1, 6):
+        store.apply([put("user", f"u{i}", n=i), put("client", f"c{i}", n=i)])
+    changes = store.changes_since(3)
+    assert [(c.version, c.kind, c.id) for c in changes] == [
+        (4, "user", "u4"),
+        (4, "client", "c4"),
+        (5, "user", "u5"),
+        (5, "client", "c5"),
+    ]
+    assert store.changes_since(5) == []
+    assert store.changes_since(99) == []
+    assert len(store.changes_since(-1)) == 10
+
+
+def test_a_batch_with_a_missing_delete_writes_nothing(store: SqlFactStore) -> None:
+    store.apply([put("user", "u1", n=1), put("user", "u2", n=2)])
+    before = snapshot(store)
+
+    with pytest.raises(NotFound) as raised:
+        store.apply(
+            [
+                put("user", "u1", n=100),  # an update
+                put("user", "u3", n=3),  # an insert
+                delete("user", "u2"),  # a good delete
+                delete("user", "ghost"),  # the bad one
+            ]
+        )
+    assert (raised.value.kind, raised.value.id) == ("user", "ghost")
+    assert snapshot(store) == before
+
+    # The failed batch used up no version.
+    assert store.apply([put("user", "u3", n=3)]) == before[0] + 1
+
+
+def test_a_delete_of_a_missing_fact_alone(store: SqlFactStore) -> None:
+    with pytest.raises(NotFound):
+        store.apply([delete("agreement", "nope")])
+    assert snapshot(store) == (0, [], [])
+
+
+def test_deleting_twice_in_one_batch_fails(store: SqlFactStore) -> None:
+    store.apply([put("user", "u1", n=1)])
+    before = snapshot(store)
+    with pytest.raises(NotFound):
+        store.apply([delete("user", "u1"), delete("user", "u1")])
+    assert snapshot(store) == before
+
+
+def test_an_empty_batch_is_refused(store: SqlFactStore) -> None:
+    with pytest.raises(ValueError):
+        store.apply([])
+    assert store.version() == 0
+
+
+@pytest.mark.parametrize(
+    "change",
+    [put("k" * 17, "u1", n=1), put("user", "u" * 129, n=1), put("", "u1"), put("user", "")],
+)
+def test_oversized_keys_are_refused_the_same_everywhere(
+    store: SqlFactStore, change: Change
+) -> None:
+    with pytest.raises(ValueError):
+        store.apply([put("user", "ok", n=1), change])
+    assert store.version() == 0
+
+
+def test_longest_keys_fit(store: SqlFactStore) -> None:
+    kind, id = "k" * 16, "i" * 128
+    v = store.apply([put(kind, id, n=1)])
+    assert store.get(kind, id) == StoredFact(kind, id, {"n": 1}, v)
+
+
+def test_two_stores_on_one_url_see_each_others_writes(store_url: str, opener: Opener) -> None:
+    a = opener(store_url)
+    b = opener(store_url)
+    va = a.apply([put("user", "u1", by="a")])
+    assert b.version() == va
+    assert b.get("user", "u1") == StoredFact("user", "u1", {"by": "a"}, va)
+    vb = b.apply([put("user", "u1", by="b"), put("user", "u2", by="b")])
+    assert vb == va + 1
+    assert a.get("user", "u1") == StoredFact("user", "u1", {"by": "b"}, vb)
+    assert [c.version for c in a.changes_since(va)] == [vb, vb]
+    b.apply([delete("user", "u2")])
+    assert a.get("user", "u2") is None
+    assert a.version() == vb + 1
+
+
+def test_migrations_are_idempotent(store_url: str, opener: Opener) -> None:
+    first = opener(store_url)
+    v = first.apply([put("user", "u1", n=1)])
+    second = opener(store_url)
+    second.migrate()
+    assert second.version() == v
+    assert second.get("user", "u1") == StoredFact("user", "u1", {"n": 1}, v)
+    with second.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all() == [
+            "0001"
+        ]
+        assert set(sa.inspect(conn).get_table_names()) >= {"facts", "fact_changes", "fact_meta"}
+
+
+def test_ping(store: SqlFactStore) -> None:
+    store.ping()
+
+
+def test_concurrent_writers_get_distinct_consecutive_versions(
+    store_url: str, opener: Opener
+) -> None:
+    stores = [opener(store_url), opener(store_url)]
+    threads_per_store, applies_per_thread = 3, 15
+    results: list[int] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def work(store: SqlFactStore, worker: int) -> None:
+        try:
+            for i in range(applies_per_thread):
+                v = store.apply(
+                    [put("user", f"w{worker}-{i}", i=i), put("user", "shared", worker=worker)]
+                )
+                with lock:
+                    results.append(v)
+        except BaseException as e:
+            with lock:
+                errors.append(e)
+
+    threads = [
+        threading.Thread(target=work, args=(s, n * threads_per_store + t))
+        for n, s in enumerate(stores)
+        for t in range(threads_per_store)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert errors == []
+    total = len(stores) * threads_per_store * applies_per_thread
+    assert sorted(results) == list(range(1, total + 1))
+    assert stores[0].version() == total
+    changes = stores[1].changes_since(0)
+    assert len(changes) == 2 * total
+    assert [c.version for c in changes] == sorted(c.version for c in changes)
+    shared = stores[0].get("user", "shared")
+    assert shared is not None and shared.version == total
+    assert len(list(stores[0].all_facts())) == total + 1
+
+
+# --- unavailability --------------------------------------------------------------------
+
+UNREACHABLE_PG = _pg_url("nowhere", port=1)
+
+
+def test_open_store_on_an_unreachable_postgresql() -> None:
+    with pytest.raises(StoreUnavailable) as raised:
+        open_store(UNREACHABLE_PG)
+    assert isinstance(raised.value.__cause__, sa.exc.DBAPIError)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s: s.ping(),
+        lambda s: s.version(),
+        lambda s: s.get("user", "u1"),
+        lambda s: list(s.all_facts()),
+        lambda s: s.changes_since(0),
+        lambda s: s.apply([put("user", "u1", n=1)]),
+    ],
+    ids=["ping", "version", "get", "all_facts", "changes_since", "apply"],
+)
+def test_every_call_on_an_unreachable_postgresql_raises_unavailable(
+    call: Callable[[SqlFactStore], object],
+) -> None:
+    store = SqlFactStore(UNREACHABLE_PG)  # does not connect yet
+    try:
+        with pytest.raises(StoreUnavailable) as raised:
+            call(store)
+        assert isinstance(raised.value.__cause__, sa.exc.DBAPIError)
+    finally:
+        store.close()
+
+
+def test_postgresql_going_away_after_open_raises_unavailable(
+    pg_database: str, opener: Opener
+) -> None:
+    store = opener(_pg_url(pg_database))
+    store.ping()
+    with _pg_connect(PG_ADMIN_DB) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (pg_database,),
+        )
+    # The pool notices the dead connections (pre-ping) and reconnects.
+    store.ping()
+
+
+# --- SQLite specifics ----------------------------------------------------------------
+
+
+def test_sqlite_connection_settings(tmp_path: Path, opener: Opener) -> None:
+    store = opener(f"sqlite:///{tmp_path / 'pdp.db'}")
+    with store.engine.connect() as conn:
+
+        def pragma(name: str) -> object:
+            return conn.exec_driver_sql(f"PRAGMA {name}").scalar()
+
+        assert pragma("journal_mode") == "wal"
+        assert pragma("synchronous") == 2  # FULL
+        assert pragma("foreign_keys") == 1
+        assert pragma("busy_timeout") == 5000
+
+
+def test_sqlite_creates_the_parent_directory(tmp_path: Path, opener: Opener) -> None:
+    path = tmp_path / "new" / "nested" / "pdp.db"
+    store = opener(f"sqlite:///{path}")
+    assert store.apply([put("user", "u1", n=1)]) == 1
+    assert path.is_file()
+
+
+def test_sqlite_writer_waits_for_another_writer(tmp_path: Path, opener: Opener) -> None:
+    url = f"sqlite:///{tmp_path / 'pdp.db'}"
+    a, b = opener(url), opener(url)
+    holding = threading.Event()
+    release = threading.Event()
+
+    def hold_write_lock() -> None:
+        with write_transaction(a.engine):
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_write_lock)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        threading.Timer(0.5, release.set).start()
+        started = time.monotonic()
+        assert b.apply([put("user", "u1", n=1)]) == 1  # waits, does not fail
+        assert time.monotonic() - started >= 0.4
+    finally:
+        release.set()
+        holder.join()
+
+
+def test_sqlite_reads_do_not_wait_for_a_writer(tmp_path: Path, opener: Opener) -> None:
+    url = f"sqlite:///{tmp_path / 'pdp.db'}"
+    a, b = opener(url), opener(url)
+    a.apply([put("user", "u1", n=1)])
+    with a.engine.connect() as conn:
+        conn.execution_options(pdp_write=True)
+        transaction = conn.begin()
+        try:
+            conn.execute(sa.text("UPDATE fact_meta SET value = value + 100"))
+            started = time.monotonic()
+            assert b.version() == 1  # the uncommitted write is invisible, and no wait
+            assert b.get("user", "u1") is not None
+            assert time.monotonic() - started < 1
+        finally:
+            transaction.rollback()
+    assert b.version() == 1
