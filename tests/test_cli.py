@@ -1,0 +1,104 @@
+"""The `pdp` command as a user runs it: a real process each time."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pdp.demo import demo_facts
+from tests.conftest import ROOT, Server
+
+
+def pdp(*args: str, env: dict[str, str] | None = None, input: str | None = None,
+        cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PDP_")}
+    return subprocess.run([sys.executable, "-m", "pdp", *args], capture_output=True, text=True,
+                          env={**environment, **(env or {})}, input=input, cwd=cwd, timeout=60)
+
+
+@pytest.mark.parametrize("command", [(), ("serve",), ("check",), ("facts", "import"),
+                                     ("policy", "test"), ("policy", "check")])
+def test_help(command: tuple[str, ...]) -> None:
+    done = pdp(*command, "--help")
+    assert done.returncode == 0
+    assert "Usage" in done.stdout
+    assert len(done.stdout.strip().splitlines()) > 3
+
+
+def test_policy_check_names_file_and_line(tmp_path: Path) -> None:
+    assert pdp("policy", "check").returncode == 0
+    for source in (ROOT / "policies").glob("*.polar"):
+        shutil.copy(source, tmp_path / source.name)
+    rules = tmp_path / "rules.polar"
+    lines = rules.read_text().splitlines()
+    target = next(i for i, line in enumerate(lines) if line.startswith('failing(r, "own_record")'))
+    lines[target] = 'failing(r, "own_record") if r.user_client_id = ;'
+    rules.write_text("\n".join(lines) + "\n")
+    done = pdp("policy", "check", str(tmp_path))
+    assert done.returncode == 1
+    assert f"rules.polar:{target + 1}:" in done.stderr
+
+
+def test_serve_refuses_without_keys(tmp_path: Path) -> None:
+    done = pdp("serve", "--port", "1", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "PDP_API_KEYS" in done.stderr
+
+
+def _jsonl(items: list[dict[str, Any]]) -> str:
+    return "\n".join(json.dumps(item) for item in items) + "\n"
+
+
+def test_import_then_check_against_the_store(tmp_path: Path) -> None:
+    env = {"PDP_DATABASE_URL": f"sqlite:///{tmp_path / 'facts.sqlite3'}"}
+    source = tmp_path / "facts.jsonl"
+    source.write_text(_jsonl(demo_facts()))
+    done = pdp("facts", "import", str(source), env=env)
+    assert done.returncode == 0, done.stderr
+    assert f"imported {len(demo_facts())} facts" in done.stdout
+
+    allow = pdp("check", "--user", "u-1001", "--client", "c-749-001", "--category",
+                "service_needs_plans", "--purpose", "coaching", env=env)
+    assert allow.returncode == 0, allow.stderr
+    assert allow.stdout.startswith("allow allowed")
+    deny = pdp("check", "--user", "u-1001", "--client", "c-749-001", "--category",
+               "benefits", "--purpose", "coaching", env=env)
+    assert deny.returncode == 1
+    assert deny.stdout.startswith("deny category_not_necessary")
+    bad = pdp("check", "--user", "u-1001", "--client", "c-749-001", "--category",
+              "no-such-category", "--purpose", "coaching", env=env)
+    assert bad.returncode == 2
+
+
+def test_import_is_all_or_nothing(tmp_path: Path) -> None:
+    env = {"PDP_DATABASE_URL": f"sqlite:///{tmp_path / 'facts.sqlite3'}"}
+    good = {"kind": "client", "id": "c-1", "data": {"home_municipality": "749"}}
+    bad = {"kind": "client", "id": "c-2", "data": {"home_municipality": "7490"}}
+    batch = {"facts": [{"kind": "client", "id": "c-3", "data": {"home_municipality": "297"}}]}
+    done = pdp("facts", "import", "-", env=env, input=_jsonl([good, batch, bad]))
+    assert done.returncode == 2
+    assert "facts[2]" in done.stderr and "nothing imported" in done.stderr
+    check = pdp("check", "--user", "u", "--client", "c-1", "--category", "name_contact",
+                "--purpose", "coaching", env=env)
+    assert "facts_version 0" in check.stdout
+    ok = pdp("facts", "import", "-", env=env, input=_jsonl([good, batch]))
+    assert ok.returncode == 0 and "imported 2 facts, facts_version 1" in ok.stdout
+
+
+def test_check_against_a_running_server(server: Server) -> None:
+    env = {"PDP_TOKEN": "t-pep"}
+    done = pdp("check", "--url", server.url, "--user", "nobody", "--client", "c",
+               "--category", "name_contact", "--purpose", "coaching", env=env)
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.startswith("deny unknown_subject")
+    unauthorized = pdp("check", "--url", server.url, "--user", "nobody", "--client", "c",
+                       "--category", "name_contact", env={"PDP_TOKEN": "wrong"})
+    assert unauthorized.returncode == 2
+    assert "401" in unauthorized.stderr
