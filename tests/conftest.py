@@ -146,8 +146,9 @@ class World:
             "municipalities": [{"code": "167", "name": "Joensuu"}]})
         self.put("agreements", self.municipality, {
             "area": "kuopio", "status": "in_force", "signed_at": "2025-01-01T00:00:00+02:00"})
-        self.put("users", self.user, {"municipality": self.municipality, "display_name": "Testi Käyttäjä",
-                                      "tasks": ["coaching"], "status": "active"})
+        self.put("users", self.user, {
+            "municipality": self.municipality, "display_name": "Testi Käyttäjä",
+            "tasks": ["coaching"], "status": "active"})
         self.put("grants", self.grant, self.grant_data())
         self.put("clients", self.client, {"home_municipality": self.municipality})
         self.put("relationships", self.relationship, {
