@@ -50,8 +50,8 @@ never_needed("identity_code");
 never_needed("unemployment_security_statements");
 never_needed("benefits");
 
-# Special-category data (GDPR Art. 9): only where the grant names it explicitly (rule 9).
-explicitly_granted_only("health_work_capacity");
+# Special-category data (GDPR Art. 9, health_work_capacity) is in coaching's profile, and
+# like every category it needs the grant to name it in its scopes (rule 9).
 
 # Categories hidden for a client with a protection order, turvakielto (rule 10).
 protected_by_order("name_contact");

@@ -31,12 +31,10 @@
 
 decision(r, category, action, reason, "") if
     failing(r, reason) and cut and
-    category_and_action(category, action);
+    category(category) and action(action);
 decision(r, category, action, reason, grant) if
-    category_and_action(category, action) and
+    category(category) and
     category_decision(r, category, action, reason, grant);
-
-category_and_action(category, action) if category(category) and action(action);
 
 # ---------------------------------------------------------------------------------------
 # 1. Known, active user. Accounts are personal.
@@ -97,35 +95,35 @@ assigned_to(relationship, user_id) if user_id in relationship.assigned_users;
 
 # ---------------------------------------------------------------------------------------
 # 9. Necessary data only: the category is in the task profile of the purpose and in an
-#    active grant's scopes; never-needed categories never; special categories only where
-#    the grant names them.
-category_decision(r, category, _action, "category_not_necessary", "") if
-    not necessary(r, category, _) and cut;
+#    active grant's scopes; never-needed categories never; special categories (health)
+#    only where the grant names them — a grant's scopes are always named one by one.
+category_decision(r, category, action, "category_not_necessary", "") if
+    not necessary(r, category, _) and cut and
+    action(action);
 
 necessary(r, category, grant) if
     task_profile(r.purpose, category) and
     not never_needed(category) and
     active_grant(r, grant) and
-    category in grant.scopes and
-    named_where_required(category, grant);
-
-named_where_required(category, _grant) if not explicitly_granted_only(category);
-named_where_required(category, grant) if
-    explicitly_granted_only(category) and
     category in grant.scopes;
 
 # 10. Protection order (turvakielto): contact data is not shown.
-category_decision(r, category, _action, "protection_order", "") if
+category_decision(r, category, action, "protection_order", "") if
     r.client_protection_order and
-    protected_by_order(category) and cut;
+    protected_by_order(category) and cut and
+    action(action);
 
 # 11. Powers: the action is among the grant's actions; writing only the user's own
 #     service records.
-category_decision(r, category, action, "allowed", grant.id) if
+category_decision(r, category, action, reason, grant) if
+    action(action) and
+    powers(r, category, action, reason, grant);
+
+powers(r, category, action, "allowed", grant.id) if
     necessary(r, category, grant) and
     action in grant.actions and
     permitted_on(action, category) and cut;
-category_decision(_r, _category, _action, "action_not_permitted", "");
+powers(_r, _category, _action, "action_not_permitted", "");
 
 permitted_on("read", _category);
 permitted_on("write", category) if writable(category);

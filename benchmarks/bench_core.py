@@ -1,0 +1,62 @@
+"""Decision-core speed on the demo world: a policy query vs a memoised answer.
+
+Run: .venv/bin/python benchmarks/bench_core.py [--seconds S]
+Prints per-decision times and their ratio (speed is measured here, never asserted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from pdp.api import parse_batch
+from pdp.core import DecisionRequest, check_policy, decide
+from pdp.decider import Decider
+from pdp.demo import demo_facts
+from pdp.factindex import FactIndex
+from pdp.policy_engine import load_policy
+from pdp.settings import DEFAULT_POLICY_DIR
+from pdp.store import ChangeRecord
+
+
+def per_call(fn: Callable[[], object], seconds: float) -> float:
+    calls = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for _ in range(10):
+            fn()
+        calls += 10
+    return (time.perf_counter() - started) / calls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=2.0)
+    seconds = parser.parse_args().seconds
+    now = datetime.now(UTC)
+    index = FactIndex()
+    index.apply([ChangeRecord(1, c.kind, c.id, c.data) for c in parse_batch(demo_facts(now))])
+    policy = load_policy(DEFAULT_POLICY_DIR)
+    check_policy(policy)
+    allow = DecisionRequest("u-1001", "c-749-001", "service_needs_plans", "read", "coaching")
+    early_deny = DecisionRequest("nobody", "c-749-001", "name_contact", "read", "coaching")
+    decider = Decider(policy, index)
+    decider.decide(allow)
+
+    rows = [
+        ("policy query, all categories (allow path)", per_call(
+            lambda: decide(policy, index, allow, now), seconds)),
+        ("policy query, all categories (unknown user)", per_call(
+            lambda: decide(policy, index, early_deny, now), seconds)),
+        ("memoised decision (Decider hit)", per_call(lambda: decider.decide(allow), seconds)),
+    ]
+    base = rows[0][1]
+    print(f"{'case':48} {'per decision':>14} {'vs policy query':>16}")
+    for name, value in rows:
+        print(f"{name:48} {value * 1e6:11.1f} µs {base / value:15.1f}x")
+
+
+if __name__ == "__main__":
+    main()
