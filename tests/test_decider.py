@@ -160,3 +160,20 @@ def test_a_policy_that_allows_without_grant_fails_closed(tmp_path: Path) -> None
         'decision(_r, "name_contact", "read", "allowed", "");\n')
     decision = decide(load_policy(tmp_path), world(), REQUEST, T0)
     assert (decision.decision, decision.reason) == (False, POLICY_ERROR)
+
+
+def test_never_needed_wins_over_an_edited_profile(tmp_path: Path) -> None:
+    """A policy author who adds a never-needed category to a profile still gets a deny."""
+    for source in DEFAULT_POLICY_DIR.glob("*.polar"):
+        (tmp_path / source.name).write_text(source.read_text())
+    with (tmp_path / "data.polar").open("a") as data:
+        data.write('\ntask_profile("coaching", "benefits");\n')
+    edited = load_policy(tmp_path)
+    facts = world()
+    facts.apply([ChangeRecord(50, "grant", "g1", {
+        "user": "u1", "scopes": ["name_contact", "benefits"],
+        "valid_from": "2026-01-01T00:00:00+00:00", "valid_until": GRANT_END.isoformat(),
+        "status": "active", "legal_basis": "x"})])
+    benefits = DecisionRequest("u1", "c1", "benefits", "read", "coaching")
+    assert decide(edited, facts, benefits, T0).reason == "category_not_necessary"
+    assert decide(edited, facts, REQUEST, T0).decision is True
