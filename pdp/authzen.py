@@ -77,7 +77,7 @@ class EvaluationsEnvelope(_Open):
     action: dict[str, Any] | None = None
     resource: dict[str, Any] | None = None
     context: dict[str, Any] | None = None
-    evaluations: list[dict[str, Any]]
+    evaluations: list[Any]  # each item is validated on its own: a bad one fails alone
     options: EvaluationsOptions = Field(default_factory=EvaluationsOptions)
 
 

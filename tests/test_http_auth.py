@@ -1,0 +1,304 @@
+"""Caller authentication and roles over HTTP (API.md "Caller authentication").
+
+Every endpoint but the open four needs a bearer token: without one (or with an unknown one)
+the answer is 401 with `WWW-Authenticate: Bearer`; a known token without the role gets 403.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Any
+
+import httpx
+import pytest
+from conftest import KEYS, Server
+
+_ids = itertools.count(1)
+
+
+def unique(prefix: str) -> str:
+    return f"auth{next(_ids)}-{os.getpid()}-{prefix}"
+
+
+# A municipality code that no other test's world uses: agreements written here cannot
+# change anybody else's decisions.
+CODE = "998"
+
+COLLECTION_KIND = {
+    "areas": "area",
+    "agreements": "agreement",
+    "grants": "grant",
+    "users": "user",
+    "clients": "client",
+    "relationships": "relationship",
+}
+FACTS_WRITER = {"clients", "relationships", "users"}
+GRANT_ADMIN = {"areas", "agreements", "grants"}
+
+# Which collections each token may use, and whether it may ask for decisions.
+MAY_WRITE: dict[str, set[str]] = {
+    "t-pep": set(),
+    "t-facts": FACTS_WRITER,
+    "t-grants": GRANT_ADMIN,
+    "t-auditor": set(),
+    "t-policy": set(),
+    "t-admin": FACTS_WRITER | GRANT_ADMIN,
+    "t-both": FACTS_WRITER | GRANT_ADMIN,
+}
+MAY_DECIDE = {"t-pep", "t-admin"}
+assert set(MAY_WRITE) == set(KEYS)
+
+
+def fact_id(collection: str) -> str:
+    return CODE if collection == "agreements" else unique(collection)
+
+
+def valid_fact(collection: str) -> dict[str, Any]:
+    """A valid fact of the collection, in the otherwise unused municipality CODE."""
+    return {
+        "areas": {"name": "Testialue", "responsible_municipality": CODE,
+                  "municipalities": [{"code": CODE, "name": "Testikunta"}]},
+        "agreements": {"area": unique("area"), "status": "in_force",
+                       "signed_at": "2025-01-01T00:00:00+02:00"},
+        "users": {"municipality": CODE, "display_name": "Testi", "tasks": ["coaching"],
+                  "status": "active"},
+        "grants": {"user": unique("user"), "scopes": ["name_contact"], "actions": ["read"],
+                   "valid_from": "2025-01-01T00:00:00+02:00",
+                   "valid_until": "2099-01-01T00:00:00+02:00", "status": "active",
+                   "legal_basis": "380/2023 125 § 1 mom."},
+        "clients": {"home_municipality": CODE, "protection_order": False},
+        "relationships": {"client": unique("client"), "municipality": CODE,
+                          "service": "coaching", "starts_at": "2025-06-01T00:00:00+03:00"},
+    }[collection]
+
+
+def decision_body() -> dict[str, Any]:
+    return {"subject": {"type": "user", "id": unique("u")},
+            "action": {"name": "read"},
+            "resource": {"type": "client_record", "id": unique("c"),
+                         "properties": {"category": "name_contact"}},
+            "context": {"purpose": "coaching"}}
+
+
+def evaluations_body() -> dict[str, Any]:
+    return {"evaluations": [decision_body(), decision_body()]}
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body: dict[str, Any] = response.json()
+    assert set(body) == {"error"}, body
+    assert body["error"]["code"] == code, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
+    return body
+
+
+# -- 401: every protected endpoint -------------------------------------------------------
+
+PROTECTED: list[tuple[str, str, Any]] = [  # (method, path, body)
+    ("POST", "/access/v1/evaluation", decision_body()),
+    ("POST", "/access/v1/evaluations", evaluations_body()),
+    ("POST", "/v1/facts:batch",
+     {"facts": [{"kind": "client", "id": unique("c"), "data": valid_fact("clients")}]}),
+]
+for _collection in COLLECTION_KIND:
+    _path = f"/v1/{_collection}/{fact_id(_collection)}"
+    PROTECTED += [("PUT", _path, valid_fact(_collection)), ("GET", _path, None),
+                  ("DELETE", _path, None)]
+
+
+
+def endpoint_id(method: str, path: str) -> str:
+    parts = path.split("/")
+    return f"{method} {parts[2] if parts[1] == 'v1' and len(parts) == 4 else parts[-1]}"
+
+
+BAD_AUTHORIZATION: dict[str, dict[str, str]] = {
+    "missing": {},
+    "basic-scheme": {"Authorization": "Basic dC1hZG1pbjp4"},
+    "token-scheme": {"Authorization": "Token t-admin"},
+    "no-scheme": {"Authorization": "t-admin"},
+    "bare-bearer": {"Authorization": "Bearer"},
+    "unknown-token": {"Authorization": "Bearer t-nobody"},
+    "token-prefix": {"Authorization": "Bearer t-admi"},
+    "token-suffix": {"Authorization": "Bearer t-adminx"},
+}
+
+
+@pytest.mark.parametrize("authorization", list(BAD_AUTHORIZATION.values()),
+                         ids=list(BAD_AUTHORIZATION))
+@pytest.mark.parametrize(("method", "path", "body"), PROTECTED,
+                         ids=[endpoint_id(m, p) for m, p, _ in PROTECTED])
+def test_protected_endpoint_refuses_without_a_valid_bearer_token(
+        server: Server, method: str, path: str, body: Any,
+        authorization: dict[str, str]) -> None:
+    with server.client(None) as client:
+        response = client.request(method, path, json=body, headers=authorization)
+    assert_error(response, 401, "unauthorized")
+    assert response.headers.get("www-authenticate", "").lower().startswith("bearer")
+
+
+@pytest.mark.parametrize("collection", list(COLLECTION_KIND))
+def test_unauthenticated_put_stores_nothing(server: Server, admin: httpx.Client,
+                                            collection: str) -> None:
+    path = f"/v1/{collection}/{fact_id(collection)}"
+    if collection == "agreements":
+        admin.delete(path)
+    with server.client("t-nobody") as client:
+        assert client.put(path, json=valid_fact(collection)).status_code == 401
+    assert admin.get(path).status_code == 404
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics",
+                                  "/.well-known/authzen-configuration"])
+@pytest.mark.parametrize("token", [None, "t-nobody"], ids=["no-token", "unknown-token"])
+def test_open_endpoints_answer_without_a_token(server: Server, path: str,
+                                               token: str | None) -> None:
+    with server.client(token) as client:
+        response = client.get(path)
+    assert response.status_code == 200, response.text
+    assert "www-authenticate" not in response.headers
+
+
+def test_bearer_scheme_is_case_insensitive(server: Server) -> None:
+    with server.client(None) as client:
+        response = client.post("/access/v1/evaluation", json=decision_body(),
+                               headers={"Authorization": "bearer t-pep"})
+    assert response.status_code == 200, response.text
+
+
+# -- 403: the role matrix ------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", ["/access/v1/evaluation", "/access/v1/evaluations"])
+@pytest.mark.parametrize("token", list(KEYS))
+def test_decision_endpoints_need_pep_or_admin(server: Server, token: str, path: str) -> None:
+    body = decision_body() if path.endswith("evaluation") else evaluations_body()
+    with server.client(token) as client:
+        response = client.post(path, json=body)
+    if token in MAY_DECIDE:
+        assert response.status_code == 200, response.text
+        result = response.json()
+        if path.endswith("evaluation"):
+            assert result["decision"] is False
+            assert result["context"]["reason"] == "unknown_subject"
+        else:
+            assert [r["context"]["reason"] for r in result["evaluations"]] == [
+                "unknown_subject", "unknown_subject"]
+    else:
+        assert_error(response, 403, "forbidden")
+        assert "www-authenticate" not in response.headers
+
+
+@pytest.mark.parametrize("collection", list(COLLECTION_KIND))
+@pytest.mark.parametrize("token", list(KEYS))
+def test_fact_collections_follow_the_role_matrix(server: Server, admin: httpx.Client,
+                                                 token: str, collection: str) -> None:
+    path = f"/v1/{collection}/{fact_id(collection)}"
+    data = valid_fact(collection)
+    with server.client(token) as client:
+        if collection in MAY_WRITE[token]:
+            put = client.put(path, json=data)
+            assert put.status_code == 200, put.text
+            assert put.json()["id"] == path.rsplit("/", 1)[1]
+            got = client.get(path)
+            assert got.status_code == 200, got.text
+            for key, value in data.items():
+                assert got.json()[key] == value
+            deleted = client.delete(path)
+            assert deleted.status_code == 200, deleted.text
+            assert client.get(path).status_code == 404
+        else:
+            # The fact exists (written by the admin): the refusals are about the role.
+            stored = admin.put(path, json=data)
+            assert stored.status_code == 200, stored.text
+            changed = {**data, "protection_order": True} if collection == "clients" else data
+            assert_error(client.put(path, json=changed), 403, "forbidden")
+            assert_error(client.get(path), 403, "forbidden")
+            assert_error(client.delete(path), 403, "forbidden")
+            after = admin.get(path)
+            assert after.status_code == 200, after.text
+            assert after.json()["facts_version"] == stored.json()["facts_version"]
+            assert admin.delete(path).status_code == 200
+
+
+def batch_item(collection: str) -> dict[str, Any]:
+    return {"kind": COLLECTION_KIND[collection], "id": fact_id(collection),
+            "data": valid_fact(collection)}
+
+
+def stored_ids(admin: httpx.Client, items: list[dict[str, Any]]) -> list[str]:
+    collections = {kind: collection for collection, kind in COLLECTION_KIND.items()}
+    return [item["id"] for item in items
+            if admin.get(f"/v1/{collections[item['kind']]}/{item['id']}").status_code == 200]
+
+
+def delete_items(admin: httpx.Client, items: list[dict[str, Any]]) -> None:
+    collections = {kind: collection for collection, kind in COLLECTION_KIND.items()}
+    for item in items:
+        admin.delete(f"/v1/{collections[item['kind']]}/{item['id']}")
+
+
+@pytest.mark.parametrize("collection", list(COLLECTION_KIND))
+@pytest.mark.parametrize("token", list(KEYS))
+def test_facts_batch_of_one_kind_follows_the_role_matrix(
+        server: Server, admin: httpx.Client, token: str, collection: str) -> None:
+    items = [batch_item(collection)]
+    if collection == "agreements":
+        delete_items(admin, items)
+    with server.client(token) as client:
+        response = client.post("/v1/facts:batch", json={"facts": items})
+    try:
+        if collection in MAY_WRITE[token]:
+            assert response.status_code == 200, response.text
+            assert response.json()["count"] == 1
+            assert stored_ids(admin, items) == [items[0]["id"]]
+        else:
+            assert_error(response, 403, "forbidden")
+            assert stored_ids(admin, items) == []
+    finally:
+        delete_items(admin, items)
+
+
+MIXED = [["clients", "grants"], ["users", "areas"], ["relationships", "agreements"],
+         ["clients", "relationships", "users", "areas", "agreements", "grants"]]
+
+
+@pytest.mark.parametrize("collections", MIXED, ids=["+".join(c) for c in MIXED])
+@pytest.mark.parametrize("token", list(KEYS))
+def test_facts_batch_needs_the_roles_of_every_kind_it_holds(
+        server: Server, admin: httpx.Client, token: str, collections: list[str]) -> None:
+    items = [batch_item(collection) for collection in collections]
+    if "agreements" in collections:
+        delete_items(admin, [i for i in items if i["kind"] == "agreement"])
+    version = server_version(admin)
+    with server.client(token) as client:
+        response = client.post("/v1/facts:batch", json={"facts": items})
+    try:
+        if set(collections) <= MAY_WRITE[token]:
+            assert response.status_code == 200, response.text
+            assert response.json()["count"] == len(items)
+            assert sorted(stored_ids(admin, items)) == sorted(i["id"] for i in items)
+        else:
+            assert_error(response, 403, "forbidden")
+            assert stored_ids(admin, items) == []
+            assert server_version(admin) == version
+    finally:
+        delete_items(admin, items)
+
+
+@pytest.mark.parametrize("token", ["t-pep", "t-auditor", "t-policy"])
+def test_facts_batch_is_refused_to_roles_without_any_fact_role(server: Server,
+                                                                token: str) -> None:
+    """pep, auditor and policy_admin may not use the facts API at all, even to send an
+    empty batch."""
+    with server.client(token) as client:
+        response = client.post("/v1/facts:batch", json={"facts": []})
+    assert_error(response, 403, "forbidden")
+
+
+def server_version(admin: httpx.Client) -> int:
+    response = admin.get("/readyz")
+    assert response.status_code == 200, response.text
+    version: int = response.json()["facts_version"]
+    return version
