@@ -233,15 +233,9 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     def decide(evaluation: Evaluation) -> dict[str, Any]:
         started = time.perf_counter()
-        decider = runtime.decider
-        misses = decider.misses
-        decision: Decision = decider.decide(evaluation.to_request())
+        decision: Decision = runtime.decider.decide(evaluation.to_request())
         metrics.decision_seconds.observe(time.perf_counter() - started)
         metrics.decisions.labels(str(decision.decision).lower(), decision.reason).inc()
-        hit = decider.misses == misses
-        metrics.cache_requests.labels("decision", "hit" if hit else "miss").inc()
-        if not hit:
-            metrics.policy_queries.inc()
         return {
             "decision": decision.decision,
             "context": {

@@ -16,6 +16,7 @@ from datetime import datetime
 from pdp.clock import to_micros, utcnow
 from pdp.core import Decision, DecisionRequest, DecisionTable, evaluate_record
 from pdp.factindex import FactIndex
+from pdp.metrics import Metrics
 from pdp.policy_engine import CompiledPolicy
 from pdp.policy_input import policy_record
 
@@ -31,10 +32,11 @@ class _Memo:
 
 class Decider:
     def __init__(self, policy: CompiledPolicy, facts: FactIndex, *, cache_size: int = 100_000,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 clock: Callable[[], datetime] = utcnow, metrics: Metrics | None = None) -> None:
         self.policy = policy
         self.facts = facts
         self.clock = clock
+        self.metrics = metrics
         self.cache_size = cache_size
         self._memo: dict[tuple[str, str, str], _Memo] = {}
         self.hits = 0
@@ -66,9 +68,14 @@ class Decider:
                     and memo.stamps == stamps
                     and memo.table.valid_from <= now_us < memo.table.valid_until):
                 self.hits += 1
+                if self.metrics:
+                    self.metrics.cache_requests.labels("decision", "hit").inc()
                 return memo.table.at_version(version)
             record = policy_record(self.facts, user, client, purpose, now_us)
         self.misses += 1
+        if self.metrics:
+            self.metrics.cache_requests.labels("decision", "miss").inc()
+            self.metrics.policy_queries.inc()
         table = evaluate_record(policy, record, version)
         if table.valid_from < table.valid_until:
             if len(self._memo) >= self.cache_size:

@@ -47,6 +47,7 @@ def build_runtime(settings: Settings, keys: dict[str, list[str]]) -> Runtime:
     metrics = Metrics()
     metrics.policy_info.info({"version": policy.version})
     metrics.facts_version.set(facts.index.version)
-    decider = Decider(policy, facts.index, cache_size=settings.decision_cache_size)
+    decider = Decider(policy, facts.index, cache_size=settings.decision_cache_size,
+                      metrics=metrics)
     log.info("policy %s, facts_version %d", policy.version, facts.index.version)
     return Runtime(settings, facts, decider, metrics, Authenticator(keys))

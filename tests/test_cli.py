@@ -102,3 +102,19 @@ def test_check_against_a_running_server(server: Server) -> None:
                        "--category", "name_contact", env={"PDP_TOKEN": "wrong"})
     assert unauthorized.returncode == 2
     assert "401" in unauthorized.stderr
+
+
+def test_policy_test_passes_and_a_broken_case_fails(tmp_path: Path) -> None:
+    done = pdp("policy", "test")
+    assert done.returncode == 0, done.stdout[-2000:]
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.endswith(" 0 failed") and not last.startswith("0 passed")
+    suite = (ROOT / "policies" / "tests" / "01_user.yaml").read_text()
+    assert "expect: {decision: true, reason: allowed}" in suite
+    broken = suite.replace("expect: {decision: true, reason: allowed}",
+                           "expect: {decision: false, reason: user_inactive}", 1)
+    (tmp_path / "broken.yaml").write_text(broken)
+    failed = pdp("policy", "test", str(tmp_path))
+    assert failed.returncode == 1
+    assert "FAIL" in failed.stdout
+    assert failed.stdout.strip().splitlines()[-1].endswith(" 1 failed")

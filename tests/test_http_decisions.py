@@ -133,7 +133,10 @@ def test_health_and_metrics(server: Any, pep: httpx.Client, world: World) -> Non
     ready = httpx.get(server.url + "/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
     decide(pep, world.request(category="benefits"))
+    decide(pep, world.request(category="benefits"))
     text = httpx.get(server.url + "/metrics").text
+    assert 'pdp_cache_requests_total{cache="decision",result="hit"}' in text
+    assert 'pdp_cache_requests_total{cache="decision",result="miss"}' in text
     assert 'pdp_decisions_total{decision="false",reason="category_not_necessary"}' in text
     assert "pdp_decision_duration_seconds_bucket" in text
     assert "pdp_facts_version" in text
