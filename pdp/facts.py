@@ -90,6 +90,9 @@ class Grant(Fact):
     valid_until: AwareDatetime
     status: GrantStatus
     legal_basis: Text
+    # Extensions kept by the grant workflow (both optional in the facts API):
+    recertify_by: AwareDatetime | None = None  # an active right stops counting then
+    justification: Text | None = None  # the municipality's reason for the application
 
     @model_validator(mode="after")
     def _window(self) -> Grant:

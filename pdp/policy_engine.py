@@ -104,6 +104,28 @@ class CompiledPolicy:
             raise PolicyError(f"evaluation failed: {error}") from error
         return outcomes
 
+    def first(self, rule: str, *args: Any) -> dict[str, Any] | None:
+        """The bindings of the first answer to rule(*args) (variables made by `var`), or
+        None when the rule does not hold."""
+        try:
+            with self._lock:
+                query = self._polar.query_rule(rule, *args)  # type: ignore[no-untyped-call]
+                try:
+                    result = next(query, None)
+                finally:
+                    query.close()
+        except PolarError as error:
+            raise PolicyError(f"{rule} failed: {error}") from error
+        if result is None:
+            return None
+        bindings: dict[str, Any] = result["bindings"]
+        return bindings
+
+
+def var(name: str) -> Any:
+    """A query variable, for `CompiledPolicy.first`."""
+    return Variable(name)
+
 
 def load_policy(directory: Path | str) -> CompiledPolicy:
     """Load and check the policy in `directory`; raise PolicyError naming file and line."""

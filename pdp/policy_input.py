@@ -41,6 +41,7 @@ def policy_record(facts: FactIndex, user_id: str, client_id: str, purpose: str,
                 "status": grant.status,
                 "valid_from": to_micros(grant.valid_from),
                 "valid_until": to_micros(grant.valid_until),
+                "recertify_by": to_micros(grant.recertify_by),
                 "scopes": list(grant.scopes),
                 "actions": list(grant.actions),
             }
@@ -70,7 +71,7 @@ def time_window(record: Record) -> tuple[int, int]:
     now: int = record["now"]
     moments = [record["agreement_ends_at"]]
     for grant in record["grants"]:
-        moments += (grant["valid_from"], grant["valid_until"])
+        moments += (grant["valid_from"], grant["valid_until"], grant["recertify_by"])
     for rel in record["relationships"]:
         moments += (rel["starts_at"], rel["ends_at"])
     start = max((m for m in moments if m <= now), default=START_OF_TIME)

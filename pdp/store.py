@@ -9,16 +9,45 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """One fact to put (data is the validated JSON form) or delete (data is None)."""
+    """One fact to put (data is the validated JSON form) or delete (data is None).
+
+    `expected_version`, when set, makes the write conditional: 0 means the fact must not
+    exist, n > 0 that its current version must be n; otherwise `Conflict` is raised and
+    nothing of the write is stored (optimistic concurrency for workflow steps)."""
 
     kind: str
     id: str
     data: dict[str, Any] | None
+    expected_version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something that happened to a right, an agreement or a user: history and outbox.
+
+    Written in the same transaction as the fact changes it describes."""
+
+    type: str  # e.g. "grant.approved", "agreement.rescinded"
+    subject_kind: str  # "grant", "agreement", "user", ...
+    subject_id: str
+    municipality: str  # the municipality concerned, "" if none
+    actor: str  # who (the caller's name)
+    reason: str | None  # why: a reason code and/or a person's justification
+    data: dict[str, Any]  # what: at least the fact as it is after the change
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    id: int  # grows in commit order: the outbox cursor
+    at: datetime  # commit time (UTC)
+    facts_version: int  # the write that carried it
+    event: Event
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +72,15 @@ class StoreUnavailable(Exception):
     """The store cannot be reached or failed; nothing was written."""
 
 
+class Conflict(Exception):
+    """A conditional change found the fact at another version; nothing was written."""
+
+    def __init__(self, kind: str, id: str) -> None:
+        super().__init__(f"{kind} {id!r} changed meanwhile")
+        self.kind = kind
+        self.id = id
+
+
 class NotFound(Exception):
     """A delete named a fact that does not exist; nothing was written."""
 
@@ -53,10 +91,11 @@ class NotFound(Exception):
 
 
 class FactStore(Protocol):
-    def apply(self, changes: Sequence[Change]) -> int:
-        """Commit all changes atomically under one new facts_version and return it.
+    def apply(self, changes: Sequence[Change], events: Sequence[Event] = ()) -> int:
+        """Commit all changes and events atomically under one new facts_version; return it.
 
-        A delete of a fact that does not exist raises NotFound and nothing is written.
+        A delete of a fact that does not exist raises NotFound, a failed condition
+        Conflict; then nothing is written. `changes` may be empty if `events` is not.
         """
 
     def get(self, kind: str, id: str) -> StoredFact | None: ...
@@ -69,6 +108,19 @@ class FactStore(Protocol):
 
     def changes_since(self, version: int) -> list[ChangeRecord]:
         """Committed changes with a version greater than `version`, oldest first."""
+
+    def events_after(self, after: int, limit: int,
+                     municipality: str | None = None) -> list[StoredEvent]:
+        """Events with id > after, oldest first, at most `limit`; only those of
+        `municipality` when given."""
+
+    def events_of(self, subject_kind: str, subject_id: str) -> list[StoredEvent]:
+        """Every event about one subject, oldest first (its history)."""
+
+    def cursor(self, name: str) -> int:
+        """A named consumer's position in the event log (0 if never set)."""
+
+    def set_cursor(self, name: str, value: int) -> None: ...
 
     def ping(self) -> None:
         """Raise StoreUnavailable unless the store answers."""

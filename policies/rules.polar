@@ -17,7 +17,7 @@
 #   agreement_status, agreement_ends_at         the agreement of the user's municipality
 #   area_municipalities        codes of the municipalities of that agreement's area
 #   grants                     the user's grants: id, status, valid_from, valid_until,
-#                              scopes, actions
+#                              recertify_by, scopes, actions
 #   client_known, client_id, client_home, client_protection_order
 #   relationships              the client's relationships: municipality, service,
 #                              starts_at, ends_at, assigned_users
@@ -50,14 +50,14 @@ agreement_in_force(r) if
     r.now < r.agreement_ends_at;
 
 # 3. Active personal grant: approved by the authority, opened by KEHA (status active),
-#    and now inside its window [valid_from, valid_until).
+#    now inside its window [valid_from, valid_until), and re-certified in time
+#    (grant_state in lifecycle.polar).
 failing(r, "no_active_grant") if not active_grant(r, _);
 
 active_grant(r, grant) if
     grant in r.grants and
-    grant.status = "active" and
     grant.valid_from <= r.now and
-    r.now < grant.valid_until;
+    grant_state(grant, r.now, state) and state = "active";
 
 # The record asked for must exist.
 failing(r, "unknown_resource") if not r.client_known;

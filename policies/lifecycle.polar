@@ -1,0 +1,57 @@
+# The life of a right (DOMAIN.md "Lifecycle of a right"; agreement §§ 4-5, 9-10).
+#
+# applied -> approved (the employment authority) -> active (KEHA opened it) -> expired at
+# valid_until, or suspended (can be restored), or revoked. An active right not
+# re-certified by its `recertify_by` stops counting until it is re-certified.
+
+# The state a right is in at `now`: its recorded status, unless time has moved it on.
+# (`recertify_by` is the largest integer for a right with no re-certification date.)
+# Ask with the state unbound and compare after: the first matching rule decides (cut).
+grant_state(grant, now, "expired") if
+    not grant.status in ["revoked", "expired"] and
+    grant.valid_until <= now and cut;
+grant_state(grant, now, "recertification_due") if
+    grant.status = "active" and
+    grant.recertify_by <= now and cut;
+grant_state(grant, _now, grant.status);
+
+# The steps of the workflow: transition(state, step, next state).
+transition("applied", "approve", "approved");
+transition("approved", "activate", "active");
+transition("active", "suspend", "suspended");
+transition("recertification_due", "suspend", "suspended");
+transition("suspended", "restore", "active");
+transition("active", "recertify", "active");
+transition("recertification_due", "recertify", "active");
+transition(state, "revoke", "revoked") if
+    state in ["applied", "approved", "active", "recertification_due", "suspended"];
+
+# Steps after which the right must (still) lie within the limits below.
+checked_step("apply");
+checked_step("approve");
+checked_step("activate");
+checked_step("restore");
+
+# Limits on a right (at application, approval, opening and restoring), in order:
+# grant_refusal(a, rule, detail) gives the first limit the right breaks.
+#
+# The input `a` is a flat record (pdp/lifecycle.py): now, user_known, user_status,
+# user_tasks, agreement_status, agreement_ends_at, scopes, actions, valid_from,
+# valid_until, max_valid_until (valid_from plus the longest period allowed).
+grant_refusal(a, rule, detail) if refused(a, rule, detail) and cut;
+
+refused(a, "user_unknown", "") if not a.user_known;
+refused(a, "user_inactive", a.user_status) if a.user_status != "active";
+refused(a, "agreement_not_in_force", a.agreement_status) if not agreement_in_force(a);
+refused(a, "period_ended", "") if a.valid_until <= a.now;
+refused(a, "period_too_long", "") if a.max_valid_until < a.valid_until;
+refused(a, "scope_never_needed", scope) if scope in a.scopes and never_needed(scope);
+refused(a, "scope_outside_tasks", scope) if
+    scope in a.scopes and
+    not scope_fits_tasks(scope, a.user_tasks);
+
+# A scope fits when some task of the user needs it (the task profiles in data.polar).
+scope_fits_tasks(scope, tasks) if task in tasks and task_profile(task, scope);
+
+# A right fits the user's tasks when every one of its scopes does (used when tasks change).
+grant_fits_tasks(scopes, tasks) if forall(scope in scopes, scope_fits_tasks(scope, tasks));
