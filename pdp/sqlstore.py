@@ -2,13 +2,17 @@
 
 The SQL is portable; the only backend-specific code is the SQLite connection setup
 (WAL, synchronous=FULL, foreign keys, busy timeout, and `BEGIN IMMEDIATE` for writes so
-that concurrent writers queue instead of failing) and an advisory lock that serialises
-concurrent migrations on PostgreSQL.
+that concurrent writers queue instead of failing), an advisory lock that serialises
+concurrent migrations on PostgreSQL, and the dialect's `INSERT ... ON CONFLICT` (same
+syntax on both) for the cursor upsert, which runs outside the facts_version lock.
 
 Every `apply()` starts by incrementing the single `facts_version` row. That takes the
 write lock (SQLite: the database lock from `BEGIN IMMEDIATE`; PostgreSQL: the row
 lock), so writes are serialised and commit in version order, and the upsert below can
-be a plain "update, insert if nothing was updated" without racing another writer.
+be a plain "update, insert if nothing was updated" without racing another writer. The
+same lock makes conditional changes (`Change.expected_version`) exact: the fact's version
+is read after it, so no other writer can change the fact in between. Events are inserted
+after it too, so their autoincrement ids grow in commit order (the outbox relies on it).
 """
 
 from __future__ import annotations
@@ -24,9 +28,19 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, exc
-from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, Connection, Dialect, Engine, make_url
 
-from pdp.store import Change, ChangeRecord, NotFound, StoredFact, StoreUnavailable
+from pdp.store import (
+    Change,
+    ChangeRecord,
+    Conflict,
+    Event,
+    NotFound,
+    StoredEvent,
+    StoredFact,
+    StoreUnavailable,
+)
 
 __all__ = [
     "SqlFactStore",
@@ -39,6 +53,10 @@ __all__ = [
 
 KIND_LENGTH = 16
 ID_LENGTH = 128
+EVENT_TYPE_LENGTH = 64
+MUNICIPALITY_LENGTH = 3
+ACTOR_LENGTH = 200
+CURSOR_NAME_LENGTH = 200
 FACTS_VERSION = "facts_version"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -46,6 +64,34 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _WRITE_OPTION = "pdp_write"
 # Arbitrary constant key for the PostgreSQL advisory lock held while migrating.
 _MIGRATION_LOCK_KEY = 7_340_210_884_512
+
+
+class UtcDateTime(sa.types.TypeDecorator[datetime]):
+    """A timezone-aware timestamp, stored in UTC and read back as an aware UTC datetime.
+
+    SQLite keeps no offset (SQLAlchemy stores the naive text), PostgreSQL returns the
+    session's time zone; both come back as UTC."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def __init__(self) -> None:
+        super().__init__(timezone=True)
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("UtcDateTime needs a timezone-aware datetime")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
 
 metadata = sa.MetaData()
 
@@ -73,6 +119,37 @@ fact_meta = sa.Table(
     "fact_meta",
     metadata,
     sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.BigInteger(), nullable=False),
+)
+
+events_table = sa.Table(
+    "events",
+    metadata,
+    # BIGSERIAL on PostgreSQL; INTEGER PRIMARY KEY AUTOINCREMENT (never reused) on SQLite.
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("at", UtcDateTime(), nullable=False),
+    sa.Column("facts_version", sa.BigInteger(), nullable=False),
+    sa.Column("type", sa.String(EVENT_TYPE_LENGTH), nullable=False),
+    sa.Column("subject_kind", sa.String(KIND_LENGTH), nullable=False),
+    sa.Column("subject_id", sa.String(ID_LENGTH), nullable=False),
+    sa.Column("municipality", sa.String(MUNICIPALITY_LENGTH), nullable=False, server_default=""),
+    sa.Column("actor", sa.String(ACTOR_LENGTH), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=True),
+    sa.Column("data", sa.Text(), nullable=False),
+    sa.Index("ix_events_subject", "subject_kind", "subject_id", "id"),
+    sa.Index("ix_events_municipality", "municipality", "id"),
+    sqlite_autoincrement=True,
+)
+
+cursors = sa.Table(
+    "cursors",
+    metadata,
+    sa.Column("name", sa.String(CURSOR_NAME_LENGTH), primary_key=True),
     sa.Column("value", sa.BigInteger(), nullable=False),
 )
 
@@ -179,6 +256,29 @@ def _decode(text: str) -> dict[str, Any]:
     return cast(dict[str, Any], orjson.loads(text))
 
 
+def _check_length(what: str, value: str, low: int, high: int) -> None:
+    """Refuse what the columns would not hold, the same on every backend."""
+    if not low <= len(value) <= high:
+        raise ValueError(f"{what} must be {low}..{high} characters: {value!r}")
+
+
+def _stored_event(row: sa.Row[Any]) -> StoredEvent:
+    return StoredEvent(
+        id=int(row.id),
+        at=row.at,
+        facts_version=int(row.facts_version),
+        event=Event(
+            type=row.type,
+            subject_kind=row.subject_kind,
+            subject_id=row.subject_id,
+            municipality=row.municipality,
+            actor=row.actor,
+            reason=row.reason,
+            data=_decode(row.data),
+        ),
+    )
+
+
 class SqlFactStore:
     """`FactStore` on a SQL database named by a SQLAlchemy URL.
 
@@ -197,18 +297,35 @@ class SqlFactStore:
         """Bring the schema to the newest revision (a no-op when it is already there)."""
         upgrade(self.engine)
 
-    def apply(self, changes: Sequence[Change]) -> int:
-        if not changes:
-            raise ValueError("apply: no changes")
+    def apply(self, changes: Sequence[Change], events: Sequence[Event] = ()) -> int:
+        if not changes and not events:
+            raise ValueError("apply: no changes and no events")
         encoded: list[tuple[Change, str | None]] = []
         for change in changes:
-            if not 0 < len(change.kind) <= KIND_LENGTH:
-                raise ValueError(f"kind must be 1..{KIND_LENGTH} characters: {change.kind!r}")
-            if not 0 < len(change.id) <= ID_LENGTH:
-                raise ValueError(f"id must be 1..{ID_LENGTH} characters: {change.id!r}")
+            _check_length("kind", change.kind, 1, KIND_LENGTH)
+            _check_length("id", change.id, 1, ID_LENGTH)
+            if change.expected_version is not None and change.expected_version < 0:
+                raise ValueError(f"expected_version must be >= 0: {change.expected_version}")
             encoded.append((change, None if change.data is None else _encode(change.data)))
+        event_rows: list[dict[str, Any]] = []
+        for e in events:
+            _check_length("event type", e.type, 1, EVENT_TYPE_LENGTH)
+            _check_length("event subject_kind", e.subject_kind, 1, KIND_LENGTH)
+            _check_length("event subject_id", e.subject_id, 1, ID_LENGTH)
+            _check_length("event municipality", e.municipality, 0, MUNICIPALITY_LENGTH)
+            _check_length("event actor", e.actor, 0, ACTOR_LENGTH)
+            event_rows.append(
+                {
+                    "type": e.type,
+                    "subject_kind": e.subject_kind,
+                    "subject_id": e.subject_id,
+                    "municipality": e.municipality,
+                    "actor": e.actor,
+                    "reason": e.reason,
+                    "data": _encode(e.data),
+                }
+            )
 
-        now = datetime.now(UTC)
         with _available(), write_transaction(self.engine) as conn:
             version = conn.execute(
                 sa.update(fact_meta)
@@ -216,9 +333,15 @@ class SqlFactStore:
                 .values(value=fact_meta.c.value + 1)
                 .returning(fact_meta.c.value)
             ).scalar_one()
+            # Taken under the write lock: commit times follow versions and event ids.
+            now = datetime.now(UTC)
             log: list[dict[str, Any]] = []
             for seq, (change, data) in enumerate(encoded):
                 key = (facts.c.kind == change.kind) & (facts.c.id == change.id)
+                if change.expected_version is not None:
+                    current = conn.execute(sa.select(facts.c.version).where(key)).scalar()
+                    if (0 if current is None else int(current)) != change.expected_version:
+                        raise Conflict(change.kind, change.id)
                 if data is None:
                     if conn.execute(sa.delete(facts).where(key)).rowcount == 0:
                         raise NotFound(change.kind, change.id)
@@ -242,7 +365,13 @@ class SqlFactStore:
                         "changed_at": now,
                     }
                 )
-            conn.execute(sa.insert(fact_changes), log)
+            if log:
+                conn.execute(sa.insert(fact_changes), log)
+            if event_rows:
+                conn.execute(
+                    sa.insert(events_table),
+                    [{**row, "at": now, "facts_version": version} for row in event_rows],
+                )
         return int(version)
 
     def get(self, kind: str, id: str) -> StoredFact | None:
@@ -294,6 +423,54 @@ class SqlFactStore:
             )
             for r in rows
         ]
+
+    def events_after(
+        self, after: int, limit: int, municipality: str | None = None
+    ) -> list[StoredEvent]:
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0: {limit}")
+        if limit == 0:
+            return []
+        query = sa.select(events_table).where(events_table.c.id > after)
+        if municipality is not None:
+            query = query.where(events_table.c.municipality == municipality)
+        query = query.order_by(events_table.c.id).limit(limit)
+        with _available(), self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [_stored_event(r) for r in rows]
+
+    def events_of(self, subject_kind: str, subject_id: str) -> list[StoredEvent]:
+        c = events_table.c
+        query = (
+            sa.select(events_table)
+            .where(c.subject_kind == subject_kind, c.subject_id == subject_id)
+            .order_by(c.id)
+        )
+        with _available(), self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [_stored_event(r) for r in rows]
+
+    def cursor(self, name: str) -> int:
+        query = sa.select(cursors.c.value).where(cursors.c.name == name)
+        with _available(), self.engine.connect() as conn:
+            value = conn.execute(query).scalar_one_or_none()
+        return 0 if value is None else int(value)
+
+    def set_cursor(self, name: str, value: int) -> None:
+        """Move the cursor `name` to `value`, never backwards (an older value is ignored)."""
+        _check_length("cursor name", name, 1, CURSOR_NAME_LENGTH)
+        if value < 0:
+            raise ValueError(f"cursor value must be >= 0: {value}")
+        dialect = self.engine.dialect.name
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        statement = insert(cursors).values(name=name, value=value)
+        statement = statement.on_conflict_do_update(
+            index_elements=[cursors.c.name],
+            set_={"value": statement.excluded.value},
+            where=cursors.c.value < statement.excluded.value,
+        )
+        with _available(), write_transaction(self.engine) as conn:
+            conn.execute(statement)
 
     def ping(self) -> None:
         with _available(), self.engine.connect() as conn:

@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +22,23 @@ import pytest
 import sqlalchemy as sa
 from psycopg import sql
 
-from pdp.sqlstore import SqlFactStore, open_store, write_transaction
-from pdp.store import Change, ChangeRecord, FactStore, NotFound, StoredFact, StoreUnavailable
+from pdp.sqlstore import SqlFactStore, open_store, upgrade, write_transaction
+from pdp.store import (
+    Change,
+    ChangeRecord,
+    Conflict,
+    Event,
+    FactStore,
+    NotFound,
+    StoredEvent,
+    StoredFact,
+    StoreUnavailable,
+)
 
 PG_HOST = "127.0.0.1"
 PG_PORT = 5432
 PG_ADMIN_DB = "test"
-PG_TABLES = ("fact_changes", "facts", "fact_meta", "alembic_version")
+PG_TABLES = ("events", "cursors", "fact_changes", "facts", "fact_meta", "alembic_version")
 
 Opener = Callable[[str], SqlFactStore]
 
@@ -128,8 +139,21 @@ def delete(kind: str, id: str) -> Change:
     return Change(kind=kind, id=id, data=None)
 
 
-def snapshot(store: FactStore) -> tuple[int, list[StoredFact], list[ChangeRecord]]:
-    return store.version(), list(store.all_facts()), store.changes_since(0)
+def ev(type: str, subject_id: str, municipality: str = "749", subject_kind: str = "user",
+       actor: str = "tester", reason: str | None = None, **data: Any) -> Event:
+    return Event(type=type, subject_kind=subject_kind, subject_id=subject_id,
+                 municipality=municipality, actor=actor, reason=reason, data=data)
+
+
+def snapshot(
+    store: FactStore,
+) -> tuple[int, list[StoredFact], list[ChangeRecord], list[StoredEvent]]:
+    return (
+        store.version(),
+        list(store.all_facts()),
+        store.changes_since(0),
+        store.events_after(0, 1_000_000),
+    )
 
 
 def test_satisfies_the_protocol(store: SqlFactStore) -> None:
@@ -282,7 +306,7 @@ def test_a_batch_with_a_missing_delete_writes_nothing(store: SqlFactStore) -> No
 def test_a_delete_of_a_missing_fact_alone(store: SqlFactStore) -> None:
     with pytest.raises(NotFound):
         store.apply([delete("agreement", "nope")])
-    assert snapshot(store) == (0, [], [])
+    assert snapshot(store) == (0, [], [], [])
 
 
 def test_deleting_twice_in_one_batch_fails(store: SqlFactStore) -> None:
@@ -341,9 +365,11 @@ def test_migrations_are_idempotent(store_url: str, opener: Opener) -> None:
     assert second.get("user", "u1") == StoredFact("user", "u1", {"n": 1}, v)
     with second.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all() == [
-            "0001"
+            "0002"
         ]
-        assert set(sa.inspect(conn).get_table_names()) >= {"facts", "fact_changes", "fact_meta"}
+        assert set(sa.inspect(conn).get_table_names()) >= {
+            "facts", "fact_changes", "fact_meta", "events", "cursors"
+        }
 
 
 def test_ping(store: SqlFactStore) -> None:
@@ -393,6 +419,362 @@ def test_concurrent_writers_get_distinct_consecutive_versions(
     assert len(list(stores[0].all_facts())) == total + 1
 
 
+# --- events ----------------------------------------------------------------------------
+
+
+def test_events_are_written_with_their_facts(store: SqlFactStore) -> None:
+    v1 = store.apply(
+        [put("grant", "g1", status="applied")],
+        [ev("grant.applied", "g1", subject_kind="grant", reason="R1", status="applied"),
+         ev("user.touched", "u1", municipality="", n=1)],
+    )
+    v2 = store.apply(
+        [put("grant", "g1", status="active")],
+        [ev("grant.approved", "g1", subject_kind="grant", actor="boss", status="active")],
+    )
+    stored = store.events_after(0, 100)
+    assert [e.facts_version for e in stored] == [v1, v1, v2]
+    ids = [e.id for e in stored]
+    assert ids == sorted(ids) and len(set(ids)) == 3
+    assert [e.event for e in stored] == [
+        ev("grant.applied", "g1", subject_kind="grant", reason="R1", status="applied"),
+        ev("user.touched", "u1", municipality="", n=1),
+        ev("grant.approved", "g1", subject_kind="grant", actor="boss", status="active"),
+    ]
+    # One write, one commit time.
+    assert stored[0].at == stored[1].at <= stored[2].at
+
+
+def test_an_apply_with_only_events_bumps_the_version(store: SqlFactStore) -> None:
+    v1 = store.apply([put("user", "u1", n=1)])
+    v2 = store.apply([], [ev("user.viewed", "u1")])
+    assert v2 == v1 + 1 == store.version()
+    assert store.changes_since(v1) == []
+    assert store.get("user", "u1") == StoredFact("user", "u1", {"n": 1}, v1)
+    [stored] = store.events_after(0, 10)
+    assert (stored.facts_version, stored.event) == (v2, ev("user.viewed", "u1"))
+
+
+def test_an_apply_with_nothing_is_refused(store: SqlFactStore) -> None:
+    with pytest.raises(ValueError):
+        store.apply([], [])
+    assert store.version() == 0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ev("t" * 65, "u1"),
+        ev("", "u1"),
+        ev("x", "u" * 129),
+        ev("x", "u1", subject_kind="k" * 17),
+        ev("x", "u1", municipality="1234"),
+        ev("x", "u1", actor="a" * 201),
+    ],
+)
+def test_oversized_event_fields_are_refused(store: SqlFactStore, bad: Event) -> None:
+    with pytest.raises(ValueError):
+        store.apply([put("user", "u1", n=1)], [ev("ok", "u1"), bad])
+    assert snapshot(store) == (0, [], [], [])
+
+
+def test_events_after_pages_and_filters(store: SqlFactStore) -> None:
+    store.apply([], [ev("a", "u1", municipality="749"), ev("b", "u2", municipality="297")])
+    store.apply([], [ev("c", "u3", municipality="749")])
+    store.apply([], [ev("d", "u4", municipality=""), ev("e", "u5", municipality="749")])
+    every = store.events_after(0, 100)
+    assert [e.event.type for e in every] == ["a", "b", "c", "d", "e"]
+    ids = [e.id for e in every]
+
+    first = store.events_after(0, 2)
+    assert first == every[:2]
+    second = store.events_after(first[-1].id, 2)
+    assert second == every[2:4]
+    assert store.events_after(second[-1].id, 2) == every[4:]
+    assert store.events_after(ids[-1], 2) == []
+    assert store.events_after(ids[1], 100) == every[2:]  # exclusive
+    assert store.events_after(0, 0) == []
+
+    local = store.events_after(0, 100, municipality="749")
+    assert [e.event.type for e in local] == ["a", "c", "e"]
+    assert store.events_after(local[0].id, 1, municipality="749") == [local[1]]
+    assert [e.event.type for e in store.events_after(0, 100, municipality="")] == ["d"]
+    assert store.events_after(0, 100, municipality="091") == []
+
+
+def test_events_of_is_one_subjects_history(store: SqlFactStore) -> None:
+    g = "grant"
+    store.apply([put(g, "g1", s=1)], [ev("grant.applied", "g1", subject_kind=g)])
+    store.apply([put(g, "g2", s=1)], [ev("grant.applied", "g2", subject_kind=g)])
+    store.apply([], [ev("user.x", "g1")])  # same id, another kind
+    store.apply([put(g, "g1", s=2)], [ev("grant.approved", "g1", subject_kind=g)])
+    store.apply([delete(g, "g1")], [ev("grant.removed", "g1", subject_kind=g)])
+
+    history = store.events_of(g, "g1")
+    assert [(e.event.type, e.facts_version) for e in history] == [
+        ("grant.applied", 1), ("grant.approved", 4), ("grant.removed", 5)
+    ]
+    assert [e.id for e in history] == sorted(e.id for e in history)
+    assert [e.event.type for e in store.events_of(g, "g2")] == ["grant.applied"]
+    assert [e.event.type for e in store.events_of("user", "g1")] == ["user.x"]
+    assert store.events_of(g, "nope") == []
+
+
+def test_a_failed_batch_writes_neither_facts_nor_events(store: SqlFactStore) -> None:
+    store.apply([put("grant", "g1", s=1)], [ev("grant.applied", "g1", subject_kind="grant")])
+    before = snapshot(store)
+
+    with pytest.raises(NotFound):
+        store.apply(
+            [put("grant", "g1", s=2), put("grant", "g2", s=1), delete("grant", "ghost")],
+            [ev("grant.approved", "g1", subject_kind="grant")],
+        )
+    assert snapshot(store) == before
+
+    with pytest.raises(Conflict) as raised:
+        store.apply(
+            [put("grant", "g2", s=1), Change("grant", "g1", {"s": 2}, expected_version=99)],
+            [ev("grant.approved", "g1", subject_kind="grant")],
+        )
+    assert (raised.value.kind, raised.value.id) == ("grant", "g1")
+    assert snapshot(store) == before
+
+    # Neither failure used up a version.
+    assert store.apply([], [ev("x", "g1")]) == before[0] + 1
+
+
+# --- conditional writes ------------------------------------------------------------------
+
+
+def test_conditional_writes(store: SqlFactStore) -> None:
+    v1 = store.apply([Change("grant", "g1", {"s": 1}, expected_version=0)])  # new: ok
+    with pytest.raises(Conflict):  # exists now
+        store.apply([Change("grant", "g1", {"s": 9}, expected_version=0)])
+    v2 = store.apply([Change("grant", "g1", {"s": 2}, expected_version=v1)])  # current: ok
+    assert store.get("grant", "g1") == StoredFact("grant", "g1", {"s": 2}, v2)
+    with pytest.raises(Conflict):  # stale
+        store.apply([Change("grant", "g1", {"s": 9}, expected_version=v1)])
+    with pytest.raises(Conflict):  # from the future
+        store.apply([Change("grant", "g1", {"s": 9}, expected_version=v2 + 1)])
+    with pytest.raises(Conflict):  # a missing fact is at "version 0"
+        store.apply([Change("grant", "g2", {"s": 9}, expected_version=v1)])
+    assert store.get("grant", "g1") == StoredFact("grant", "g1", {"s": 2}, v2)
+    assert store.version() == v2
+
+    with pytest.raises(Conflict):  # a stale delete
+        store.apply([Change("grant", "g1", None, expected_version=v1)])
+    v3 = store.apply([Change("grant", "g1", None, expected_version=v2)])
+    assert store.get("grant", "g1") is None
+    v4 = store.apply([Change("grant", "g1", {"s": 3}, expected_version=0)])  # gone: new again
+    assert (v3, v4) == (v2 + 1, v2 + 2)
+    # Unconditional changes in the same batch still apply as before.
+    v5 = store.apply([put("user", "u1", n=1), Change("grant", "g1", {"s": 4}, expected_version=v4)])
+    assert store.get("grant", "g1") == StoredFact("grant", "g1", {"s": 4}, v5)
+
+
+def test_a_negative_expected_version_is_refused(store: SqlFactStore) -> None:
+    with pytest.raises(ValueError):
+        store.apply([Change("grant", "g1", {"s": 1}, expected_version=-1)])
+    assert store.version() == 0
+
+
+def test_concurrent_conditional_writers_one_wins(store_url: str, opener: Opener) -> None:
+    stores = [opener(store_url), opener(store_url)]
+    base = stores[0].apply([put("grant", "g1", by="none")])
+    workers = 8
+    barrier = threading.Barrier(workers)
+    won: list[int] = []
+    conflicts: list[int] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def work(store: SqlFactStore, worker: int) -> None:
+        try:
+            barrier.wait(10)
+            try:
+                v = store.apply(
+                    [Change("grant", "g1", {"by": worker}, expected_version=base)],
+                    [ev("grant.approved", "g1", subject_kind="grant", by=worker)],
+                )
+            except Conflict:
+                with lock:
+                    conflicts.append(worker)
+            else:
+                with lock:
+                    won.append(worker)
+                    assert v == base + 1
+        except BaseException as e:
+            with lock:
+                errors.append(e)
+
+    threads = [
+        threading.Thread(target=work, args=(stores[n % 2], n)) for n in range(workers)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert errors == []
+    assert len(won) == 1 and len(conflicts) == workers - 1
+    assert stores[1].version() == base + 1
+    assert stores[1].get("grant", "g1") == StoredFact("grant", "g1", {"by": won[0]}, base + 1)
+    [event] = stores[1].events_of("grant", "g1")
+    assert (event.facts_version, event.event.data) == (base + 1, {"by": won[0]})
+
+
+def test_concurrent_writers_events_are_in_commit_order(store_url: str, opener: Opener) -> None:
+    stores = [opener(store_url), opener(store_url)]
+    threads_per_store, applies_per_thread = 3, 10
+    errors: list[BaseException] = []
+
+    def work(store: SqlFactStore, worker: int) -> None:
+        try:
+            for i in range(applies_per_thread):
+                store.apply([put("user", f"w{worker}")],
+                            [ev("a", f"w{worker}", i=i), ev("b", f"w{worker}", i=i)])
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [
+        threading.Thread(target=work, args=(s, n * threads_per_store + t))
+        for n, s in enumerate(stores)
+        for t in range(threads_per_store)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert errors == []
+    total = len(stores) * threads_per_store * applies_per_thread
+    stored = stores[0].events_after(0, 10 * total)
+    assert len(stored) == 2 * total
+    # In id order, the versions (= commit order) never go down, and times neither.
+    assert [e.facts_version for e in stored] == sorted(e.facts_version for e in stored)
+    assert sorted({e.facts_version for e in stored}) == list(range(1, total + 1))
+    assert [e.at for e in stored] == sorted(e.at for e in stored)
+
+
+# --- event times -------------------------------------------------------------------------
+
+
+def test_event_times_are_aware_utc(store: SqlFactStore) -> None:
+    before = datetime.now(UTC)
+    store.apply([], [ev("x", "u1")])
+    after = datetime.now(UTC)
+    [stored] = store.events_after(0, 10)
+    assert stored.at.tzinfo is not None
+    assert stored.at.utcoffset() == timedelta(0)
+    assert before <= stored.at <= after
+    assert store.events_of("user", "u1")[0].at == stored.at
+
+
+def test_postgresql_event_times_are_utc_in_any_session_time_zone(
+    pg_database: str, opener: Opener
+) -> None:
+    with _pg_connect(pg_database) as conn:
+        for table in PG_TABLES:
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
+    helsinki = opener(_pg_url(pg_database) + "?options=-c%20timezone%3DEurope/Helsinki")
+    with helsinki.engine.connect() as conn:
+        assert conn.execute(sa.text("SHOW timezone")).scalar() == "Europe/Helsinki"
+    before = datetime.now(UTC)
+    helsinki.apply([], [ev("x", "u1")])
+    [seen_there] = helsinki.events_after(0, 10)
+    [seen_here] = opener(_pg_url(pg_database)).events_after(0, 10)
+    assert seen_there.at.utcoffset() == timedelta(0) == seen_here.at.utcoffset()
+    assert seen_there.at == seen_here.at
+    assert before <= seen_there.at <= datetime.now(UTC)
+
+
+# --- cursors -----------------------------------------------------------------------------
+
+
+def test_cursors(store_url: str, opener: Opener) -> None:
+    store = opener(store_url)
+    assert store.cursor("mailer") == 0
+    store.set_cursor("mailer", 5)
+    assert store.cursor("mailer") == 5
+    store.set_cursor("mailer", 3)  # never backwards
+    assert store.cursor("mailer") == 5
+    store.set_cursor("mailer", 5)
+    assert store.cursor("mailer") == 5
+    store.set_cursor("mailer", 9)
+    assert store.cursor("mailer") == 9
+    assert store.cursor("auditor") == 0  # independent
+    store.set_cursor("auditor", 1)
+    assert (store.cursor("mailer"), store.cursor("auditor")) == (9, 1)
+    store.set_cursor("c" * 200, 2)  # the longest name fits
+    assert store.cursor("c" * 200) == 2
+    assert store.version() == 0  # cursors are not facts
+
+    store.close()
+    reopened = opener(store_url)
+    assert (reopened.cursor("mailer"), reopened.cursor("auditor")) == (9, 1)
+
+
+@pytest.mark.parametrize("name, value", [("", 1), ("c" * 201, 1), ("ok", -1)])
+def test_bad_cursors_are_refused(store: SqlFactStore, name: str, value: int) -> None:
+    with pytest.raises(ValueError):
+        store.set_cursor(name, value)
+
+
+def test_concurrent_cursor_updates_keep_the_maximum(store_url: str, opener: Opener) -> None:
+    stores = [opener(store_url), opener(store_url)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(6)
+
+    def work(store: SqlFactStore, worker: int) -> None:
+        try:
+            barrier.wait(10)
+            for value in range(worker, 60, 6):
+                store.set_cursor("shared", value)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(stores[n % 2], n)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert stores[0].cursor("shared") == 59
+
+
+# --- migrations --------------------------------------------------------------------------
+
+
+def test_migrating_from_0001_keeps_the_data(store_url: str, opener: Opener) -> None:
+    old = SqlFactStore(store_url)
+    try:
+        upgrade(old.engine, "0001")
+        v1 = old.apply([put("user", "u1", n=1), put("grant", "g1", s=1)])
+        v2 = old.apply([put("user", "u1", n=2), delete("grant", "g1")])
+        with old.engine.connect() as conn:
+            assert "events" not in sa.inspect(conn).get_table_names()
+        before = (old.version(), list(old.all_facts()), old.changes_since(0))
+    finally:
+        old.close()
+
+    store = opener(store_url)  # migrates to head
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        inspector = sa.inspect(conn)
+        assert {"events", "cursors"} <= set(inspector.get_table_names())
+        assert {i["name"] for i in inspector.get_indexes("events")} >= {
+            "ix_events_subject", "ix_events_municipality"
+        }
+    assert (store.version(), list(store.all_facts()), store.changes_since(0)) == before
+    assert store.get("user", "u1") == StoredFact("user", "u1", {"n": 2}, v2)
+    assert [c.version for c in store.changes_since(0)] == [v1, v1, v2, v2]
+    assert store.events_after(0, 10) == [] and store.cursor("x") == 0
+
+    v3 = store.apply([Change("user", "u1", {"n": 3}, expected_version=v2)], [ev("e", "u1")])
+    assert v3 == v2 + 1
+    assert [e.facts_version for e in store.events_of("user", "u1")] == [v3]
+
+
 # --- unavailability --------------------------------------------------------------------
 
 UNREACHABLE_PG = _pg_url("nowhere", port=1)
@@ -413,8 +795,14 @@ def test_open_store_on_an_unreachable_postgresql() -> None:
         lambda s: list(s.all_facts()),
         lambda s: s.changes_since(0),
         lambda s: s.apply([put("user", "u1", n=1)]),
+        lambda s: s.apply([], [ev("user.created", "u1")]),
+        lambda s: s.events_after(0, 10),
+        lambda s: s.events_of("user", "u1"),
+        lambda s: s.cursor("c"),
+        lambda s: s.set_cursor("c", 1),
     ],
-    ids=["ping", "version", "get", "all_facts", "changes_since", "apply"],
+    ids=["ping", "version", "get", "all_facts", "changes_since", "apply", "apply_events",
+         "events_after", "events_of", "cursor", "set_cursor"],
 )
 def test_every_call_on_an_unreachable_postgresql_raises_unavailable(
     call: Callable[[SqlFactStore], object],
