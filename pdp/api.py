@@ -11,10 +11,9 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -23,15 +22,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pdp.api_lifecycle import lifecycle_router, workflow_error
+from pdp.auth import MUNICIPALITY_ADMIN, Caller, forbidden
 from pdp.authzen import Evaluation, EvaluationsEnvelope, merge_item
 from pdp.core import Decision
 from pdp.errors import (
-    FORBIDDEN,
     INTERNAL,
     INVALID_REQUEST,
     METHOD_NOT_ALLOWED,
     NOT_FOUND,
-    PAYLOAD_TOO_LARGE,
     UNAVAILABLE,
     ApiError,
     bad_request,
@@ -39,8 +38,10 @@ from pdp.errors import (
     invalid,
     validation_details,
 )
-from pdp.facts import COLLECTIONS, MunicipalityCode, dump_fact, parse_fact
+from pdp.facts import COLLECTIONS, Grant, MunicipalityCode, dump_fact, parse_fact
 from pdp.facts_service import FactsBehind
+from pdp.http import JSONResponse, read_json
+from pdp.lifecycle import WorkflowError
 from pdp.runtime import Runtime
 from pdp.store import Change, NotFound, StoreUnavailable
 from pdp.vocab import FACT_KINDS
@@ -56,13 +57,14 @@ KIND_ROLES: dict[str, str] = {
     "agreement": "grant_admin",
     "grant": "grant_admin",
 }
-
-
-class JSONResponse(Response):
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
+# Who may write and read each kind through the facts API. A municipality admin reports
+# changes of its own users and reads its own users and rights; KEHA reads the rights it
+# opens and closes.
+WRITE_ROLES: dict[str, list[str]] = {kind: [role] for kind, role in KIND_ROLES.items()}
+WRITE_ROLES["user"] = ["facts_writer", MUNICIPALITY_ADMIN]
+READ_ROLES: dict[str, list[str]] = {kind: [role] for kind, role in KIND_ROLES.items()}
+READ_ROLES["user"] = ["facts_writer", MUNICIPALITY_ADMIN]
+READ_ROLES["grant"] = ["grant_admin", "keha", MUNICIPALITY_ADMIN]
 
 
 def _error_response(error: ApiError) -> JSONResponse:
@@ -106,26 +108,10 @@ class RequestIdMiddleware:
                 time.perf_counter() - started)
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    """The request body as JSON: 413 past `limit` bytes, 400 when it is not JSON."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise ApiError(413, PAYLOAD_TOO_LARGE, f"request body over the limit of {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ApiError(413, PAYLOAD_TOO_LARGE,
-                           f"request body over the limit of {limit} bytes")
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as error:
-        raise bad_request(f"malformed JSON: {error}") from None
-
-
 def create_app(runtime: Runtime) -> FastAPI:
     settings = runtime.settings
     facts = runtime.facts
+    lifecycle = runtime.lifecycle
     metrics = runtime.metrics
     auth = runtime.auth
 
@@ -173,6 +159,10 @@ def create_app(runtime: Runtime) -> FastAPI:
         code = {404: NOT_FOUND, 405: METHOD_NOT_ALLOWED}.get(error.status_code, INVALID_REQUEST)
         return JSONResponse(error_body(code, str(error.detail)), error.status_code,
                             headers=getattr(error, "headers", None))
+
+    @app.exception_handler(WorkflowError)
+    async def _workflow(_request: Request, error: WorkflowError) -> Response:
+        return _error_response(workflow_error(error))
 
     @app.exception_handler(StoreUnavailable)
     async def _store_down(_request: Request, error: StoreUnavailable) -> Response:
@@ -294,17 +284,40 @@ def create_app(runtime: Runtime) -> FastAPI:
                 break
         return {"evaluations": results}
 
+    # -- the life of a right (before the generic facts routes, which would match) -------
+
+    app.include_router(lifecycle_router(runtime))
+
     # -- facts -------------------------------------------------------------------------
 
-    def authorized_kind(request: Request, collection: str) -> str:
+    def fact_scope(caller: Caller, kind: str, roles: Sequence[str],
+                   municipality: str | None, fact_id: str) -> None:
+        """A municipality admin acts only on its own municipality's users and grants:
+        another's are not found (`municipality` None: the fact does not exist yet)."""
+        if municipality is not None and not caller.acts_for(municipality, roles):
+            raise ApiError(404, NOT_FOUND, f"no {kind} {fact_id!r}")
+
+    def municipality_of(kind: str, fact_id: str) -> str | None:
+        index = facts.index
+        if kind == "user":
+            user = index.users.get(fact_id)
+            return user.municipality if user else None
+        if kind == "grant":
+            grant = index.grants.get(fact_id)
+            owner = index.users.get(grant.user) if grant else None
+            return owner.municipality if owner else None
+        return None
+
+    def authorized_kind(request: Request, collection: str,
+                        roles: dict[str, list[str]]) -> tuple[str, Caller]:
         """The kind a facts URL names: 401 before 404 before 403."""
         caller = auth.authenticate(request.headers.get("authorization"))
         kind = COLLECTIONS.get(collection)
         if kind is None:
             raise ApiError(404, NOT_FOUND, f"no such collection: {collection}")
-        if not caller.has_any([KIND_ROLES[kind]]):
-            raise ApiError(403, FORBIDDEN, f"this token lacks the role: {KIND_ROLES[kind]}")
-        return kind
+        if not caller.has_any(roles[kind]):
+            raise forbidden(roles[kind])
+        return kind, caller
 
     def check_id(kind: str, fact_id: str, field: str = "id") -> None:
         try:
@@ -319,7 +332,7 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     @app.put("/v1/{collection}/{fact_id:path}")
     async def put_fact(collection: str, fact_id: str, request: Request) -> dict[str, Any]:
-        kind = authorized_kind(request, collection)
+        kind, caller = authorized_kind(request, collection, WRITE_ROLES)
         check_id(kind, fact_id)
         body = await read_json(request, settings.max_body_bytes)
         try:
@@ -327,23 +340,40 @@ def create_app(runtime: Runtime) -> FastAPI:
         except ValidationError as error:
             raise invalid(error) from None
         data = dump_fact(fact)
-        version = await run_in_threadpool(facts.write, [Change(kind, fact_id, data)])
+        if kind == "user":
+            fact_scope(caller, kind, WRITE_ROLES[kind], municipality_of(kind, fact_id), fact_id)
+            if not caller.acts_for(data["municipality"], WRITE_ROLES[kind]):
+                raise forbidden([f"{MUNICIPALITY_ADMIN}:{data['municipality']}"])
+        version = await run_in_threadpool(lifecycle.write_facts,
+                                          [Change(kind, fact_id, data)], caller.name)
         metrics.fact_writes.labels(kind).inc()
         return fact_body(kind, fact_id, data, version)
 
     @app.get("/v1/{collection}/{fact_id:path}")
     async def get_fact(collection: str, fact_id: str, request: Request) -> dict[str, Any]:
-        kind = authorized_kind(request, collection)
+        kind, caller = authorized_kind(request, collection, READ_ROLES)
+        unscoped = [r for r in READ_ROLES[kind] if r != MUNICIPALITY_ADMIN]
+        if kind in ("user", "grant") and not caller.has_any(unscoped):
+            # a municipality admin: only facts known to be its own
+            fact_scope(caller, kind, READ_ROLES[kind],
+                       municipality_of(kind, fact_id) or "", fact_id)
         stored = await run_in_threadpool(facts.get, kind, fact_id)
         if stored is None:
             raise ApiError(404, NOT_FOUND, f"no {kind} {fact_id!r}")
-        return fact_body(kind, fact_id, stored.data, stored.version)
+        body = fact_body(kind, fact_id, stored.data, stored.version)
+        if kind == "grant":
+            body["state"] = lifecycle.state(fact_id, Grant.model_validate(stored.data),
+                                            lifecycle.clock())
+        return body
 
     @app.delete("/v1/{collection}/{fact_id:path}")
     async def delete_fact(collection: str, fact_id: str, request: Request) -> dict[str, Any]:
-        kind = authorized_kind(request, collection)
+        kind, caller = authorized_kind(request, collection, WRITE_ROLES)
+        if kind == "user":
+            fact_scope(caller, kind, WRITE_ROLES[kind], municipality_of(kind, fact_id), fact_id)
         try:
-            version = await run_in_threadpool(facts.write, [Change(kind, fact_id, None)])
+            version = await run_in_threadpool(lifecycle.write_facts,
+                                              [Change(kind, fact_id, None)], caller.name)
         except NotFound:
             raise ApiError(404, NOT_FOUND, f"no {kind} {fact_id!r}") from None
         metrics.fact_writes.labels(kind).inc()
@@ -363,11 +393,11 @@ def create_app(runtime: Runtime) -> FastAPI:
         kinds = {str(i.get("kind")) for i in raw if isinstance(i, dict)} & set(FACT_KINDS)
         missing = sorted({KIND_ROLES[k] for k in kinds if not caller.has_any([KIND_ROLES[k]])})
         if missing:
-            raise ApiError(403, FORBIDDEN, f"this token lacks the role: {missing[0]}")
+            raise forbidden(missing[:1])
         changes = parse_batch(raw)
         if not changes:
             return {"facts_version": facts.index.version, "count": 0}
-        version = await run_in_threadpool(facts.write, changes)
+        version = await run_in_threadpool(lifecycle.write_facts, changes, caller.name)
         for change in changes:
             metrics.fact_writes.labels(change.kind).inc()
         return {"facts_version": version, "count": len(changes)}

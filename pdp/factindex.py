@@ -39,7 +39,13 @@ class FactIndex:
     # user and their grants; ("client", id) the client and its relationships;
     # ("agreement", code); ("area", id).
     stamps: dict[tuple[str, str], int] = field(default_factory=dict)
+    # The version of each fact's last write: ("grant", id) -> version.
+    versions: dict[tuple[str, str], int] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
+
+    def fact_version(self, kind: str, id: str) -> int:
+        """The version of the fact's last write; 0 if it does not exist."""
+        return self.versions.get((kind, id), 0)
 
     def stamp(self, group: str, key: str) -> int:
         return self.stamps.get((group, key), 0)
@@ -75,7 +81,7 @@ class FactIndex:
     def _clear(self) -> None:
         for table in (self.areas, self.agreements, self.users, self.grants, self.clients,
                       self.relationships, self.grants_by_user, self.relationships_by_client,
-                      self.stamps):
+                      self.stamps, self.versions):
             table.clear()
         self.version = 0
 
@@ -83,6 +89,7 @@ class FactIndex:
         self.stamps[(group, key)] = max(version, self.stamps.get((group, key), 0))
 
     def _put(self, kind: str, id: str, fact: Fact, version: int) -> None:
+        self.versions[(kind, id)] = version
         if isinstance(fact, Area):
             self.areas[id] = fact
             self._touch("area", id, version)
@@ -107,6 +114,7 @@ class FactIndex:
             raise TypeError(f"unknown fact {kind}")
 
     def _remove(self, kind: str, id: str, version: int) -> None:
+        self.versions.pop((kind, id), None)
         if kind == "area":
             self.areas.pop(id, None)
             self._touch("area", id, version)

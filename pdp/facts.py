@@ -78,14 +78,14 @@ class User(Fact):
     client_id: Id | None = None
 
 
-def _read_only() -> list[Action]:
+def read_only() -> list[Action]:
     return ["read"]
 
 
 class Grant(Fact):
     user: Id
     scopes: list[Category] = Field(min_length=1, max_length=10)
-    actions: list[Action] = Field(default_factory=_read_only, min_length=1, max_length=2)
+    actions: list[Action] = Field(default_factory=read_only, min_length=1, max_length=2)
     valid_from: AwareDatetime
     valid_until: AwareDatetime
     status: GrantStatus

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 
 from pdp.factindex import FactIndex
-from pdp.store import Change, FactStore, StoredFact
+from pdp.store import Change, Event, FactStore, StoredFact
 
 
 class FactsBehind(Exception):
@@ -42,9 +42,9 @@ class FactService:
             self.index.apply(changes)
             return self.index.version
 
-    def write(self, changes: Sequence[Change]) -> int:
+    def write(self, changes: Sequence[Change], events: Sequence[Event] = ()) -> int:
         """Commit atomically; return the new facts_version, already visible to decisions."""
-        version = self.store.apply(changes)
+        version = self.store.apply(changes, events)
         self.catch_up()
         return version
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from pdp.clock import END_OF_TIME, START_OF_TIME, to_micros
 from pdp.factindex import FactIndex
+from pdp.facts import Grant
 
 Record = dict[str, Any]
 
@@ -35,18 +36,7 @@ def policy_record(facts: FactIndex, user_id: str, client_id: str, purpose: str,
         "agreement_status": agreement.status if agreement else "",
         "agreement_ends_at": to_micros(agreement.ends_at) if agreement else START_OF_TIME,
         "area_municipalities": [m.code for m in area.municipalities] if area else [],
-        "grants": [
-            {
-                "id": grant_id,
-                "status": grant.status,
-                "valid_from": to_micros(grant.valid_from),
-                "valid_until": to_micros(grant.valid_until),
-                "recertify_by": to_micros(grant.recertify_by),
-                "scopes": list(grant.scopes),
-                "actions": list(grant.actions),
-            }
-            for grant_id, grant in grants.items()
-        ],
+        "grants": [grant_record(grant_id, grant) for grant_id, grant in grants.items()],
         "client_known": client is not None,
         "client_id": client_id,
         "client_home": client.home_municipality if client else "",
@@ -62,6 +52,19 @@ def policy_record(facts: FactIndex, user_id: str, client_id: str, purpose: str,
             for rel in relationships.values()
         ],
         "purpose": purpose,
+    }
+
+
+def grant_record(grant_id: str, grant: Grant) -> Record:
+    """One grant as the policy reads it (rules.polar, lifecycle.polar)."""
+    return {
+        "id": grant_id,
+        "status": grant.status,
+        "valid_from": to_micros(grant.valid_from),
+        "valid_until": to_micros(grant.valid_until),
+        "recertify_by": to_micros(grant.recertify_by),
+        "scopes": list(grant.scopes),
+        "actions": list(grant.actions),
     }
 
 

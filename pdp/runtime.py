@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from pdp.auth import Authenticator
 from pdp.core import check_policy
 from pdp.decider import Decider
 from pdp.facts_service import FactService
+from pdp.lifecycle import Lifecycle
 from pdp.metrics import Metrics
 from pdp.policy_engine import CompiledPolicy, load_policy
 from pdp.settings import Settings
@@ -24,6 +26,7 @@ class Runtime:
     decider: Decider
     metrics: Metrics
     auth: Authenticator
+    lifecycle: Lifecycle
 
     @property
     def policy(self) -> CompiledPolicy:
@@ -39,7 +42,7 @@ def load_checked_policy(settings: Settings) -> CompiledPolicy:
     return policy
 
 
-def build_runtime(settings: Settings, keys: dict[str, list[str]]) -> Runtime:
+def build_runtime(settings: Settings, keys: dict[str, Any]) -> Runtime:
     policy = load_checked_policy(settings)
     store = open_store(settings.store_url())
     facts = FactService(store)
@@ -49,5 +52,9 @@ def build_runtime(settings: Settings, keys: dict[str, list[str]]) -> Runtime:
     metrics.facts_version.set(facts.index.version)
     decider = Decider(policy, facts.index, cache_size=settings.decision_cache_size,
                       metrics=metrics)
+    lifecycle = Lifecycle(lambda: decider.policy, facts,
+                          max_grant_months=settings.max_grant_months,
+                          recertification_days=settings.recertification_days,
+                          notice_months=settings.notice_months)
     log.info("policy %s, facts_version %d", policy.version, facts.index.version)
-    return Runtime(settings, facts, decider, metrics, Authenticator(keys))
+    return Runtime(settings, facts, decider, metrics, Authenticator(keys), lifecycle)

@@ -9,13 +9,23 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pdp.auth import check_role, key_spec
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_POLICY_DIR = PROJECT_DIR / "policies"
 
-ROLES = ("pep", "facts_writer", "grant_admin", "auditor", "policy_admin", "admin")
+
+class Webhook(BaseModel):
+    """A receiver of the event outbox: every event (or one municipality's), in order,
+    signed with HMAC-SHA256 over "<timestamp>.<body>" with `secret`."""
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-]+$")
+    url: str = Field(pattern=r"^https?://")
+    secret: str = Field(min_length=16)
+    municipality: str | None = Field(default=None, pattern=r"^[0-9]{3}$")
 
 
 class Settings(BaseSettings):
@@ -24,7 +34,7 @@ class Settings(BaseSettings):
     database_url: str = Field(default="", description="durable fact store; '' = SQLite file")
     data_dir: Path = Field(default=Path("pdp-data"), description="where the SQLite file lives")
     redis_url: str | None = None
-    api_keys: dict[str, list[str]] | None = None
+    api_keys: dict[str, Any] | None = None
     policy_dir: Path = DEFAULT_POLICY_DIR
 
     max_body_bytes: int = 1024 * 1024
@@ -35,6 +45,12 @@ class Settings(BaseSettings):
     min_facts_wait_seconds: float = 1.0
     poll_interval_seconds: float = 0.5
 
+    # The life of a right (issue 3).
+    max_grant_months: int = Field(default=12, ge=1, le=120)
+    recertification_days: int = Field(default=90, ge=1, le=3650)
+    notice_months: int = Field(default=3, ge=0, le=24)
+    webhooks: list[Webhook] = Field(default_factory=list)
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _parse_keys(cls, value: Any) -> Any:
@@ -44,13 +60,15 @@ class Settings(BaseSettings):
 
     @field_validator("api_keys")
     @classmethod
-    def _known_roles(cls, value: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
-        for token, roles in (value or {}).items():
+    def _known_roles(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        for token, spec in (value or {}).items():
             if not token:
                 raise ValueError("PDP_API_KEYS: a token may not be empty")
-            unknown = [r for r in roles if r not in ROLES]
-            if unknown:
-                raise ValueError(f"PDP_API_KEYS: unknown role {unknown[0]!r}; roles: {ROLES}")
+            try:
+                for role in key_spec(spec)[1]:
+                    check_role(role)
+            except ValueError as error:
+                raise ValueError(f"PDP_API_KEYS: {error}") from None
         return value
 
     def store_url(self) -> str:

@@ -60,9 +60,12 @@ def test_rescinded_agreement_is_denied_next(pep: httpx.Client, admin: httpx.Clie
     world.put("agreements", "844", {"area": "kuopio", "status": "rescinded",
                                     "signed_at": "2025-01-01T00:00:00+02:00"})
     assert decide(pep, world.request())["context"]["reason"] == "agreement_not_in_force"
+    # Rescission revoked every right of the municipality: a new agreement needs new rights.
     world.put("agreements", "844", {"area": "kuopio", "status": "in_force",
                                     "signed_at": "2025-01-01T00:00:00+02:00"})
-    assert decide(pep, world.request())["decision"] is True
+    assert decide(pep, world.request())["context"]["reason"] == "no_active_grant"
+    revoked = world.admin.get(f"/v1/grants/{world.grant}").json()
+    assert revoked["status"] == "revoked"
 
 
 def test_area_membership_change_is_seen_next(pep: httpx.Client, admin: httpx.Client) -> None:

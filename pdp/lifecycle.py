@@ -1,0 +1,497 @@
+"""The life of an access right: the grant workflow, agreement notice and rescission, and
+the rights a change of a user ends or suspends (DOMAIN.md "Lifecycle of a right").
+
+Which step is allowed in which state, the state a right is in at a time, and the limits a
+right must keep are the policy's (policies/lifecycle.polar); this module asks it, plans
+the fact changes and the events (history and outbox) of a step, and commits them in one
+conditional write, so two people acting on one right at once cannot both succeed.
+"""
+
+from __future__ import annotations
+
+import calendar
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+from pdp.clock import to_micros, utcnow
+from pdp.facts import Agreement, Grant, Id, Text, User, dump_fact, parse_fact, read_only
+from pdp.facts_service import FactService
+from pdp.policy_engine import CompiledPolicy, var
+from pdp.policy_input import grant_record
+from pdp.store import Change, Conflict, Event
+from pdp.vocab import Action, Category
+
+Reason = Annotated[str, StringConstraints(min_length=1, max_length=1000)]
+RevokeReason = Literal["task_ended", "employment_ended", "misuse", "agreement_ended", "other"]
+Step = Literal["approve", "activate", "suspend", "restore", "revoke", "recertify"]
+TERMINAL_STATES = ("revoked", "expired")
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Application(_Body):
+    """POST /v1/grant-applications: a municipality applies for a right for its user."""
+
+    id: Id | None = None
+    user: Id
+    scopes: list[Category] = Field(min_length=1, max_length=10)
+    actions: list[Action] = Field(default_factory=read_only, min_length=1, max_length=2)
+    valid_from: AwareDatetime
+    valid_until: AwareDatetime
+    legal_basis: Text
+    justification: Reason
+
+
+class Approval(_Body):
+    """The authority approves, and may narrow scopes, actions or period."""
+
+    justification: Reason
+    scopes: list[Category] | None = Field(default=None, min_length=1, max_length=10)
+    actions: list[Action] | None = Field(default=None, min_length=1, max_length=2)
+    valid_from: AwareDatetime | None = None
+    valid_until: AwareDatetime | None = None
+
+
+class Activation(_Body):
+    note: Reason | None = None
+
+
+class Suspension(_Body):
+    reason: Reason
+
+
+class Restoration(_Body):
+    justification: Reason
+
+
+class Revocation(_Body):
+    reason: RevokeReason
+    justification: Reason | None = None
+
+
+class Recertification(_Body):
+    justification: Reason
+
+
+class AgreementAct(_Body):
+    """POST /v1/agreements/{code}/notice and /rescind."""
+
+    reason: Reason
+
+
+STEP_BODIES: dict[str, type[_Body]] = {
+    "approve": Approval,
+    "activate": Activation,
+    "suspend": Suspension,
+    "restore": Restoration,
+    "revoke": Revocation,
+    "recertify": Recertification,
+}
+
+
+class WorkflowError(Exception):
+    """A step refused: `status` and stable `code` for the HTTP layer."""
+
+    def __init__(self, status: int, code: str, message: str,
+                 details: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+@dataclass
+class Plan:
+    """What a step writes: fact changes and events, committed together."""
+
+    changes: list[Change] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+
+def add_months(moment: datetime, months: int) -> datetime:
+    """The same day and time `months` later (the last day of a shorter month)."""
+    month0 = moment.month - 1 + months
+    year, month = moment.year + month0 // 12, month0 % 12 + 1
+    day = min(moment.day, calendar.monthrange(year, month)[1])
+    return moment.replace(year=year, month=month, day=day)
+
+
+class Lifecycle:
+    def __init__(self, policy: Callable[[], CompiledPolicy], facts: FactService, *,
+                 max_grant_months: int = 12, recertification_days: int = 90,
+                 notice_months: int = 3, clock: Callable[[], datetime] = utcnow) -> None:
+        self._policy = policy
+        self.facts = facts
+        self.max_grant_months = max_grant_months
+        self.recertification = timedelta(days=recertification_days)
+        self.notice_months = notice_months
+        self.clock = clock
+
+    # -- questions to the policy -------------------------------------------------------
+
+    def state(self, grant_id: str, grant: Grant, now: datetime) -> str:
+        """The state of a right at `now`: its status, unless time moved it on."""
+        answer = self._policy().first("grant_state", grant_record(grant_id, grant),
+                                      to_micros(now), var("state"))
+        return str(answer["state"]) if answer else grant.status
+
+    def _next_state(self, state: str, step: str) -> str:
+        answer = self._policy().first("transition", state, step, var("next"))
+        if answer is None:
+            raise WorkflowError(409, "invalid_transition",
+                                f"a right that is {state} cannot be {_past(step)}",
+                                [{"state": state, "step": step}])
+        return str(answer["next"])
+
+    def _check_limits(self, grant: Grant, now: datetime) -> None:
+        index = self.facts.index
+        user = index.users.get(grant.user)
+        agreement = index.agreements.get(user.municipality) if user else None
+        record = {
+            "now": to_micros(now),
+            "user_known": user is not None,
+            "user_status": user.status if user else "",
+            "user_tasks": list(user.tasks) if user else [],
+            "agreement_status": agreement.status if agreement else "",
+            "agreement_ends_at": to_micros(agreement.ends_at) if agreement else 0,
+            "scopes": list(grant.scopes),
+            "actions": list(grant.actions),
+            "valid_from": to_micros(grant.valid_from),
+            "valid_until": to_micros(grant.valid_until),
+            "max_valid_until": to_micros(add_months(grant.valid_from, self.max_grant_months)),
+        }
+        refusal = self._policy().first("grant_refusal", record, var("rule"), var("detail"))
+        if refusal is not None:
+            rule, detail = str(refusal["rule"]), str(refusal["detail"])
+            raise WorkflowError(400, "grant_refused", _refusal_message(rule, detail, self),
+                                [{"rule": rule, "detail": detail}])
+
+    def _fits_tasks(self, grant: Grant, tasks: Sequence[str]) -> bool:
+        return self._policy().first("grant_fits_tasks", list(grant.scopes), list(tasks)) \
+            is not None
+
+    # -- steps -------------------------------------------------------------------------
+
+    def apply_for(self, application: Application, actor: str) -> tuple[str, Grant, int]:
+        """A new right in state `applied`; returns its id, the right and facts_version."""
+        grant_id = application.id or f"g-{secrets.token_hex(8)}"
+
+        def plan(now: datetime) -> Plan:
+            if self.facts.index.fact_version("grant", grant_id):
+                raise WorkflowError(409, "conflict", f"grant {grant_id!r} exists already")
+            grant = Grant(user=application.user, scopes=application.scopes,
+                          actions=application.actions, valid_from=application.valid_from,
+                          valid_until=application.valid_until, status="applied",
+                          legal_basis=application.legal_basis,
+                          justification=application.justification)
+            self._check_limits(grant, now)
+            result = Plan()
+            self._put_grant(result, grant_id, grant, "grant.applied", actor,
+                            application.justification, expected=0, previous=None)
+            return result
+
+        version = self._commit(plan)
+        return grant_id, self._grant(grant_id), version
+
+    def step(self, grant_id: str, step: Step, body: _Body, actor: str) -> tuple[Grant, int]:
+        """approve, activate, suspend, restore, revoke or recertify one right."""
+
+        def plan(now: datetime) -> Plan:
+            grant = self._grant(grant_id)
+            state = self.state(grant_id, grant, now)
+            next_state = self._next_state(state, step)
+            changed, why = self._stepped(grant, step, body, next_state, now)
+            if step in ("approve", "activate", "restore"):
+                self._check_limits(changed, now)
+            result = Plan()
+            self._put_grant(result, grant_id, changed, f"grant.{_past(step)}", actor, why,
+                            expected=self.facts.index.fact_version("grant", grant_id),
+                            previous=state)
+            return result
+
+        version = self._commit(plan)
+        return self._grant(grant_id), version
+
+    def _stepped(self, grant: Grant, step: str, body: _Body, next_state: str,
+                 now: datetime) -> tuple[Grant, str | None]:
+        update: dict[str, Any] = {"status": next_state}
+        why: str | None = None
+        if isinstance(body, Approval):
+            why = body.justification
+            update.update(self._narrowed(grant, body))
+        elif isinstance(body, Activation):
+            why = body.note
+            update["recertify_by"] = now + self.recertification
+        elif isinstance(body, Suspension):
+            why = body.reason
+        elif isinstance(body, Restoration | Recertification):
+            why = body.justification
+            update["recertify_by"] = now + self.recertification
+        elif isinstance(body, Revocation):
+            why = body.reason + (f": {body.justification}" if body.justification else "")
+        return grant.model_copy(update=update), why
+
+    @staticmethod
+    def _narrowed(grant: Grant, approval: Approval) -> dict[str, Any]:
+        update: dict[str, Any] = {}
+        if approval.scopes is not None:
+            wider = sorted(set(approval.scopes) - set(grant.scopes))
+            if wider:
+                raise _not_narrower("scopes", f"{wider[0]} was not applied for")
+            update["scopes"] = approval.scopes
+        if approval.actions is not None:
+            more = sorted(set(approval.actions) - set(grant.actions))
+            if more:
+                raise _not_narrower("actions", f"{more[0]} was not applied for")
+            update["actions"] = approval.actions
+        start = approval.valid_from or grant.valid_from
+        end = approval.valid_until or grant.valid_until
+        if start < grant.valid_from or end > grant.valid_until:
+            raise _not_narrower("valid_from" if start < grant.valid_from else "valid_until",
+                                "the period may only be shortened")
+        if end <= start:
+            raise _not_narrower("valid_until", "must be after valid_from")
+        update.update(valid_from=start, valid_until=end)
+        return update
+
+    # -- agreements --------------------------------------------------------------------
+
+    def notice(self, code: str, act: AgreementAct, actor: str) -> tuple[Agreement, int]:
+        """Notice: the agreement ends `notice_months` on, and every right with it."""
+        def plan(now: datetime) -> Plan:
+            agreement = self._agreement(code)
+            if agreement.status != "in_force":
+                raise WorkflowError(409, "invalid_transition",
+                                    f"an agreement that is {agreement.status} cannot be given "
+                                    "notice", [{"state": agreement.status, "step": "notice"}])
+            ended = agreement.model_copy(update={"status": "notice_given",
+                                                 "ends_at": add_months(now, self.notice_months)})
+            return self._agreement_plan(code, ended, actor, act.reason, now, "notice_given")
+
+        version = self._commit(plan)
+        return self._agreement(code), version
+
+    def rescind(self, code: str, act: AgreementAct, actor: str) -> tuple[Agreement, int]:
+        """Rescission (§ 10): the agreement and every right of the municipality end now."""
+        def plan(now: datetime) -> Plan:
+            agreement = self._agreement(code)
+            if agreement.status in ("terminated", "rescinded"):
+                raise WorkflowError(409, "invalid_transition",
+                                    f"an agreement that is {agreement.status} cannot be "
+                                    "rescinded", [{"state": agreement.status, "step": "rescind"}])
+            ended = agreement.model_copy(update={"status": "rescinded", "ends_at": now})
+            return self._agreement_plan(code, ended, actor, act.reason, now, "rescinded")
+
+        version = self._commit(plan)
+        return self._agreement(code), version
+
+    def _agreement_plan(self, code: str, agreement: Agreement, actor: str, why: str | None,
+                        now: datetime, event: str) -> Plan:
+        result = Plan()
+        result.changes.append(Change("agreement", code, dump_fact(agreement),
+                                     self.facts.index.fact_version("agreement", code)))
+        result.events.append(Event(f"agreement.{event}", "agreement", code, code, actor, why,
+                                   {"agreement": dump_fact(agreement)}))
+        self._follow_agreement(result, code, agreement, actor, now)
+        return result
+
+    def _follow_agreement(self, result: Plan, code: str, agreement: Agreement, actor: str,
+                          now: datetime) -> None:
+        """Rights that an agreement's new state ends: all at once when it no longer holds,
+        at its end when notice was given."""
+        for grant_id, grant in self._live_grants_of_municipality(code, now):
+            if agreement.status in ("terminated", "rescinded"):
+                revoked = grant.model_copy(update={"status": "revoked"})
+                self._put_grant(result, grant_id, revoked, "grant.revoked", actor,
+                                "agreement_ended", previous=self.state(grant_id, grant, now))
+            elif agreement.ends_at is not None and grant.valid_until > agreement.ends_at:
+                shortened = grant.model_copy(update={"valid_until": agreement.ends_at})
+                if shortened.valid_until <= shortened.valid_from:
+                    shortened = shortened.model_copy(update={"status": "revoked",
+                                                             "valid_until": grant.valid_until})
+                self._put_grant(result, grant_id, shortened, "grant.period_shortened", actor,
+                                "agreement_ended", previous=self.state(grant_id, grant, now))
+
+    # -- changes of facts that must end or change rights ---------------------------------
+
+    def write_facts(self, changes: Sequence[Change], actor: str) -> int:
+        """Facts-API writes (data None: delete) with what follows from them, in one commit.
+        Raises store.NotFound for a delete of a fact that does not exist."""
+        def plan(now: datetime) -> Plan:
+            result = Plan(list(changes))
+            written = {(c.kind, c.id) for c in changes}
+            for change in changes:
+                follow = self.follow_write(change.kind, change.id, change.data, actor, now)
+                result.changes += [c for c in follow.changes if (c.kind, c.id) not in written]
+                result.events += follow.events
+            return result
+
+        return self._commit(plan)
+
+    def follow_write(self, kind: str, fact_id: str, data: dict[str, Any] | None,
+                     actor: str, now: datetime) -> Plan:
+        """The events and the changes to rights that a facts-API write carries with it:
+        a user who left loses every right, a user whose tasks changed has the rights that
+        no longer fit suspended, an agreement that ends ends its rights."""
+        result = Plan()
+        index = self.facts.index
+        if kind == "user":
+            municipality = (data or {}).get("municipality") or _municipality_of_user(
+                index.users.get(fact_id))
+            result.events.append(Event("user.written" if data else "user.deleted", "user",
+                                       fact_id, municipality, actor, None, {"user": data}))
+            if data is not None:
+                self._follow_user(result, fact_id, parse_fact("user", data), actor, now)
+        elif kind == "agreement":
+            result.events.append(Event("agreement.written" if data else "agreement.deleted",
+                                       "agreement", fact_id, fact_id, actor, None,
+                                       {"agreement": data}))
+            if data is not None:
+                agreement = parse_fact("agreement", data)
+                assert isinstance(agreement, Agreement)
+                self._follow_agreement(result, fact_id, agreement, actor, now)
+        elif kind == "grant":
+            written = parse_fact("grant", data) if data else index.grants.get(fact_id)
+            user = written.user if isinstance(written, Grant) else ""
+            result.events.append(Event("grant.written" if data else "grant.deleted", "grant",
+                                       fact_id, _municipality_of_user(index.users.get(user)),
+                                       actor, None, {"grant": data}))
+        return result
+
+    def _follow_user(self, result: Plan, user_id: str, user: Any, actor: str,
+                     now: datetime) -> None:
+        assert isinstance(user, User)
+        before = self.facts.index.users.get(user_id)
+        for grant_id, grant in self._live_grants(user_id, now):
+            state = self.state(grant_id, grant, now)
+            if user.status == "left":
+                self._put_grant(result, grant_id, grant.model_copy(update={"status": "revoked"}),
+                                "grant.revoked", actor, "employment_ended", previous=state)
+            elif (before is not None and set(before.tasks) != set(user.tasks)
+                  and state in ("active", "recertification_due")
+                  and not self._fits_tasks(grant, user.tasks)):
+                self._put_grant(result, grant_id,
+                                grant.model_copy(update={"status": "suspended"}),
+                                "grant.suspended", actor, "tasks_changed", previous=state)
+
+    # -- listings ----------------------------------------------------------------------
+
+    def listing(self, *, municipality: str | None = None, state: str | None = None,
+                user: str | None = None, due_within: timedelta | None = None,
+                now: datetime | None = None) -> list[dict[str, Any]]:
+        """Rights with their state now; `due_within`: those that expire or fall due for
+        re-certification within that time (and are not over yet)."""
+        now = now or self.clock()
+        index = self.facts.index
+        rows = []
+        with index.lock:
+            grants = list(index.grants.items())
+        for grant_id, grant in sorted(grants):
+            owner = index.users.get(grant.user)
+            code = owner.municipality if owner else ""
+            if municipality is not None and code != municipality:
+                continue
+            if user is not None and grant.user != user:
+                continue
+            current = self.state(grant_id, grant, now)
+            if state is not None and current != state:
+                continue
+            due = _due(grant, current)
+            if due_within is not None and (due is None or due > now + due_within):
+                continue
+            rows.append({"id": grant_id, **dump_fact(grant), "state": current,
+                         "municipality": code, "due": due.isoformat() if due else None})
+        return rows
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _commit(self, plan: Callable[[datetime], Plan]) -> int:
+        """Plan and write; on a conflicting concurrent write, plan again from the new facts."""
+        for _attempt in range(3):
+            self.facts.catch_up()
+            planned = plan(self.clock())
+            try:
+                return self.facts.write(planned.changes, planned.events)
+            except Conflict:
+                continue
+        raise WorkflowError(409, "conflict", "the right changed meanwhile; try again")
+
+    def _grant(self, grant_id: str) -> Grant:
+        grant = self.facts.index.grants.get(grant_id)
+        if grant is None:
+            raise WorkflowError(404, "not_found", f"no grant {grant_id!r}")
+        return grant
+
+    def _agreement(self, code: str) -> Agreement:
+        agreement = self.facts.index.agreements.get(code)
+        if agreement is None:
+            raise WorkflowError(404, "not_found", f"no agreement {code!r}")
+        return agreement
+
+    def _live_grants(self, user_id: str, now: datetime) -> list[tuple[str, Grant]]:
+        grants = self.facts.index.grants_by_user.get(user_id, {})
+        return [(g_id, g) for g_id, g in sorted(grants.items())
+                if self.state(g_id, g, now) not in TERMINAL_STATES]
+
+    def _live_grants_of_municipality(self, code: str, now: datetime) -> list[tuple[str, Grant]]:
+        index = self.facts.index
+        users = sorted(u_id for u_id, u in index.users.items() if u.municipality == code)
+        return [pair for u_id in users for pair in self._live_grants(u_id, now)]
+
+    def _put_grant(self, result: Plan, grant_id: str, grant: Grant, event: str, actor: str,
+                   why: str | None, *, previous: str | None,
+                   expected: int | None = None) -> None:
+        if expected is None:
+            expected = self.facts.index.fact_version("grant", grant_id)
+        data = dump_fact(grant)
+        result.changes.append(Change("grant", grant_id, data, expected))
+        municipality = _municipality_of_user(self.facts.index.users.get(grant.user))
+        result.events.append(Event(event, "grant", grant_id, municipality, actor, why,
+                                   {"grant": data, "from": previous}))
+
+
+def _municipality_of_user(user: User | None) -> str:
+    return user.municipality if user else ""
+
+
+def _due(grant: Grant, state: str) -> datetime | None:
+    """When the right next needs someone: its end, or its re-certification."""
+    if state in TERMINAL_STATES:
+        return None
+    moments = [grant.valid_until]
+    if grant.recertify_by is not None:
+        moments.append(grant.recertify_by)
+    return min(moments)
+
+
+def _past(step: str) -> str:
+    return {"approve": "approved", "activate": "activated", "suspend": "suspended",
+            "restore": "restored", "revoke": "revoked", "recertify": "recertified",
+            "apply": "applied"}.get(step, step)
+
+
+def _not_narrower(field_name: str, message: str) -> WorkflowError:
+    return WorkflowError(400, "invalid_request", f"{field_name}: {message}",
+                         [{"field": field_name, "message": message}])
+
+
+def _refusal_message(rule: str, detail: str, lifecycle: Lifecycle) -> str:
+    texts = {
+        "user_unknown": "the user does not exist",
+        "user_inactive": f"the user is not active ({detail})",
+        "agreement_not_in_force": "the municipality's agreement is not in force"
+                                  + (f" ({detail})" if detail else ""),
+        "period_ended": "the period has already ended",
+        "period_too_long": f"a right may last at most {lifecycle.max_grant_months} months",
+        "scope_never_needed": f"{detail} is never needed for complementary services",
+        "scope_outside_tasks": f"{detail} is not needed by any of the user's tasks",
+    }
+    return f"{rule}: {texts.get(rule, detail)}"
