@@ -45,6 +45,7 @@ from pdp.lifecycle import WorkflowError
 from pdp.runtime import Runtime
 from pdp.store import Change, NotFound, StoreUnavailable
 from pdp.vocab import FACT_KINDS
+from pdp.webhooks import WebhookDispatcher
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +118,19 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        poller = asyncio.create_task(_poll_store())
+        tasks = [asyncio.create_task(_poll_store())]
+        if settings.webhooks:
+            dispatcher = WebhookDispatcher(facts.store, settings.webhooks,
+                                           poll_seconds=settings.poll_interval_seconds)
+            tasks.append(asyncio.create_task(dispatcher.run()))
         try:
             yield
         finally:
-            poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await poller
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             runtime.close()
 
     async def _poll_store() -> None:

@@ -12,10 +12,10 @@ from starlette.concurrency import run_in_threadpool
 
 from pdp.auth import MUNICIPALITY_ADMIN, Caller, forbidden
 from pdp.errors import NOT_FOUND, ApiError
+from pdp.events import event_json
 from pdp.http import parse_body, read_json
 from pdp.lifecycle import STEP_BODIES, AgreementAct, Application, Step, WorkflowError
 from pdp.runtime import Runtime
-from pdp.store import StoredEvent
 
 # Who may take each step. A municipality admin acts for its own municipality only.
 STEP_ROLES: dict[str, list[str]] = {
@@ -33,21 +33,6 @@ AGREEMENT_ROLES = ["grant_admin"]
 
 def workflow_error(error: WorkflowError) -> ApiError:
     return ApiError(error.status, error.code, error.message, error.details)
-
-
-def event_json(stored: StoredEvent) -> dict[str, Any]:
-    event = stored.event
-    return {
-        "id": stored.id,
-        "at": stored.at.isoformat(),
-        "facts_version": stored.facts_version,
-        "type": event.type,
-        "subject": {"kind": event.subject_kind, "id": event.subject_id},
-        "municipality": event.municipality or None,
-        "actor": event.actor,
-        "reason": event.reason,
-        "data": event.data,
-    }
 
 
 def lifecycle_router(runtime: Runtime) -> APIRouter:

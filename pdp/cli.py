@@ -18,7 +18,10 @@ app = typer.Typer(help="Authorization decision service (PDP) for municipal acces
                   add_completion=False)
 facts_app = typer.Typer(help="Load and inspect facts.", no_args_is_help=True)
 policy_app = typer.Typer(help="Check and test the Polar policies.", no_args_is_help=True)
+grants_app = typer.Typer(help="Rights: list them, what falls due, a right's history.",
+                         no_args_is_help=True)
 app.add_typer(facts_app, name="facts")
+app.add_typer(grants_app, name="grants")
 app.add_typer(policy_app, name="policy")
 
 
@@ -80,7 +83,7 @@ def serve(
         from pdp.api import parse_batch
         from pdp.demo import demo_facts
 
-        runtime.facts.write(parse_batch(demo_facts()))
+        runtime.lifecycle.write_facts(parse_batch(demo_facts()), "demo")
         typer.echo(f"pdp: demo data loaded, facts_version {runtime.facts.index.version}")
     uvicorn.run(create_app(runtime), host=host, port=port, log_level=log_level.lower(),
                 access_log=False)
@@ -159,7 +162,6 @@ def facts_import(
     """Load facts into the configured store, all or nothing (one transaction)."""
     from pdp.api import parse_batch
     from pdp.errors import ApiError
-    from pdp.sqlstore import open_store
     from pdp.store import Change
 
     items: list[Any] = []
@@ -180,11 +182,11 @@ def facts_import(
         raise _fail(f"{file}: {error.message}; nothing imported", 2) from None
     if not changes:
         raise _fail(f"{file}: no facts", 2)
-    store = open_store(_settings().store_url())
+    lifecycle = _lifecycle()
     try:
-        version = store.apply(changes)
+        version = lifecycle.write_facts(changes, "pdp facts import")
     finally:
-        store.close()
+        lifecycle.facts.store.close()
     typer.echo(f"imported {len(changes)} facts, facts_version {version}")
 
 
@@ -229,6 +231,70 @@ def policy_test(
     report = run_suites(policy, suites)
     typer.echo(format_report(report))
     raise typer.Exit(0 if report.failed == 0 and report.passed > 0 else 1)
+
+
+def _lifecycle() -> Any:
+    from pdp.facts_service import FactService
+    from pdp.lifecycle import Lifecycle
+    from pdp.runtime import load_checked_policy
+    from pdp.sqlstore import open_store
+
+    settings = _settings()
+    policy = load_checked_policy(settings)
+    facts = FactService(open_store(settings.store_url()))
+    facts.load()
+    return Lifecycle(lambda: policy, facts, max_grant_months=settings.max_grant_months,
+                     recertification_days=settings.recertification_days,
+                     notice_months=settings.notice_months)
+
+
+def _print_grants(rows: list[dict[str, Any]]) -> None:
+    typer.echo(f"{'grant':<24} {'user':<16} {'mun':<4} {'state':<20} {'valid_until':<26} due")
+    for row in rows:
+        typer.echo(f"{row['id']:<24} {row['user']:<16} {row['municipality']:<4} "
+                   f"{row['state']:<20} {row['valid_until']:<26} {row['due'] or '-'}")
+    typer.echo(f"{len(rows)} rights")
+
+
+@grants_app.command("list")
+def grants_list(
+    municipality: Annotated[str | None, typer.Option(help="Municipality code.")] = None,
+    state: Annotated[str | None, typer.Option(
+        help="applied, approved, active, recertification_due, suspended, revoked, expired."
+    )] = None,
+    user: Annotated[str | None, typer.Option(help="User id.")] = None,
+) -> None:
+    """List rights with the state they are in now."""
+    _print_grants(_lifecycle().listing(municipality=municipality, state=state, user=user))
+
+
+@grants_app.command("due")
+def grants_due(
+    days: Annotated[int, typer.Option(help="Within this many days.")] = 30,
+    municipality: Annotated[str | None, typer.Option(help="Municipality code.")] = None,
+) -> None:
+    """Rights that expire or fall due for re-certification within N days."""
+    from datetime import timedelta
+
+    _print_grants(_lifecycle().listing(municipality=municipality,
+                                       due_within=timedelta(days=days)))
+
+
+@grants_app.command("history")
+def grants_history(grant: Annotated[str, typer.Argument(help="Grant id.")]) -> None:
+    """Every change of one right: when, what, who and why."""
+    from pdp.sqlstore import open_store
+
+    store = open_store(_settings().store_url())
+    events = store.events_of("grant", grant)
+    store.close()
+    if not events:
+        raise _fail(f"no history of grant {grant!r}")
+    for stored in events:
+        event = stored.event
+        status = (event.data.get("grant") or {}).get("status", "-")
+        typer.echo(f"{stored.at.isoformat()}  {event.type:<24} {status:<10} by {event.actor}"
+                   + (f" — {event.reason}" if event.reason else ""))
 
 
 def main() -> None:

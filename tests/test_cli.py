@@ -118,3 +118,40 @@ def test_policy_test_passes_and_a_broken_case_fails(tmp_path: Path) -> None:
     assert failed.returncode == 1
     assert "FAIL" in failed.stdout
     assert failed.stdout.strip().splitlines()[-1].endswith(" 1 failed")
+
+
+def test_grants_list_due_and_history(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from pdp.facts_service import FactService
+    from pdp.lifecycle import Lifecycle, Revocation
+    from pdp.policy_engine import load_policy
+    from pdp.settings import DEFAULT_POLICY_DIR
+    from pdp.sqlstore import open_store
+
+    url = f"sqlite:///{tmp_path / 'facts.sqlite3'}"
+    env = {"PDP_DATABASE_URL": url}
+    source = tmp_path / "facts.jsonl"
+    now = datetime.now(UTC)
+    source.write_text(_jsonl(demo_facts(now)))
+    assert pdp("facts", "import", str(source), env=env).returncode == 0
+    policy = load_policy(DEFAULT_POLICY_DIR)
+    facts = FactService(open_store(url))
+    facts.load()
+    Lifecycle(lambda: policy, facts).step("g-1002", "revoke",
+                                          Revocation(reason="task_ended"), "Test Person")
+
+    listed = pdp("grants", "list", "--municipality", "749", env=env)
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split()[0]: line.split()[3] for line in listed.stdout.splitlines()[1:-1]}
+    assert rows["g-1001"] == "active" and rows["g-1002"] == "revoked"
+    assert "g-2001" not in rows  # Kuopio's
+    expired = pdp("grants", "list", "--state", "expired", env=env)
+    assert [line.split()[0] for line in expired.stdout.splitlines()[1:-1]] == ["g-2003"]
+    # demo rights end 150 days on: due within 151 days, not within 149
+    assert "g-1001" in pdp("grants", "due", "--days", "151", env=env).stdout
+    assert "g-1001" not in pdp("grants", "due", "--days", "149", env=env).stdout
+    history = pdp("grants", "history", "g-1002", env=env)
+    assert history.returncode == 0, history.stderr
+    assert "grant.revoked" in history.stdout and "by Test Person — task_ended" in history.stdout
+    assert pdp("grants", "history", "no-such-grant", env=env).returncode == 1
