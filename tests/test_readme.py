@@ -12,18 +12,22 @@ from tests.conftest import ROOT, Server, start_server, stop_server
 
 
 def examples() -> list[tuple[str, str]]:
-    """(shell command, expected answer) pairs from the README's "Try it" section."""
+    """(shell command, expected answer) pairs from every README shell block with answers.
+
+    `export` lines are kept and run before every later command of their block."""
     text = (ROOT / "README.md").read_text()
-    section = text.split("## Try it", 1)[1].split("\n## ", 1)[0]
-    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
     pairs: list[tuple[str, str]] = []
-    command: list[str] = []
-    for line in block.splitlines():
-        if line.startswith("# →"):
-            pairs.append(("\n".join(command), line.removeprefix("# →").strip()))
-            command = []
-        elif line.startswith("curl") or command:
-            command.append(line)
+    for block in re.findall(r"```sh\n(.*?)```", text, re.DOTALL):
+        prelude: list[str] = []
+        command: list[str] = []
+        for line in block.splitlines():
+            if line.startswith("# →"):
+                pairs.append(("\n".join(prelude + command), line.removeprefix("# →").strip()))
+                command = []
+            elif line.startswith("export "):
+                prelude.append(line)
+            elif line.startswith("curl") or command:
+                command.append(line)
     return pairs
 
 
@@ -53,6 +57,10 @@ def test_readme_has_examples() -> None:
                for _, expected in examples() if '"reason":"' in expected}
     assert "allowed" in reasons
     assert len(reasons - {"allowed"}) >= 5
+    answers = " ".join(expected for _, expected in examples())
+    for step in ("grant_refused", "invalid_transition", '"status":"applied"',
+                 '"status":"approved"', '"status":"active"', '"status":"revoked"'):
+        assert step in answers  # the life of a right, from application to revocation
 
 
 def test_readme_examples_answer_as_written(demo: Server) -> None:
