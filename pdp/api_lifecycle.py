@@ -10,7 +10,7 @@ from typing import Annotated, Any, cast
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from pdp.auth import MUNICIPALITY_ADMIN, Caller, forbidden
+from pdp.auth import MUNICIPALITY_ADMIN, Caller
 from pdp.errors import NOT_FOUND, ApiError
 from pdp.events import event_json
 from pdp.http import parse_body, read_json
@@ -141,7 +141,7 @@ def lifecycle_router(runtime: Runtime) -> APIRouter:
             if municipality is None and len(own) == 1:
                 municipality = own[0]
             if municipality not in own:
-                raise forbidden([f"{MUNICIPALITY_ADMIN}:{municipality}"])
+                raise ApiError(404, NOT_FOUND, "no such municipality")
         found = await run_in_threadpool(store.events_after, after, limit, municipality)
         return {"events": [event_json(e) for e in found],
                 "next_after": found[-1].id if found else after}

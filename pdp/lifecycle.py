@@ -348,8 +348,8 @@ class Lifecycle:
                 index.users.get(fact_id))
             result.events.append(Event("user.written" if data else "user.deleted", "user",
                                        fact_id, municipality, actor, None, {"user": data}))
-            if data is not None:
-                self._follow_user(result, fact_id, parse_fact("user", data), actor, now)
+            self._follow_user(result, fact_id, parse_fact("user", data) if data else None,
+                              actor, now)
         elif kind == "agreement":
             result.events.append(Event("agreement.written" if data else "agreement.deleted",
                                        "agreement", fact_id, fact_id, actor, None,
@@ -368,11 +368,14 @@ class Lifecycle:
 
     def _follow_user(self, result: Plan, user_id: str, user: Any, actor: str,
                      now: datetime) -> None:
-        assert isinstance(user, User)
+        """A user who left, was deleted or moved to another municipality's employ loses
+        every right; one whose tasks changed has the rights that no longer fit suspended."""
+        assert user is None or isinstance(user, User)
         before = self.facts.index.users.get(user_id)
         for grant_id, grant in self._live_grants(user_id, now):
             state = self.state(grant_id, grant, now)
-            if user.status == "left":
+            if (user is None or user.status == "left"
+                    or (before is not None and before.municipality != user.municipality)):
                 self._put_grant(result, grant_id, grant.model_copy(update={"status": "revoked"}),
                                 "grant.revoked", actor, "employment_ended", previous=state)
             elif (before is not None and set(before.tasks) != set(user.tasks)
@@ -491,6 +494,7 @@ def _refusal_message(rule: str, detail: str, lifecycle: Lifecycle) -> str:
                                   + (f" ({detail})" if detail else ""),
         "period_ended": "the period has already ended",
         "period_too_long": f"a right may last at most {lifecycle.max_grant_months} months",
+        "period_past_agreement": "the right would outlast the municipality's agreement",
         "scope_never_needed": f"{detail} is never needed for complementary services",
         "scope_outside_tasks": f"{detail} is not needed by any of the user's tasks",
     }

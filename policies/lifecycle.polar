@@ -45,6 +45,7 @@ refused(a, "user_inactive", a.user_status) if a.user_status != "active";
 refused(a, "agreement_not_in_force", a.agreement_status) if not agreement_in_force(a);
 refused(a, "period_ended", "") if a.valid_until <= a.now;
 refused(a, "period_too_long", "") if a.max_valid_until < a.valid_until;
+refused(a, "period_past_agreement", "") if a.agreement_ends_at < a.valid_until;
 refused(a, "scope_never_needed", scope) if scope in a.scopes and never_needed(scope);
 refused(a, "scope_outside_tasks", scope) if
     scope in a.scopes and
