@@ -134,16 +134,19 @@ def create_app(runtime: Runtime) -> FastAPI:
             runtime.close()
 
     async def _poll_store() -> None:
-        """Pick up writes committed by other processes on the same store."""
+        """Confirm the facts are current (catching up on writes that no bus message
+        brought) and share a snapshot now and then."""
+        last_snapshot = time.monotonic()
         while True:
             await asyncio.sleep(settings.poll_interval_seconds)
             try:
-                version = await run_in_threadpool(facts.catch_up)
-                metrics.facts_version.set(version)
-            except StoreUnavailable:
-                log.warning("store unavailable while catching up")
+                await run_in_threadpool(facts.confirm)
+                metrics.facts_version.set(facts.index.version)
+                if time.monotonic() - last_snapshot >= settings.snapshot_interval_seconds:
+                    last_snapshot = time.monotonic()
+                    await run_in_threadpool(facts.save_snapshot)
             except Exception:  # keep polling whatever happens
-                log.exception("catch-up failed")
+                log.exception("confirming the facts failed")
 
     app = FastAPI(title="pdp", version="1", lifespan=lifespan,
                   default_response_class=JSONResponse, docs_url="/docs", redoc_url=None)
@@ -198,7 +201,10 @@ def create_app(runtime: Runtime) -> FastAPI:
         except StoreUnavailable as error:
             problems.append(f"store: {error}")
         body = {"status": "ready" if not problems else "not_ready", "problems": problems,
-                "policy_version": runtime.policy.version, "facts_version": facts.index.version}
+                "policy_version": runtime.policy.version, "facts_version": facts.index.version,
+                "facts_fresh": facts.fresh(),
+                "bus": None if facts.bus is None else
+                ("connected" if facts.bus.connected else "disconnected")}
         return JSONResponse(body, status_code=503 if problems else 200)
 
     @app.get("/metrics")
@@ -220,6 +226,12 @@ def create_app(runtime: Runtime) -> FastAPI:
     # -- decisions ---------------------------------------------------------------------
 
     async def ensure_facts(min_version: int | None) -> None:
+        """Decide only from facts confirmed within the staleness bound, and at least as
+        new as `min_version`; otherwise 503 — never a stale allow."""
+        if not facts.fresh() and not (await run_in_threadpool(facts.confirm)
+                                      and facts.fresh()):
+            raise ApiError(503, UNAVAILABLE, "facts cannot be confirmed current",
+                           headers={"Retry-After": "1"})
         if min_version is None or facts.index.version >= min_version:
             return
         try:
@@ -410,6 +422,18 @@ def create_app(runtime: Runtime) -> FastAPI:
         return {"facts_version": version, "count": len(changes)}
 
     return app
+
+
+def app_from_env() -> FastAPI:
+    """The app built from the environment alone: for `pdp serve --workers N` and for any
+    ASGI server, e.g. `uvicorn --factory pdp.api:app_from_env` or gunicorn's uvicorn worker."""
+    from pdp.runtime import build_runtime
+    from pdp.settings import Settings
+
+    settings = Settings()
+    if not settings.api_keys:
+        raise SystemExit("pdp: PDP_API_KEYS is not set")
+    return create_app(build_runtime(settings, settings.api_keys))
 
 
 def parse_id(kind: str, fact_id: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -46,6 +47,9 @@ def serve(
         "--demo", help="Load the demo data set and demo keys (a fresh SQLite file under "
                        "pdp-data/ unless PDP_DATABASE_URL is set).")] = False,
     log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+    workers: Annotated[int, typer.Option(
+        min=1, help="Worker processes; each keeps its own facts in memory, kept coherent "
+                    "through the store and PDP_REDIS_URL.")] = 1,
 ) -> None:
     """Start the HTTP decision service."""
     import uvicorn
@@ -85,6 +89,14 @@ def serve(
 
         runtime.lifecycle.write_facts(parse_batch(demo_facts()), "demo")
         typer.echo(f"pdp: demo data loaded, facts_version {runtime.facts.index.version}")
+    if workers > 1:
+        # Each worker builds its own runtime from the environment (pdp.api:app_from_env).
+        runtime.close()
+        os.environ["PDP_DATABASE_URL"] = settings.store_url()
+        os.environ["PDP_API_KEYS"] = orjson.dumps(keys).decode()
+        uvicorn.run("pdp.api:app_from_env", factory=True, workers=workers, host=host,
+                    port=port, log_level=log_level.lower(), access_log=False)
+        return
     uvicorn.run(create_app(runtime), host=host, port=port, log_level=log_level.lower(),
                 access_log=False)
 

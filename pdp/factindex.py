@@ -8,7 +8,7 @@ version of the last change to it); a memoised decision is valid while its stamps
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pdp.facts import (
@@ -19,6 +19,7 @@ from pdp.facts import (
     Grant,
     Relationship,
     User,
+    dump_fact,
     parse_fact,
 )
 from pdp.store import ChangeRecord, StoredFact
@@ -46,6 +47,16 @@ class FactIndex:
     def fact_version(self, kind: str, id: str) -> int:
         """The version of the fact's last write; 0 if it does not exist."""
         return self.versions.get((kind, id), 0)
+
+    def stored_facts(self) -> Iterator[StoredFact]:
+        """Every fact with its version, as the store would give it (hold `lock`)."""
+        tables: list[tuple[str, Mapping[str, Fact]]] = [
+            ("area", self.areas), ("agreement", self.agreements), ("user", self.users),
+            ("grant", self.grants), ("client", self.clients),
+            ("relationship", self.relationships)]
+        for kind, table in tables:
+            for fact_id, fact in table.items():
+                yield StoredFact(kind, fact_id, dump_fact(fact), self.fact_version(kind, fact_id))
 
     def stamp(self, group: str, key: str) -> int:
         return self.stamps.get((group, key), 0)

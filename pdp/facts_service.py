@@ -1,18 +1,29 @@
-"""Facts between the store and the in-memory index: writes, reads, catch-up.
+"""Facts between the store, the in-memory index and the other replicas.
 
 Every write commits to the store first and then brings the index up to the store's
-change log, so the very next decision sees it. Writes made by other processes on the
-same store are picked up by `catch_up`, which the service also runs on a short timer.
+change log, so the very next decision of this process sees it; then it is published on
+the bus (Redis, when configured) so that every other replica applies it at once. A
+replica that missed bus messages catches up from the store's change log; without a bus,
+a short timer does the same.
+
+Freshness: the index is *confirmed* when this process has checked — through the store,
+or through the bus's version when the store is down — that it holds every committed
+change. Decisions are made only while the last confirmation is younger than the
+staleness bound; past it the caller answers 503 rather than risk a stale allow.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Sequence
 
+from pdp.bus import BusUnavailable, RedisBus
 from pdp.factindex import FactIndex
-from pdp.store import Change, Event, FactStore, StoredFact
+from pdp.store import Change, ChangeRecord, Event, FactStore, StoredFact, StoreUnavailable
+
+log = logging.getLogger(__name__)
 
 
 class FactsBehind(Exception):
@@ -20,20 +31,63 @@ class FactsBehind(Exception):
 
 
 class FactService:
-    def __init__(self, store: FactStore) -> None:
+    def __init__(self, store: FactStore, bus: RedisBus | None = None, *,
+                 staleness_bound: float = 1.0) -> None:
         self.store = store
+        self.bus = bus
         self.index = FactIndex()
+        self.staleness_bound = staleness_bound
         self._catch_up_lock = threading.Lock()
+        self._confirmed_at = float("-inf")  # time.monotonic() of the last confirmation
+        self._snapshot_version = -1
         self.loaded = False
 
+    # -- loading ------------------------------------------------------------------------
+
     def load(self) -> None:
-        """Fill the index from the store (at start-up)."""
+        """Fill the index: from the bus's snapshot when there is a usable one, else from
+        the store; then the store's newer changes on top."""
+        started = time.monotonic()
         with self._catch_up_lock:
-            version = self.store.version()
-            self.index.load(self.store.all_facts(), version)
-            # Changes committed while the snapshot was read are applied on top.
+            store_version = self.store.version()
+            snapshot = self._usable_snapshot(store_version)
+            if snapshot is not None:
+                version, facts = snapshot
+                log.info("facts from the shared snapshot at version %d", version)
+            else:
+                version, facts = store_version, list(self.store.all_facts())
+            self.index.load(facts, version)
             self.index.apply(self.store.changes_since(version))
             self.loaded = True
+        self._confirmed_at = started
+        if snapshot is None:
+            self.save_snapshot()
+
+    def _usable_snapshot(self, store_version: int) -> tuple[int, list[StoredFact]] | None:
+        if self.bus is None:
+            return None
+        try:
+            snapshot = self.bus.load_snapshot()
+        except BusUnavailable:
+            return None
+        if snapshot is None or snapshot[0] > store_version:  # none, or of another store
+            return None
+        return snapshot
+
+    def save_snapshot(self) -> None:
+        """Share a consistent snapshot of the index (when it changed since the last)."""
+        if self.bus is None or self.index.version == self._snapshot_version:
+            return
+        with self.index.lock:
+            version = self.index.version
+            facts = list(self.index.stored_facts())
+        try:
+            self.bus.save_snapshot(version, facts)
+            self._snapshot_version = version
+        except BusUnavailable:
+            pass
+
+    # -- staying current ------------------------------------------------------------------
 
     def catch_up(self) -> int:
         """Apply every committed change the index has not seen; return the index version."""
@@ -42,23 +96,80 @@ class FactService:
             self.index.apply(changes)
             return self.index.version
 
+    def on_bus_changes(self, version: int, changes: list[ChangeRecord]) -> None:
+        """A write published by a replica: apply it if it is the next version, catch up
+        from the store if versions were missed."""
+        if version <= self.index.version:
+            return
+        if version == self.index.version + 1:
+            with self._catch_up_lock:
+                if version == self.index.version + 1:
+                    self.index.apply(changes)
+                    return
+        try:
+            self.catch_up()
+        except StoreUnavailable:
+            log.warning("missed bus messages and the store is unavailable")
+
+    def on_bus_connect(self) -> None:
+        """(Re)connected to the bus: messages may have been missed meanwhile."""
+        try:
+            self.catch_up()
+        except StoreUnavailable:
+            log.warning("bus connected but the store is unavailable")
+
+    def confirm(self) -> bool:
+        """Check that the index holds every committed change; True if it does now."""
+        started = time.monotonic()
+        try:
+            self.catch_up()
+        except StoreUnavailable:
+            if self.bus is None:
+                return False
+            try:
+                if self.bus.version() > self.index.version:
+                    return False  # changes exist that only the store could give
+            except BusUnavailable:
+                return False
+        self._confirmed_at = max(self._confirmed_at, started)
+        return True
+
+    def fresh(self) -> bool:
+        """Whether decisions may be made: confirmed within the staleness bound."""
+        return time.monotonic() - self._confirmed_at <= self.staleness_bound
+
+    # -- writing and reading --------------------------------------------------------------
+
     def write(self, changes: Sequence[Change], events: Sequence[Event] = ()) -> int:
-        """Commit atomically; return the new facts_version, already visible to decisions."""
+        """Commit atomically; return the new facts_version, already visible to decisions
+        here and published to the other replicas."""
         version = self.store.apply(changes, events)
         self.catch_up()
+        if self.bus is not None and changes:
+            try:
+                self.bus.publish(version, changes)
+            except BusUnavailable as error:
+                log.warning("write %d not published (replicas catch up from the store): %s",
+                            version, error)
         return version
 
     def get(self, kind: str, id: str) -> StoredFact | None:
         return self.store.get(kind, id)
 
     def ensure_version(self, version: int, timeout: float) -> None:
-        """Return once the index holds facts at least as new as `version`."""
-        if self.index.version >= version:
-            return
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.catch_up() >= version:
-                return
-            if time.monotonic() >= deadline:
+        """Return once the index holds facts at least as new as `version`: wait briefly
+        for the bus to bring them, then read the store until `timeout`."""
+        started = time.monotonic()
+        if self.bus is not None:
+            brief = started + min(0.05, timeout)
+            while self.index.version < version and time.monotonic() < brief:
+                time.sleep(0.002)
+        while self.index.version < version and self.catch_up() < version:
+            if time.monotonic() - started >= timeout:
                 raise FactsBehind(f"facts_version {version} is not available yet")
             time.sleep(0.02)
+
+    def close(self) -> None:
+        if self.bus is not None:
+            self.bus.close()
+        self.store.close()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pdp.auth import Authenticator
+from pdp.bus import RedisBus
 from pdp.core import check_policy
 from pdp.decider import Decider
 from pdp.facts_service import FactService
@@ -33,7 +34,7 @@ class Runtime:
         return self.decider.policy
 
     def close(self) -> None:
-        self.facts.store.close()
+        self.facts.close()
 
 
 def load_checked_policy(settings: Settings) -> CompiledPolicy:
@@ -45,8 +46,11 @@ def load_checked_policy(settings: Settings) -> CompiledPolicy:
 def build_runtime(settings: Settings, keys: dict[str, Any]) -> Runtime:
     policy = load_checked_policy(settings)
     store = open_store(settings.store_url())
-    facts = FactService(store)
+    bus = RedisBus(settings.redis_url, settings.redis_prefix) if settings.redis_url else None
+    facts = FactService(store, bus, staleness_bound=settings.staleness_bound_seconds)
     facts.load()
+    if bus is not None:
+        bus.listen(facts.on_bus_changes, facts.on_bus_connect)
     metrics = Metrics()
     metrics.policy_info.info({"version": policy.version})
     metrics.facts_version.set(facts.index.version)

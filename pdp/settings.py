@@ -43,7 +43,10 @@ class Settings(BaseSettings):
     max_facts_batch: int = 5000
     decision_cache_size: int = 100_000
     min_facts_wait_seconds: float = 1.0
-    poll_interval_seconds: float = 0.5
+    poll_interval_seconds: float = Field(default=0.25, gt=0, le=10)
+    staleness_bound_seconds: float = Field(default=1.0, gt=0, le=3600)
+    redis_prefix: str = Field(default="pdp", pattern=r"^[A-Za-z0-9_.:\-]{1,64}$")
+    snapshot_interval_seconds: float = Field(default=60.0, gt=0)
 
     # The life of a right (issue 3).
     max_grant_months: int = Field(default=12, ge=1, le=120)
