@@ -10,8 +10,8 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -23,10 +23,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pdp.api_lifecycle import lifecycle_router, workflow_error
+from pdp.audit import AuditRecord, AuditUnavailable, new_record_id
 from pdp.auth import MUNICIPALITY_ADMIN, Caller, forbidden
 from pdp.authzen import Evaluation, EvaluationsEnvelope, merge_item
+from pdp.clock import to_micros
 from pdp.core import Decision
 from pdp.errors import (
+    AUDIT_UNAVAILABLE,
     INTERNAL,
     INVALID_REQUEST,
     METHOD_NOT_ALLOWED,
@@ -112,6 +115,7 @@ class RequestIdMiddleware:
 def create_app(runtime: Runtime) -> FastAPI:
     settings = runtime.settings
     facts = runtime.facts
+    audit = runtime.audit
     lifecycle = runtime.lifecycle
     metrics = runtime.metrics
     auth = runtime.auth
@@ -240,35 +244,86 @@ def create_app(runtime: Runtime) -> FastAPI:
         except FactsBehind as error:
             raise ApiError(503, UNAVAILABLE, str(error), headers={"Retry-After": "1"}) from None
 
-    def decide(evaluation: Evaluation) -> dict[str, Any]:
+    def decide(evaluation: Evaluation, caller: Caller, request_id: str | None,
+               now: datetime) -> tuple[dict[str, Any], AuditRecord]:
         started = time.perf_counter()
-        decision: Decision = runtime.decider.decide(evaluation.to_request())
+        made: Decision = runtime.decider.decide(evaluation.to_request(), now)
         metrics.decision_seconds.observe(time.perf_counter() - started)
-        metrics.decisions.labels(str(decision.decision).lower(), decision.reason).inc()
+        metrics.decisions.labels(str(made.decision).lower(), made.reason).inc()
+        record = decision_record(evaluation, made, caller, request_id, now)
         return {
-            "decision": decision.decision,
+            "decision": made.decision,
             "context": {
-                "reason": decision.reason,
-                "decision_id": str(uuid.uuid4()),
-                "policy_version": decision.policy_version,
-                "facts_version": decision.facts_version,
+                "reason": made.reason,
+                "decision_id": record.record_id,
+                "policy_version": made.policy_version,
+                "facts_version": made.facts_version,
             },
-        }
+        }, record
+
+    def decision_record(evaluation: Evaluation, made: Decision, caller: Caller,
+                        request_id: str | None, now: datetime) -> AuditRecord:
+        index = facts.index
+        user = index.users.get(evaluation.subject.id)
+        client = index.clients.get(evaluation.resource.id)
+        return AuditRecord(
+            "decision", new_record_id(), to_micros(now),
+            user_id=evaluation.subject.id,
+            user_municipality=user.municipality if user else None,
+            grant_id=made.grant,
+            client_id=evaluation.resource.id,
+            client_municipality=client.home_municipality if client else None,
+            category=evaluation.resource.properties.category,
+            action=evaluation.action.name,
+            purpose=evaluation.context.purpose,
+            decision=made.decision, reason=made.reason,
+            policy_version=made.policy_version, facts_version=made.facts_version,
+            request_id=request_id, caller=caller.name)
+
+    def invalid_record(raw: Any, caller: Caller, request_id: str | None,
+                       now: datetime) -> AuditRecord:
+        """A batch item too malformed to decide: still a deny, so still recorded."""
+        def member(key: str) -> str | None:
+            value = raw.get(key) if isinstance(raw, dict) else None
+            found = value.get("id") if isinstance(value, dict) else None
+            return found[:128] if isinstance(found, str) else None
+
+        return AuditRecord("decision", new_record_id(), to_micros(now),
+                           user_id=member("subject"), client_id=member("resource"),
+                           decision=False, reason=INVALID_REQUEST,
+                           policy_version=runtime.policy.version,
+                           facts_version=facts.index.version, request_id=request_id,
+                           caller=caller.name)
+
+    async def recorded(records: list[AuditRecord]) -> None:
+        """Return only once the records are durable; 503 if they cannot be written."""
+        if audit is None or not records:
+            return
+        try:
+            await asyncio.wrap_future(audit.append(records))
+        except AuditUnavailable as error:
+            metrics.audit_failures.inc()
+            raise ApiError(503, AUDIT_UNAVAILABLE, f"the decision log is unavailable: {error}",
+                           headers={"Retry-After": "1"}) from None
 
     @app.post("/access/v1/evaluation")
     async def evaluation(request: Request) -> dict[str, Any]:
-        auth.require(request.headers.get("authorization"), ["pep"])
+        caller = auth.require(request.headers.get("authorization"), ["pep"])
         body = await read_json(request, settings.max_body_bytes)
         try:
             item = Evaluation.model_validate(body)
         except ValidationError as error:
             raise invalid(error) from None
         await ensure_facts(item.context.min_facts_version)
-        return decide(item)
+        result, record = decide(item, caller, request.headers.get("x-request-id"),
+                                runtime.decider.clock())
+        await recorded([record])
+        return result
 
     @app.post("/access/v1/evaluations")
     async def evaluations(request: Request) -> dict[str, Any]:
-        auth.require(request.headers.get("authorization"), ["pep"])
+        caller = auth.require(request.headers.get("authorization"), ["pep"])
+        request_id = request.headers.get("x-request-id")
         body = await read_json(request, settings.max_body_bytes)
         try:
             envelope = EvaluationsEnvelope.model_validate(body)
@@ -278,7 +333,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             raise bad_request(
                 f"{len(envelope.evaluations)} items; at most {settings.max_decision_batch}",
                 field="evaluations")
-        items: list[Evaluation | dict[str, Any]] = []
+        items: list[Evaluation | tuple[Any, dict[str, Any]]] = []
         for index, raw in enumerate(envelope.evaluations):
             try:
                 if not isinstance(raw, dict):
@@ -286,21 +341,28 @@ def create_app(runtime: Runtime) -> FastAPI:
                 items.append(Evaluation.model_validate(merge_item(envelope, raw)))
             except ValidationError as error:
                 details = validation_details(error, f"evaluations[{index}]")
-                items.append({"decision": False, "context": {"error": {
+                items.append((raw, {"decision": False, "context": {"error": {
                     "code": INVALID_REQUEST,
                     "message": f"{details[0]['field']}: {details[0]['message']}",
-                    "details": details}}})
+                    "details": details}}}))
         versions = [i.context.min_facts_version for i in items if isinstance(i, Evaluation)]
         await ensure_facts(max((v for v in versions if v is not None), default=None))
         semantic = envelope.options.evaluations_semantic
+        now = runtime.decider.clock()
         results: list[dict[str, Any]] = []
+        records: list[AuditRecord] = []
         for item in items:
-            result = decide(item) if isinstance(item, Evaluation) else item
+            if isinstance(item, Evaluation):
+                result, record = decide(item, caller, request_id, now)
+            else:
+                result, record = item[1], invalid_record(item[0], caller, request_id, now)
             results.append(result)
+            records.append(record)
             if semantic == "deny_on_first_deny" and not result["decision"]:
                 break
             if semantic == "permit_on_first_permit" and result["decision"]:
                 break
+        await recorded(records)
         return {"evaluations": results}
 
     # -- the life of a right (before the generic facts routes, which would match) -------

@@ -13,6 +13,7 @@ NOT_FOUND = "not_found"
 METHOD_NOT_ALLOWED = "method_not_allowed"
 PAYLOAD_TOO_LARGE = "payload_too_large"
 UNAVAILABLE = "unavailable"
+AUDIT_UNAVAILABLE = "audit_unavailable"
 INTERNAL = "internal_error"
 
 

@@ -32,3 +32,6 @@ class Metrics:
         self.fact_writes = Counter(
             "pdp_fact_writes", "Committed fact writes by kind.", ["kind"], registry=r)
         self.policy_info = Info("pdp_policy", "The policy in force.", registry=r)
+        self.audit_failures = Counter(
+            "pdp_audit_write_failures", "Requests refused because the decision log could not "
+            "be written.", registry=r)

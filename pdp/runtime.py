@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from pdp.audit import AuditLog
 from pdp.auth import Authenticator
 from pdp.bus import RedisBus
 from pdp.core import check_policy
@@ -28,12 +29,15 @@ class Runtime:
     metrics: Metrics
     auth: Authenticator
     lifecycle: Lifecycle
+    audit: AuditLog | None
 
     @property
     def policy(self) -> CompiledPolicy:
         return self.decider.policy
 
     def close(self) -> None:
+        if self.audit is not None:
+            self.audit.stop()
         self.facts.close()
 
 
@@ -61,4 +65,7 @@ def build_runtime(settings: Settings, keys: dict[str, Any]) -> Runtime:
                           recertification_days=settings.recertification_days,
                           notice_months=settings.notice_months)
     log.info("policy %s, facts_version %d", policy.version, facts.index.version)
-    return Runtime(settings, facts, decider, metrics, Authenticator(keys), lifecycle)
+    audit = AuditLog(store.engine) if settings.audit_log else None
+    if audit is not None:
+        audit.start()
+    return Runtime(settings, facts, decider, metrics, Authenticator(keys), lifecycle, audit)

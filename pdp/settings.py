@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     redis_prefix: str = Field(default="pdp", pattern=r"^[A-Za-z0-9_.:\-]{1,64}$")
     snapshot_interval_seconds: float = Field(default=60.0, gt=0)
 
+    # The decision log. Turning it off breaks the law's logging duty: benchmarks only.
+    audit_log: bool = True
+    audit_retention_days: int = Field(default=5 * 365 + 1, ge=1)
+
     # The life of a right (issue 3).
     max_grant_months: int = Field(default=12, ge=1, le=120)
     recertification_days: int = Field(default=90, ge=1, le=3650)

@@ -1,0 +1,443 @@
+"""The decision log: every decision and every read of the log, durable, hash-chained.
+
+Writing: records are queued and committed by one writer thread in batches (group
+commit); `append` returns a future that completes only when the record is durable, and
+the HTTP layer answers only then — so no decision a caller received can be lost. If the
+log cannot be written, the future fails and the caller answers 503 `audit_unavailable`.
+
+Tamper evidence: record n carries `hash = sha256(prev_hash | canonical(record n))`, its
+`prev_hash` is record n-1's hash, and the head (last seq and hash) is kept apart. A
+changed, deleted, inserted or reordered record breaks a hash, a link, the sequence or
+the head, and `verify` names the first bad record. Pruning (retention) removes old
+records except those under a legal hold and notes each removed range, so the chain stays
+verifiable after it.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import queue
+import secrets
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from pdp.sqlstore import write_transaction
+
+log = logging.getLogger(__name__)
+
+GENESIS = "0" * 64
+
+metadata = sa.MetaData()
+
+records_table = sa.Table(
+    "audit_records", metadata,
+    sa.Column("seq", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("record_type", sa.String(16), nullable=False),
+    sa.Column("record_id", sa.String(64), nullable=False),
+    sa.Column("at_us", sa.BigInteger(), nullable=False),
+    sa.Column("user_id", sa.String(128)),
+    sa.Column("user_municipality", sa.String(3)),
+    sa.Column("grant_id", sa.String(128)),
+    sa.Column("client_id", sa.String(128)),
+    sa.Column("client_municipality", sa.String(3)),
+    sa.Column("category", sa.String(64)),
+    sa.Column("action", sa.String(16)),
+    sa.Column("purpose", sa.String(128)),
+    sa.Column("decision", sa.Boolean()),
+    sa.Column("reason", sa.String(64)),
+    sa.Column("policy_version", sa.String(64)),
+    sa.Column("facts_version", sa.BigInteger()),
+    sa.Column("request_id", sa.String(200)),
+    sa.Column("caller", sa.String(200)),
+    sa.Column("details", sa.Text()),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+head_table = sa.Table(
+    "audit_head", metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.BigInteger(), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+prunes_table = sa.Table(
+    "audit_prunes", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("from_seq", sa.BigInteger(), nullable=False),
+    sa.Column("to_seq", sa.BigInteger(), nullable=False),
+    sa.Column("removed", sa.BigInteger(), nullable=False),
+    sa.Column("cutoff_us", sa.BigInteger(), nullable=False),
+    sa.Column("at_us", sa.BigInteger(), nullable=False),
+)
+holds_table = sa.Table(
+    "audit_holds", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("client_id", sa.String(128)),
+    sa.Column("user_id", sa.String(128)),
+    sa.Column("municipality", sa.String(3)),
+    sa.Column("from_us", sa.BigInteger()),
+    sa.Column("until_us", sa.BigInteger()),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("created_by", sa.String(200), nullable=False),
+    sa.Column("created_us", sa.BigInteger(), nullable=False),
+    sa.Column("released_us", sa.BigInteger()),
+)
+
+
+class AuditUnavailable(Exception):
+    """The decision log cannot be written or read."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One entry: a decision (record_type "decision") or a read of the log ("audit_read")."""
+
+    record_type: str
+    record_id: str
+    at_us: int
+    user_id: str | None = None
+    user_municipality: str | None = None
+    grant_id: str | None = None
+    client_id: str | None = None
+    client_municipality: str | None = None
+    category: str | None = None
+    action: str | None = None
+    purpose: str | None = None
+    decision: bool | None = None
+    reason: str | None = None
+    policy_version: str | None = None
+    facts_version: int | None = None
+    request_id: str | None = None
+    caller: str | None = None
+    details: str | None = None  # JSON text: for reads, what was asked and why
+
+
+RECORD_FIELDS = tuple(AuditRecord.__dataclass_fields__)
+
+
+def record_hash(prev_hash: str, seq: int, fields: dict[str, Any]) -> str:
+    canonical = orjson.dumps({"seq": seq, **{k: fields[k] for k in RECORD_FIELDS}},
+                             option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(prev_hash.encode() + b"|" + canonical).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    ok: bool
+    checked: int
+    head_seq: int
+    first_bad_seq: int | None = None
+    first_bad_record: str | None = None
+    problem: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Pending:
+    records: list[AuditRecord]
+    future: Future[int] = field(default_factory=Future)
+
+
+def new_record_id() -> str:
+    return secrets.token_hex(16)
+
+
+class AuditLog:
+    def __init__(self, engine: Engine, *, max_batch: int = 2000) -> None:
+        self.engine = engine
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._postgres = engine.dialect.name == "postgresql"
+
+    # -- writing ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._writer, name="pdp-audit",
+                                            daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def append(self, records: Sequence[AuditRecord]) -> Future[int]:
+        """Queue records; the future gives the last seq once they are durable."""
+        pending = _Pending(list(records))
+        if not pending.records:
+            pending.future.set_result(0)
+            return pending.future
+        if self._thread is None:
+            self.start()
+        self._queue.put(pending)
+        return pending.future
+
+    def write(self, records: Sequence[AuditRecord]) -> int:
+        """Append and wait until durable (for the CLI and reads of the log)."""
+        return self.append(records).result(timeout=30)
+
+    def _writer(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            size = len(first.records)
+            while size < self.max_batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                batch.append(more)
+                size += len(more.records)
+            try:
+                last = self._commit([r for p in batch for r in p.records])
+            except Exception as error:  # every waiter learns it failed; nothing is lost
+                log.warning("decision log write failed: %s", error)
+                failure = AuditUnavailable(_first_line(error))
+                for pending in batch:
+                    pending.future.set_exception(failure)
+                continue
+            for pending in batch:
+                pending.future.set_result(last)
+
+    def _commit(self, records: list[AuditRecord]) -> int:
+        with write_transaction(self.engine) as conn:
+            query = sa.select(head_table.c.seq, head_table.c.hash).where(head_table.c.id == 1)
+            if self._postgres:
+                query = query.with_for_update()
+            seq, prev = conn.execute(query).one()
+            rows = []
+            for record in records:
+                seq += 1
+                fields = asdict(record)
+                digest = record_hash(prev, seq, fields)
+                rows.append({"seq": seq, **fields, "prev_hash": prev, "hash": digest})
+                prev = digest
+            conn.execute(records_table.insert(), rows)
+            conn.execute(head_table.update().where(head_table.c.id == 1)
+                         .values(seq=seq, hash=prev))
+        return int(seq)
+
+    # -- reading ----------------------------------------------------------------------
+
+    def query(self, *, user: str | None = None, client: str | None = None,
+              municipality: str | None = None, decision: bool | None = None,
+              reason: str | None = None, from_us: int | None = None,
+              until_us: int | None = None, record_type: str | None = "decision",
+              after_seq: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        """Records matching every given filter, oldest first, after `after_seq`."""
+        t = records_table
+        query = sa.select(t).where(t.c.seq > after_seq).order_by(t.c.seq).limit(limit)
+        conditions = [
+            (user, t.c.user_id == user), (client, t.c.client_id == client),
+            (decision, t.c.decision == decision), (reason, t.c.reason == reason),
+            (from_us, t.c.at_us >= (from_us or 0)), (until_us, t.c.at_us < (until_us or 0)),
+            (record_type, t.c.record_type == record_type),
+        ]
+        for value, condition in conditions:
+            if value is not None:
+                query = query.where(condition)
+        if municipality is not None:
+            query = query.where(sa.or_(t.c.user_municipality == municipality,
+                                       t.c.client_municipality == municipality))
+        with self._reading() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    def client_accesses(self, client: str) -> list[dict[str, Any]]:
+        """Allowed decisions on one client's data, oldest first (for the report)."""
+        t = records_table
+        query = (sa.select(t.c.at_us, t.c.user_id, t.c.user_municipality, t.c.purpose,
+                           t.c.category, t.c.action)
+                 .where(t.c.record_type == "decision", t.c.client_id == client,
+                        t.c.decision.is_(True))
+                 .order_by(t.c.seq))
+        with self._reading() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    def head(self) -> tuple[int, str]:
+        with self._reading() as conn:
+            seq, digest = conn.execute(sa.select(head_table.c.seq, head_table.c.hash)).one()
+        return int(seq), str(digest)
+
+    def verify(self, chunk: int = 5000) -> Verification:
+        """Walk the whole chain in constant memory; name the first bad record."""
+        t = records_table
+        with self._reading() as conn:
+            head_seq, head_hash = conn.execute(
+                sa.select(head_table.c.seq, head_table.c.hash)).one()
+            prunes = [tuple(row) for row in conn.execute(
+                sa.select(prunes_table.c.from_seq, prunes_table.c.to_seq,
+                          prunes_table.c.removed))]
+            for from_seq, to_seq, removed in prunes:
+                kept = conn.execute(sa.select(sa.func.count()).select_from(t).where(
+                    t.c.seq >= from_seq, t.c.seq <= to_seq)).scalar_one()
+                if kept != to_seq - from_seq + 1 - removed:
+                    first = conn.execute(sa.select(t.c.seq).where(t.c.seq >= from_seq)
+                                         .order_by(t.c.seq).limit(1)).scalar()
+                    return Verification(False, 0, head_seq, first, None,
+                                        f"records missing from pruned range {from_seq}-{to_seq}")
+
+            def pruned(low: int, high: int) -> bool:
+                """Whether every seq in [low, high] lies in a pruned range."""
+                position = low
+                for from_seq, to_seq, _ in sorted(prunes):
+                    if from_seq <= position <= to_seq:
+                        position = to_seq + 1
+                return position > high
+
+            checked = 0
+            last_seq, last_hash = 0, GENESIS
+            after = 0
+            while True:
+                rows = conn.execute(sa.select(t).where(t.c.seq > after).order_by(t.c.seq)
+                                    .limit(chunk)).all()
+                if not rows:
+                    break
+                for row in rows:
+                    fields = {k: row._mapping[k] for k in RECORD_FIELDS}
+                    seq = int(row.seq)
+                    bad = None
+                    if record_hash(row.prev_hash, seq, fields) != row.hash:
+                        bad = "its content does not match its hash"
+                    elif seq > head_seq:
+                        bad = "it lies after the head of the log"
+                    elif seq == last_seq + 1 and row.prev_hash != last_hash:
+                        bad = "it does not follow the record before it"
+                    elif seq > last_seq + 1 and not pruned(last_seq + 1, seq - 1):
+                        bad = f"records {last_seq + 1}-{seq - 1} before it are missing"
+                    if bad:
+                        return Verification(False, checked, head_seq, seq, row.record_id, bad)
+                    checked += 1
+                    last_seq, last_hash = seq, row.hash
+                after = last_seq
+            if last_seq < head_seq and not pruned(last_seq + 1, head_seq):
+                return Verification(False, checked, head_seq, last_seq + 1, None,
+                                    f"records {last_seq + 1}-{head_seq} at the end are missing")
+            if last_seq == head_seq and head_seq and last_hash != head_hash:
+                return Verification(False, checked, head_seq, last_seq, None,
+                                    "the last record does not match the head")
+        return Verification(True, checked, head_seq)
+
+    # -- retention and legal holds -------------------------------------------------------
+
+    def add_hold(self, *, reason: str, created_by: str, now_us: int, client: str | None = None,
+                 user: str | None = None, municipality: str | None = None,
+                 from_us: int | None = None, until_us: int | None = None) -> dict[str, Any]:
+        hold = {"id": f"hold-{secrets.token_hex(8)}", "client_id": client, "user_id": user,
+                "municipality": municipality, "from_us": from_us, "until_us": until_us,
+                "reason": reason, "created_by": created_by, "created_us": now_us,
+                "released_us": None}
+        with self._writing() as conn:
+            conn.execute(holds_table.insert(), [hold])
+        return hold
+
+    def release_hold(self, hold_id: str, now_us: int) -> bool:
+        with self._writing() as conn:
+            done = conn.execute(holds_table.update().where(
+                holds_table.c.id == hold_id, holds_table.c.released_us.is_(None))
+                .values(released_us=now_us))
+        return bool(done.rowcount)
+
+    def holds(self) -> list[dict[str, Any]]:
+        with self._reading() as conn:
+            return [dict(r._mapping) for r in conn.execute(
+                sa.select(holds_table).order_by(holds_table.c.created_us))]
+
+    def prune(self, cutoff_us: int, now_us: int) -> int:
+        """Remove records older than `cutoff_us` that no active hold covers."""
+        t, h = records_table, holds_table
+        held = sa.exists().where(
+            h.c.released_us.is_(None),
+            sa.or_(h.c.client_id.is_(None), h.c.client_id == t.c.client_id),
+            sa.or_(h.c.user_id.is_(None), h.c.user_id == t.c.user_id),
+            sa.or_(h.c.municipality.is_(None), h.c.municipality == t.c.user_municipality,
+                   h.c.municipality == t.c.client_municipality),
+            sa.or_(h.c.from_us.is_(None), t.c.at_us >= h.c.from_us),
+            sa.or_(h.c.until_us.is_(None), t.c.at_us < h.c.until_us),
+        )
+        doomed = sa.and_(t.c.at_us < cutoff_us, sa.not_(held))
+        with self._writing() as conn:
+            low, high, count = conn.execute(
+                sa.select(sa.func.min(t.c.seq), sa.func.max(t.c.seq), sa.func.count())
+                .where(doomed)).one()
+            if not count:
+                return 0
+            conn.execute(t.delete().where(doomed, t.c.seq >= low, t.c.seq <= high))
+            conn.execute(prunes_table.insert(), [{"from_seq": low, "to_seq": high,
+                                                  "removed": count, "cutoff_us": cutoff_us,
+                                                  "at_us": now_us}])
+        return int(count)
+
+    # -- export -----------------------------------------------------------------------
+
+    def export(self, *, from_us: int | None = None, until_us: int | None = None,
+               fmt: str = "jsonl", chunk: int = 1000) -> Iterator[str]:
+        """The records of a time range as JSONL or CSV lines, read in chunks."""
+        after = 0
+        if fmt == "csv":
+            yield _csv_line(["seq", *RECORD_FIELDS, "prev_hash", "hash"])
+        while True:
+            rows = self.query(from_us=from_us, until_us=until_us, record_type=None,
+                              after_seq=after, limit=chunk)
+            if not rows:
+                return
+            for row in rows:
+                if fmt == "csv":
+                    yield _csv_line([row["seq"], *(row[k] for k in RECORD_FIELDS),
+                                     row["prev_hash"], row["hash"]])
+                else:
+                    yield orjson.dumps(row).decode() + "\n"
+            after = rows[-1]["seq"]
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except sa.exc.DBAPIError as error:
+            raise AuditUnavailable(_first_line(error)) from error
+
+    @contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        try:
+            with write_transaction(self.engine) as conn:
+                yield conn
+        except sa.exc.DBAPIError as error:
+            raise AuditUnavailable(_first_line(error)) from error
+
+    def ping(self) -> None:
+        with self._reading() as conn:
+            conn.execute(sa.select(head_table.c.seq))
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def _csv_line(values: Sequence[Any]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerow(["" if v is None else v for v in values])
+    return buffer.getvalue()
