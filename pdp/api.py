@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pdp.api_audit import audit_router
 from pdp.api_lifecycle import lifecycle_router, workflow_error
 from pdp.audit import AuditRecord, AuditUnavailable, new_record_id
 from pdp.auth import MUNICIPALITY_ADMIN, Caller, forbidden
@@ -204,6 +205,11 @@ def create_app(runtime: Runtime) -> FastAPI:
             await run_in_threadpool(facts.store.ping)
         except StoreUnavailable as error:
             problems.append(f"store: {error}")
+        if audit is not None:
+            try:
+                await run_in_threadpool(audit.ping)
+            except AuditUnavailable as error:
+                problems.append(f"decision log: {error}")
         body = {"status": "ready" if not problems else "not_ready", "problems": problems,
                 "policy_version": runtime.policy.version, "facts_version": facts.index.version,
                 "facts_fresh": facts.fresh(),
@@ -368,6 +374,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     # -- the life of a right (before the generic facts routes, which would match) -------
 
     app.include_router(lifecycle_router(runtime))
+    app.include_router(audit_router(runtime))
 
     # -- facts -------------------------------------------------------------------------
 

@@ -21,8 +21,10 @@ facts_app = typer.Typer(help="Load and inspect facts.", no_args_is_help=True)
 policy_app = typer.Typer(help="Check and test the Polar policies.", no_args_is_help=True)
 grants_app = typer.Typer(help="Rights: list them, what falls due, a right's history.",
                          no_args_is_help=True)
+audit_app = typer.Typer(help="The decision log: verify, prune, export.", no_args_is_help=True)
 app.add_typer(facts_app, name="facts")
 app.add_typer(grants_app, name="grants")
+app.add_typer(audit_app, name="audit")
 app.add_typer(policy_app, name="policy")
 
 
@@ -307,6 +309,103 @@ def grants_history(grant: Annotated[str, typer.Argument(help="Grant id.")]) -> N
         status = (event.data.get("grant") or {}).get("status", "-")
         typer.echo(f"{stored.at.isoformat()}  {event.type:<24} {status:<10} by {event.actor}"
                    + (f" — {event.reason}" if event.reason else ""))
+
+
+def _audit_log() -> Any:
+    from pdp.audit import AuditLog
+    from pdp.sqlstore import open_store
+
+    store = open_store(_settings().store_url())
+    return AuditLog(store.engine)
+
+
+def _record_cli_read(log: Any, what: str, question: dict[str, Any], answered: int) -> None:
+    """Reads of the log from the command line are recorded like those over HTTP."""
+    from pdp.audit import AuditRecord, new_record_id
+    from pdp.clock import to_micros, utcnow
+
+    log.write([AuditRecord("audit_read", new_record_id(), to_micros(utcnow()),
+                           caller=f"cli:{os.environ.get('USER', 'unknown')}",
+                           details=orjson.dumps({"read": what, "question": question,
+                                                 "answered": answered}).decode())])
+
+
+def _moment(text: str | None, option: str) -> int | None:
+    from datetime import datetime
+
+    from pdp.clock import to_micros
+
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise _fail(f"{option}: not an RFC 3339 time: {text}", 2) from None
+    if moment.tzinfo is None:
+        raise _fail(f"{option}: give the offset, e.g. {text}+02:00", 2)
+    return to_micros(moment)
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Check the hash chain of the whole log; name the first bad record. Exit 1 if bad."""
+    log = _audit_log()
+    result = log.verify()
+    _record_cli_read(log, "verify", {}, result.checked)
+    log.stop()
+    if result.ok:
+        typer.echo(f"ok: {result.checked} records, head {result.head_seq}")
+        return
+    typer.echo(f"BAD: record {result.first_bad_seq} ({result.first_bad_record or '-'}): "
+               f"{result.problem}")
+    raise typer.Exit(1)
+
+
+@audit_app.command("prune")
+def audit_prune(
+    before: Annotated[str | None, typer.Option(
+        help="Remove records older than this RFC 3339 time (default: the retention, "
+             "PDP_AUDIT_RETENTION_DAYS before now).")] = None,
+) -> None:
+    """Remove records past retention, except those under a legal hold."""
+    from datetime import timedelta
+
+    from pdp.clock import to_micros, utcnow
+
+    settings = _settings()
+    cutoff = _moment(before, "--before")
+    if cutoff is None:
+        cutoff = to_micros(utcnow() - timedelta(days=settings.audit_retention_days))
+    log = _audit_log()
+    removed = log.prune(cutoff, to_micros(utcnow()))
+    log.stop()
+    typer.echo(f"pruned {removed} records")
+
+
+@audit_app.command("export")
+def audit_export(
+    since: Annotated[str | None, typer.Option("--from", help="From (RFC 3339).")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="Until, exclusive.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="jsonl or csv.")] = "jsonl",
+    out: Annotated[Path | None, typer.Option(help="File (default: standard output).")] = None,
+) -> None:
+    """Stream the records of a time range as JSONL or CSV for a SIEM (constant memory)."""
+    if fmt not in ("jsonl", "csv"):
+        raise _fail("--format: jsonl or csv", 2)
+    log = _audit_log()
+    question = {"from": since, "until": until, "format": fmt}
+    count = 0
+    target = out.open("w", encoding="utf-8") if out else sys.stdout
+    try:
+        for line in log.export(from_us=_moment(since, "--from"),
+                               until_us=_moment(until, "--until"), fmt=fmt):
+            target.write(line)
+            count += 1
+    finally:
+        if out:
+            target.close()
+    _record_cli_read(log, "export", question, count)
+    log.stop()
 
 
 def main() -> None:

@@ -1,0 +1,228 @@
+"""HTTP routes of the decision log (auditor role): queries, verification, the data-subject
+report and legal holds. Every read of the log is itself recorded in the log, with the
+reader, the question and the justification, before the answer is returned."""
+
+from __future__ import annotations
+
+import base64
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from starlette.concurrency import run_in_threadpool
+
+from pdp.audit import AuditLog, AuditRecord, AuditUnavailable, Verification, new_record_id
+from pdp.auth import Caller
+from pdp.clock import from_micros, to_micros
+from pdp.errors import AUDIT_UNAVAILABLE, NOT_FOUND, ApiError, bad_request
+from pdp.facts import Id, MunicipalityCode
+from pdp.http import parse_body, read_json
+from pdp.runtime import Runtime
+
+AUDITORS = ["auditor"]
+Justification = Annotated[str, Query(min_length=3, max_length=1000)]
+
+
+class HoldRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Annotated[str, StringConstraints(min_length=3, max_length=1000)]
+    client: Id | None = None
+    user: Id | None = None
+    municipality: MunicipalityCode | None = None
+    from_: AwareDatetime | None = Field(default=None, alias="from")
+    until: AwareDatetime | None = None
+
+
+def _cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode().rstrip("=")
+
+
+def _after(token: str | None) -> int:
+    if not token:
+        return 0
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        kind, _, value = text.partition(":")
+        if kind != "seq" or not value.isdigit():
+            raise ValueError(token)
+        return int(value)
+    except ValueError:
+        raise bad_request("not a cursor this service gave", field="cursor") from None
+
+
+def _time(value: datetime | None, field: str) -> int | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise bad_request("must be RFC 3339 with an offset", field=field)
+    return to_micros(value)
+
+
+def record_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A log record as the auditor sees it."""
+    body = {k: v for k, v in row.items() if k not in ("at_us", "details")}
+    body["at"] = from_micros(row["at_us"]).isoformat()
+    if row.get("details"):
+        body["details"] = orjson.loads(row["details"])
+    return body
+
+
+def audit_router(runtime: Runtime) -> APIRouter:
+    router = APIRouter()
+    auth = runtime.auth
+    index = runtime.facts.index
+    limit_bytes = runtime.settings.max_body_bytes
+
+    def log_of() -> AuditLog:
+        if runtime.audit is None:
+            raise ApiError(503, AUDIT_UNAVAILABLE, "the decision log is off")
+        return runtime.audit
+
+    async def read_recorded(caller: Caller, request: Request, what: str,
+                            question: dict[str, Any], justification: str | None,
+                            answered: int) -> None:
+        """Record this read of the log before its answer goes out."""
+        record = AuditRecord(
+            "audit_read", new_record_id(), to_micros(datetime.now(UTC)),
+            request_id=request.headers.get("x-request-id"), caller=caller.name,
+            client_id=question.get("client"), user_id=question.get("user"),
+            details=orjson.dumps({"read": what, "question": question,
+                                  "justification": justification,
+                                  "answered": answered}).decode())
+        try:
+            await run_in_threadpool(log_of().write, [record])
+        except AuditUnavailable as error:
+            raise ApiError(503, AUDIT_UNAVAILABLE, str(error),
+                           headers={"Retry-After": "1"}) from None
+
+    async def call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await run_in_threadpool(lambda: fn(*args, **kwargs))
+        except AuditUnavailable as error:
+            raise ApiError(503, AUDIT_UNAVAILABLE, str(error),
+                           headers={"Retry-After": "1"}) from None
+
+    @router.get("/v1/audit/decisions")
+    async def decisions(
+        request: Request,
+        justification: Justification,
+        user: Annotated[str | None, Query(max_length=128)] = None,
+        client: Annotated[str | None, Query(max_length=128)] = None,
+        municipality: Annotated[str | None, Query(pattern=r"^[0-9]{3}$")] = None,
+        decision: bool | None = None,
+        reason: Annotated[str | None, Query(max_length=64)] = None,
+        from_: Annotated[datetime | None, Query(alias="from")] = None,
+        until: datetime | None = None,
+        record_type: Annotated[str, Query(pattern="^(decision|audit_read|all)$")] = "decision",
+        cursor: Annotated[str | None, Query(max_length=200)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> dict[str, Any]:
+        caller = auth.require(request.headers.get("authorization"), AUDITORS)
+        question = {"user": user, "client": client, "municipality": municipality,
+                    "decision": decision, "reason": reason,
+                    "from": from_.isoformat() if from_ else None,
+                    "until": until.isoformat() if until else None,
+                    "record_type": record_type, "cursor": cursor, "limit": limit}
+        rows = await call(log_of().query, user=user, client=client,
+                          municipality=municipality, decision=decision, reason=reason,
+                          from_us=_time(from_, "from"), until_us=_time(until, "until"),
+                          record_type=None if record_type == "all" else record_type,
+                          after_seq=_after(cursor), limit=limit)
+        await read_recorded(caller, request, "decisions", question, justification, len(rows))
+        next_token = _cursor(rows[-1]["seq"]) if len(rows) == limit else ""
+        return {"records": [record_json(r) for r in rows], "page": {"next_token": next_token}}
+
+    @router.get("/v1/audit/verify")
+    async def verify(request: Request) -> dict[str, Any]:
+        caller = auth.require(request.headers.get("authorization"), AUDITORS)
+        result: Verification = await call(log_of().verify)
+        await read_recorded(caller, request, "verify", {}, None, result.checked)
+        return result.as_dict()
+
+    @router.get("/v1/audit/clients/{client}/report")
+    async def report(
+        client: str, request: Request, justification: Justification,
+        include_users: bool = False,
+    ) -> dict[str, Any]:
+        caller = auth.require(request.headers.get("authorization"), AUDITORS)
+        rows = await call(log_of().client_accesses, client)
+        await read_recorded(caller, request, "client_report",
+                            {"client": client, "include_users": include_users},
+                            justification, len(rows))
+        return {"client": client, "accesses": summarise(rows, include_users),
+                "employee_identities": include_users}
+
+    def summarise(rows: list[dict[str, Any]], include_users: bool) -> list[dict[str, Any]]:
+        """Accesses per day, organisation and purpose: what categories and actions."""
+        groups: dict[tuple[str, str, str], dict[str, set[str]]] = defaultdict(
+            lambda: defaultdict(set))
+        for row in rows:
+            day = from_micros(row["at_us"]).date().isoformat()
+            key = (day, row["user_municipality"] or "", row["purpose"] or "")
+            groups[key]["categories"].add(row["category"] or "")
+            groups[key]["actions"].add(row["action"] or "")
+            if include_users and row["user_id"]:
+                groups[key]["users"].add(row["user_id"])
+        out = []
+        for (day, code, purpose), sets in sorted(groups.items()):
+            entry: dict[str, Any] = {
+                "date": day,
+                "organisation": {"municipality": code, "name": municipality_name(code)},
+                "purpose": purpose,
+                "categories": sorted(sets["categories"]),
+                "actions": sorted(sets["actions"]),
+            }
+            if include_users:
+                entry["users"] = sorted(sets["users"])
+            out.append(entry)
+        return out
+
+    def municipality_name(code: str) -> str | None:
+        for area in index.areas.values():
+            for municipality in area.municipalities:
+                if municipality.code == code:
+                    return municipality.name
+        return None
+
+    @router.post("/v1/audit/holds", status_code=201)
+    async def add_hold(request: Request) -> dict[str, Any]:
+        caller = auth.require(request.headers.get("authorization"), AUDITORS)
+        hold = parse_body(HoldRequest, await read_json(request, limit_bytes))
+        if not (hold.client or hold.user or hold.municipality or hold.from_ or hold.until):
+            raise bad_request("name a client, user, municipality or time range to hold",
+                              field="client")
+        stored = await call(log_of().add_hold, reason=hold.reason, created_by=caller.name,
+                            now_us=to_micros(datetime.now(UTC)), client=hold.client,
+                            user=hold.user, municipality=hold.municipality,
+                            from_us=_time(hold.from_, "from"),
+                            until_us=_time(hold.until, "until"))
+        return hold_json(stored)
+
+    @router.get("/v1/audit/holds")
+    async def list_holds(request: Request) -> dict[str, Any]:
+        auth.require(request.headers.get("authorization"), AUDITORS)
+        return {"holds": [hold_json(h) for h in await call(log_of().holds)]}
+
+    @router.delete("/v1/audit/holds/{hold_id}")
+    async def release_hold(hold_id: str, request: Request) -> dict[str, Any]:
+        auth.require(request.headers.get("authorization"), AUDITORS)
+        if not await call(log_of().release_hold, hold_id, to_micros(datetime.now(UTC))):
+            raise ApiError(404, NOT_FOUND, f"no active hold {hold_id!r}")
+        return {"id": hold_id, "released": True}
+
+    return router
+
+
+def hold_json(hold: dict[str, Any]) -> dict[str, Any]:
+    def when(us: int | None) -> str | None:
+        return from_micros(us).isoformat() if us is not None else None
+
+    return {"id": hold["id"], "client": hold["client_id"], "user": hold["user_id"],
+            "municipality": hold["municipality"], "from": when(hold["from_us"]),
+            "until": when(hold["until_us"]), "reason": hold["reason"],
+            "created_by": hold["created_by"], "created_at": when(hold["created_us"]),
+            "released_at": when(hold["released_us"])}
