@@ -4,13 +4,12 @@
   changed facts, so every replica applies it at once without asking SQL. A replica that
   sees a gap in versions (a missed message, a reconnect) catches up from the store's
   change log instead.
-- `<prefix>:version` holds the newest committed facts_version (only ever raised): a replica
-  that cannot reach SQL can still confirm that it has every change.
 - `<prefix>:snapshot` holds a consistent snapshot of all facts at one version, so a replica
   starting cold fills from Redis and reads only the newer changes from SQL.
 
 Redis is an accelerator, never the source of truth: when it is down or empty, replicas
-fall back to the store, and nothing is decided from facts older than the staleness bound.
+fall back to the store, and nothing is decided from facts not confirmed against the store
+within the staleness bound.
 """
 
 from __future__ import annotations
@@ -29,14 +28,6 @@ from pdp.store import Change, ChangeRecord, StoredFact
 
 log = logging.getLogger(__name__)
 
-# Raise <prefix>:version to ARGV[1] unless it is already at least that.
-_RAISE = """
-local current = tonumber(redis.call('get', KEYS[1]) or '0')
-if current < tonumber(ARGV[1]) then redis.call('set', KEYS[1], ARGV[1]) end
-return redis.call('get', KEYS[1])
-"""
-
-
 class BusUnavailable(Exception):
     """Redis cannot be reached."""
 
@@ -48,7 +39,6 @@ class RedisBus:
         self._redis = redis.Redis.from_url(url, socket_timeout=timeout,
                                            socket_connect_timeout=timeout,
                                            health_check_interval=5)
-        self._raise = self._redis.register_script(_RAISE)
         self.channel = f"{prefix}:changes"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -57,24 +47,13 @@ class RedisBus:
     # -- publishing (called after a commit) ---------------------------------------------
 
     def publish(self, version: int, changes: Sequence[Change]) -> None:
-        """Tell every replica; raise the shared version. Best effort: BusUnavailable."""
+        """Tell every replica. Best effort: BusUnavailable when Redis cannot be reached."""
         message = orjson.dumps({"v": version,
                                 "c": [[c.kind, c.id, c.data] for c in changes]})
         try:
-            pipe = self._redis.pipeline(transaction=False)
-            self._raise(keys=[f"{self.prefix}:version"], args=[version], client=pipe)
-            pipe.publish(self.channel, message)
-            pipe.execute()
+            self._redis.publish(self.channel, message)
         except redis.RedisError as error:
             raise BusUnavailable(str(error)) from error
-
-    def version(self) -> int:
-        """The newest committed facts_version that writers announced (0 if none)."""
-        try:
-            value = self._redis.get(f"{self.prefix}:version")
-        except redis.RedisError as error:
-            raise BusUnavailable(str(error)) from error
-        return int(value) if value else 0
 
     # -- the shared snapshot ------------------------------------------------------------
 

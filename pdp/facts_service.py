@@ -6,10 +6,11 @@ the bus (Redis, when configured) so that every other replica applies it at once.
 replica that missed bus messages catches up from the store's change log; without a bus,
 a short timer does the same.
 
-Freshness: the index is *confirmed* when this process has checked — through the store,
-or through the bus's version when the store is down — that it holds every committed
-change. Decisions are made only while the last confirmation is younger than the
-staleness bound; past it the caller answers 503 rather than risk a stale allow.
+Freshness: the index is *confirmed* when this process has read the store's change log
+and holds every committed change. Decisions are made only while the last confirmation is
+younger than the staleness bound; past it (the store unreachable) the caller answers 503
+rather than risk a stale allow. Redis cannot confirm: a write made while a replica was
+cut off from it, or before it restarted empty, is known to the store alone.
 """
 
 from __future__ import annotations
@@ -124,13 +125,7 @@ class FactService:
         try:
             self.catch_up()
         except StoreUnavailable:
-            if self.bus is None:
-                return False
-            try:
-                if self.bus.version() > self.index.version:
-                    return False  # changes exist that only the store could give
-            except BusUnavailable:
-                return False
+            return False
         self._confirmed_at = max(self._confirmed_at, started)
         return True
 
