@@ -361,7 +361,9 @@ def create_app(runtime: Runtime) -> FastAPI:
             if isinstance(item, Evaluation):
                 result, record = decide(item, caller, request_id, now)
             else:
-                result, record = item[1], invalid_record(item[0], caller, request_id, now)
+                record = invalid_record(item[0], caller, request_id, now)
+                result = {"decision": False, "context": {"decision_id": record.record_id,
+                                                         **item[1]["context"]}}
             results.append(result)
             records.append(record)
             if semantic == "deny_on_first_deny" and not result["decision"]:

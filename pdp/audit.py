@@ -262,7 +262,7 @@ class AuditLog:
             query = query.where(sa.or_(t.c.user_municipality == municipality,
                                        t.c.client_municipality == municipality))
         with self._reading() as conn:
-            return [dict(row._mapping) for row in conn.execute(query)]
+            return [_plain(row) for row in conn.execute(query)]
 
     def client_accesses(self, client: str) -> list[dict[str, Any]]:
         """Allowed decisions on one client's data, oldest first (for the report)."""
@@ -273,7 +273,7 @@ class AuditLog:
                         t.c.decision.is_(True))
                  .order_by(t.c.seq))
         with self._reading() as conn:
-            return [dict(row._mapping) for row in conn.execute(query)]
+            return [_plain(row) for row in conn.execute(query)]
 
     def head(self) -> tuple[int, str]:
         with self._reading() as conn:
@@ -286,25 +286,28 @@ class AuditLog:
         with self._reading() as conn:
             head_seq, head_hash = conn.execute(
                 sa.select(head_table.c.seq, head_table.c.hash)).one()
-            prunes = [tuple(row) for row in conn.execute(
+            prunes = sorted(tuple(row) for row in conn.execute(
                 sa.select(prunes_table.c.from_seq, prunes_table.c.to_seq,
-                          prunes_table.c.removed))]
-            for from_seq, to_seq, removed in prunes:
-                kept = conn.execute(sa.select(sa.func.count()).select_from(t).where(
-                    t.c.seq >= from_seq, t.c.seq <= to_seq)).scalar_one()
-                if kept != to_seq - from_seq + 1 - removed:
-                    first = conn.execute(sa.select(t.c.seq).where(t.c.seq >= from_seq)
-                                         .order_by(t.c.seq).limit(1)).scalar()
-                    return Verification(False, 0, head_seq, first, None,
-                                        f"records missing from pruned range {from_seq}-{to_seq}")
+                          prunes_table.c.removed)))
+            # Each prune notes the exact runs of seqs it removed: merged, they must hold
+            # no record, and every gap between records must lie inside them.
+            spans: list[list[int]] = []
+            for from_seq, to_seq, _removed in prunes:
+                if spans and from_seq <= spans[-1][1] + 1:
+                    spans[-1][1] = max(spans[-1][1], to_seq)
+                else:
+                    spans.append([from_seq, to_seq])
+            for from_seq, to_seq in spans:
+                inside = conn.execute(sa.select(t.c.seq, t.c.record_id).where(
+                    t.c.seq >= from_seq, t.c.seq <= to_seq).order_by(t.c.seq).limit(1)).first()
+                if inside is not None:
+                    return Verification(False, 0, head_seq, int(inside.seq), inside.record_id,
+                                        f"it lies in the range {from_seq}-{to_seq} that "
+                                        "was pruned")
 
             def pruned(low: int, high: int) -> bool:
-                """Whether every seq in [low, high] lies in a pruned range."""
-                position = low
-                for from_seq, to_seq, _ in sorted(prunes):
-                    if from_seq <= position <= to_seq:
-                        position = to_seq + 1
-                return position > high
+                """Whether every seq in [low, high] was removed by a prune."""
+                return any(a <= low and high <= b for a, b in spans)
 
             checked = 0
             last_seq, last_hash = 0, GENESIS
@@ -361,11 +364,12 @@ class AuditLog:
 
     def holds(self) -> list[dict[str, Any]]:
         with self._reading() as conn:
-            return [dict(r._mapping) for r in conn.execute(
+            return [_plain(r) for r in conn.execute(
                 sa.select(holds_table).order_by(holds_table.c.created_us))]
 
     def prune(self, cutoff_us: int, now_us: int) -> int:
-        """Remove records older than `cutoff_us` that no active hold covers."""
+        """Remove records older than `cutoff_us` that no active hold covers; note each run
+        of removed seqs, so that verify can tell a pruned gap from a deleted record."""
         t, h = records_table, holds_table
         held = sa.exists().where(
             h.c.released_us.is_(None),
@@ -377,17 +381,22 @@ class AuditLog:
             sa.or_(h.c.until_us.is_(None), t.c.at_us < h.c.until_us),
         )
         doomed = sa.and_(t.c.at_us < cutoff_us, sa.not_(held))
+        removed = 0
         with self._writing() as conn:
-            low, high, count = conn.execute(
-                sa.select(sa.func.min(t.c.seq), sa.func.max(t.c.seq), sa.func.count())
-                .where(doomed)).one()
-            if not count:
-                return 0
-            conn.execute(t.delete().where(doomed, t.c.seq >= low, t.c.seq <= high))
-            conn.execute(prunes_table.insert(), [{"from_seq": low, "to_seq": high,
-                                                  "removed": count, "cutoff_us": cutoff_us,
-                                                  "at_us": now_us}])
-        return int(count)
+            runs: list[tuple[int, int]] = []
+            for (seq,) in conn.execute(sa.select(t.c.seq).where(doomed).order_by(t.c.seq)):
+                if runs and seq == runs[-1][1] + 1:
+                    runs[-1] = (runs[-1][0], seq)
+                else:
+                    runs.append((seq, seq))
+            for low, high in runs:
+                conn.execute(t.delete().where(t.c.seq >= low, t.c.seq <= high))
+                removed += high - low + 1
+            if runs:
+                conn.execute(prunes_table.insert(), [
+                    {"from_seq": low, "to_seq": high, "removed": high - low + 1,
+                     "cutoff_us": cutoff_us, "at_us": now_us} for low, high in runs])
+        return removed
 
     # -- export -----------------------------------------------------------------------
 
@@ -431,6 +440,11 @@ class AuditLog:
     def ping(self) -> None:
         with self._reading() as conn:
             conn.execute(sa.select(head_table.c.seq))
+
+
+def _plain(row: Any) -> dict[str, Any]:
+    """A row as a dict with plain str keys (orjson refuses str subclasses)."""
+    return {str(key): value for key, value in row._mapping.items()}
 
 
 def _first_line(error: BaseException) -> str:
