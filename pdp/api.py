@@ -255,7 +255,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         started = time.perf_counter()
         made: Decision = runtime.decider.decide(evaluation.to_request(), now)
         metrics.decision_seconds.observe(time.perf_counter() - started)
-        metrics.decisions.labels(str(made.decision).lower(), made.reason).inc()
+        metrics.decision_counter(made.decision, made.reason).inc()
         record = decision_record(evaluation, made, caller, request_id, now)
         return {
             "decision": made.decision,

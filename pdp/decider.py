@@ -69,12 +69,12 @@ class Decider:
                     and memo.table.valid_from <= now_us < memo.table.valid_until):
                 self.hits += 1
                 if self.metrics:
-                    self.metrics.cache_requests.labels("decision", "hit").inc()
+                    self.metrics.cache_hits.inc()
                 return memo.table.at_version(version)
             record = policy_record(self.facts, user, client, purpose, now_us)
         self.misses += 1
         if self.metrics:
-            self.metrics.cache_requests.labels("decision", "miss").inc()
+            self.metrics.cache_misses.inc()
             self.metrics.policy_queries.inc()
         table = evaluate_record(policy, record, version)
         if table.valid_from < table.valid_until:
