@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -123,6 +124,7 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        tune_gc()
         tasks = [asyncio.create_task(_poll_store())]
         if settings.webhooks:
             dispatcher = WebhookDispatcher(facts.store, settings.webhooks,
@@ -493,6 +495,16 @@ def create_app(runtime: Runtime) -> FastAPI:
         return {"facts_version": version, "count": len(changes)}
 
     return app
+
+
+def tune_gc() -> None:
+    """A long-lived service with a large, stable heap (the facts) and many short-lived
+    objects per request: move what start-up made out of the collector's way and collect
+    the young generation less often. Measured: without this, the cyclic collector's
+    passes over the pending decision records cost more than logging them."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
 
 
 def app_from_env() -> FastAPI:
