@@ -39,7 +39,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start(workdir: Path, audit: bool, database_url: str | None) -> tuple[subprocess.Popen[bytes], str]:
+def start(workdir: Path, audit: bool,
+          database_url: str | None) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {**os.environ, "PDP_API_KEYS": json.dumps({TOKEN: ["admin"]}),
            "PDP_AUDIT_LOG": "true" if audit else "false"}
