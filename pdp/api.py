@@ -46,7 +46,7 @@ from pdp.errors import (
 from pdp.facts import COLLECTIONS, Grant, MunicipalityCode, dump_fact, parse_fact
 from pdp.facts_service import FactsBehind
 from pdp.http import JSONResponse, read_json
-from pdp.lifecycle import WorkflowError
+from pdp.lifecycle import GRANT_STATES, WorkflowError
 from pdp.runtime import Runtime
 from pdp.store import Change, NotFound, StoreUnavailable
 from pdp.vocab import FACT_KINDS
@@ -224,6 +224,13 @@ def create_app(runtime: Runtime) -> FastAPI:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         metrics.facts_version.set(facts.index.version)
+        metrics.facts_fresh.set(1 if facts.fresh() else 0)
+        metrics.facts_confirmed_age.set(facts.confirmed_age())
+        states: dict[str, int] = dict.fromkeys(GRANT_STATES, 0)
+        for row in await run_in_threadpool(lifecycle.listing):
+            states[row["state"]] = states.get(row["state"], 0) + 1
+        for state, count in states.items():
+            metrics.grants.labels(state).set(count)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/.well-known/authzen-configuration")
@@ -257,7 +264,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         started = time.perf_counter()
         made: Decision = runtime.decider.decide(evaluation.to_request(), now)
         metrics.decision_seconds.observe(time.perf_counter() - started)
-        metrics.decision_counter(made.decision, made.reason).inc()
+        metrics.decision_counter(made.decision, made.reason, evaluation.context.purpose).inc()
         record = decision_record(evaluation, made, caller, request_id, now)
         return {
             "decision": made.decision,

@@ -23,7 +23,7 @@ import queue
 import random
 import secrets
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -173,6 +173,9 @@ class AuditLog:
     def __init__(self, engine: Engine, *, max_batch: int = 2000) -> None:
         self.engine = engine
         self.max_batch = max_batch
+        # Called in the writer thread with each batch once it is durable (metrics,
+        # misuse detection); a listener's failure is logged and does not lose the batch.
+        self.listeners: list[Callable[[list[AuditRecord]], None]] = []
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
@@ -233,6 +236,12 @@ class AuditLog:
                 continue
             for pending in batch:
                 pending.future.set_result(last)
+            committed = [r for p in batch for r in p.records]
+            for listener in self.listeners:
+                try:
+                    listener(committed)
+                except Exception:
+                    log.exception("decision log listener failed")
 
     # -- reading ----------------------------------------------------------------------
 

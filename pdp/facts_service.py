@@ -129,6 +129,10 @@ class FactService:
         self._confirmed_at = max(self._confirmed_at, started)
         return True
 
+    def confirmed_age(self) -> float:
+        """Seconds since the facts were last confirmed against the store."""
+        return max(0.0, time.monotonic() - self._confirmed_at) if self.loaded else float("inf")
+
     def fresh(self) -> bool:
         """Whether decisions may be made: confirmed within the staleness bound."""
         return time.monotonic() - self._confirmed_at <= self.staleness_bound

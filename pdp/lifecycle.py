@@ -30,6 +30,8 @@ Reason = Annotated[str, StringConstraints(min_length=1, max_length=1000)]
 RevokeReason = Literal["task_ended", "employment_ended", "misuse", "agreement_ended", "other"]
 Step = Literal["approve", "activate", "suspend", "restore", "revoke", "recertify"]
 TERMINAL_STATES = ("revoked", "expired")
+GRANT_STATES = ("applied", "approved", "active", "recertification_due", "suspended",
+                "revoked", "expired")
 
 
 class _Body(BaseModel):

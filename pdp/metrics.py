@@ -7,6 +7,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+from pdp.vocab import SERVICES
+
+PURPOSE_LABELS = frozenset(SERVICES)
+
 _LATENCY_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
                     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -18,9 +22,9 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.decisions = Counter(
-            "pdp_decisions", "Decisions made, by outcome and reason.",
-            ["decision", "reason"], registry=r)
-        self._decision_children: dict[tuple[bool, str], Any] = {}
+            "pdp_decisions", "Decisions made, by outcome, reason and purpose.",
+            ["decision", "reason", "purpose"], registry=r)
+        self._decision_children: dict[tuple[bool, str, str], Any] = {}
         self.decision_seconds = Histogram(
             "pdp_decision_duration_seconds", "Time to decide one request (cache included).",
             buckets=_LATENCY_BUCKETS, registry=r)
@@ -42,12 +46,33 @@ class Metrics:
         self.audit_failures = Counter(
             "pdp_audit_write_failures", "Requests refused because the decision log could not "
             "be written.", registry=r)
+        self.audit_records = Counter(
+            "pdp_audit_records", "Records made durable in the decision log, by type.",
+            ["type"], registry=r)
+        self.audit_last_write = Gauge(
+            "pdp_audit_last_write_timestamp_seconds",
+            "When the decision log last committed records (Unix time).", registry=r)
+        self.facts_fresh = Gauge(
+            "pdp_facts_fresh", "1 while the facts are confirmed current within the staleness "
+            "bound, else 0 (decisions then answer 503).", registry=r)
+        self.facts_confirmed_age = Gauge(
+            "pdp_facts_confirmed_age_seconds",
+            "Seconds since the facts were last confirmed against the store.", registry=r)
+        self.grants = Gauge(
+            "pdp_grants", "Rights by the state they are in now.", ["state"], registry=r)
+        self.cases_opened = Counter(
+            "pdp_monitoring_cases_opened", "Misuse cases opened, by anomaly rule.", ["rule"],
+            registry=r)
+        self.cases_open = Gauge(
+            "pdp_monitoring_cases_open", "Misuse cases open now.", registry=r)
 
-    def decision_counter(self, decision: bool, reason: str) -> Any:
-        """The labelled child of pdp_decisions_total, looked up once per label pair."""
-        key = (decision, reason)
+    def decision_counter(self, decision: bool, reason: str, purpose: str | None) -> Any:
+        """The labelled child of pdp_decisions_total, looked up once per label set.
+        A purpose outside the services is counted as "other": labels stay few."""
+        label = purpose if purpose in PURPOSE_LABELS else ("none" if not purpose else "other")
+        key = (decision, reason, label)
         child = self._decision_children.get(key)
         if child is None:
-            child = self.decisions.labels("true" if decision else "false", reason)
+            child = self.decisions.labels("true" if decision else "false", reason, label)
             self._decision_children[key] = child
         return child

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from pdp.audit import AuditLog
+from pdp.audit import AuditLog, AuditRecord
 from pdp.auth import Authenticator
 from pdp.bus import RedisBus
 from pdp.core import check_policy
@@ -41,6 +41,12 @@ class Runtime:
         self.facts.close()
 
 
+def count_records(metrics: Metrics, records: list[AuditRecord]) -> None:
+    for record in records:
+        metrics.audit_records.labels(record.record_type).inc()
+    metrics.audit_last_write.set_to_current_time()
+
+
 def load_checked_policy(settings: Settings) -> CompiledPolicy:
     policy = load_policy(settings.policy_dir)
     check_policy(policy)
@@ -67,5 +73,6 @@ def build_runtime(settings: Settings, keys: dict[str, Any]) -> Runtime:
     log.info("policy %s, facts_version %d", policy.version, facts.index.version)
     audit = AuditLog(store.engine) if settings.audit_log else None
     if audit is not None:
+        audit.listeners.append(lambda records: count_records(metrics, records))
         audit.start()
     return Runtime(settings, facts, decider, metrics, Authenticator(keys), lifecycle, audit)

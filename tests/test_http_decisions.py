@@ -137,6 +137,10 @@ def test_health_and_metrics(server: Any, pep: httpx.Client, world: World) -> Non
     text = httpx.get(server.url + "/metrics").text
     assert 'pdp_cache_requests_total{cache="decision",result="hit"}' in text
     assert 'pdp_cache_requests_total{cache="decision",result="miss"}' in text
-    assert 'pdp_decisions_total{decision="false",reason="category_not_necessary"}' in text
+    assert ('pdp_decisions_total{decision="false",purpose="coaching",'
+            'reason="category_not_necessary"}') in text
+    assert 'pdp_audit_records_total{type="decision"}' in text
+    assert "pdp_facts_fresh 1.0" in text
+    assert 'pdp_grants{state="active"}' in text
     assert "pdp_decision_duration_seconds_bucket" in text
     assert "pdp_facts_version" in text
