@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pdp.api_audit import audit_router
 from pdp.api_lifecycle import lifecycle_router, workflow_error
+from pdp.api_monitoring import monitoring_router
 from pdp.audit import AuditRecord, AuditUnavailable, new_record_id
 from pdp.auth import MUNICIPALITY_ADMIN, Caller, forbidden
 from pdp.authzen import Evaluation, EvaluationsEnvelope, merge_item
@@ -231,6 +232,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             states[row["state"]] = states.get(row["state"], 0) + 1
         for state, count in states.items():
             metrics.grants.labels(state).set(count)
+        metrics.cases_open.set(await run_in_threadpool(runtime.cases.count_open))
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/.well-known/authzen-configuration")
@@ -386,6 +388,7 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     app.include_router(lifecycle_router(runtime))
     app.include_router(audit_router(runtime))
+    app.include_router(monitoring_router(runtime))
 
     # -- facts -------------------------------------------------------------------------
 

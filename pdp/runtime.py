@@ -14,6 +14,7 @@ from pdp.decider import Decider
 from pdp.facts_service import FactService
 from pdp.lifecycle import Lifecycle
 from pdp.metrics import Metrics
+from pdp.monitoring import Cases, Monitor, MonitoringConfig, load_config
 from pdp.policy_engine import CompiledPolicy, load_policy
 from pdp.settings import Settings
 from pdp.sqlstore import open_store
@@ -30,6 +31,8 @@ class Runtime:
     auth: Authenticator
     lifecycle: Lifecycle
     audit: AuditLog | None
+    cases: Cases
+    monitoring: MonitoringConfig
 
     @property
     def policy(self) -> CompiledPolicy:
@@ -71,8 +74,12 @@ def build_runtime(settings: Settings, keys: dict[str, Any]) -> Runtime:
                           recertification_days=settings.recertification_days,
                           notice_months=settings.notice_months)
     log.info("policy %s, facts_version %d", policy.version, facts.index.version)
+    monitoring = load_config(settings.monitoring_rules or settings.policy_dir / "monitoring.yaml")
+    cases = Cases(store.engine, store, on_open=lambda rule: metrics.cases_opened.labels(rule).inc())
     audit = AuditLog(store.engine) if settings.audit_log else None
     if audit is not None:
         audit.listeners.append(lambda records: count_records(metrics, records))
+        audit.listeners.append(Monitor(monitoring, facts.index, cases))
         audit.start()
-    return Runtime(settings, facts, decider, metrics, Authenticator(keys), lifecycle, audit)
+    return Runtime(settings, facts, decider, metrics, Authenticator(keys), lifecycle, audit,
+                   cases, monitoring)

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     audit_log: bool = True
     audit_retention_days: int = Field(default=5 * 365 + 1, ge=1)
 
+    # Misuse detection: the anomaly rules (default: monitoring.yaml in the policy dir).
+    monitoring_rules: Path | None = None
+
     # The life of a right (issue 3).
     max_grant_months: int = Field(default=12, ge=1, le=120)
     recertification_days: int = Field(default=90, ge=1, le=3650)

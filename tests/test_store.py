@@ -39,8 +39,9 @@ PG_HOST = "127.0.0.1"
 PG_PORT = 5432
 PG_ADMIN_DB = "test"
 PG_TABLES = ("events", "cursors", "fact_changes", "facts", "fact_meta", "audit_records",
-             "audit_head", "audit_prunes", "audit_holds", "alembic_version")
-HEAD = "0003"  # the newest migration
+             "audit_head", "audit_prunes", "audit_holds", "monitoring_cases",
+             "alembic_version")
+HEAD = "0004"  # the newest migration
 
 Opener = Callable[[str], SqlFactStore]
 

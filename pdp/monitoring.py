@@ -1,0 +1,240 @@
+"""Misuse detection on the stream of decisions, and the cases it opens (agreement § 7).
+
+The anomaly rules are data (`policies/monitoring.yaml`). The detector sees every decision
+once it is durable in the decision log, keeps per-user sliding windows in memory, and on a
+hit opens a case for the user and rule (or adds to the open one). A new case is an event
+in the outbox, so the contact people of the area and of the municipality hear of it at
+once through their webhooks. Windows are per process: with several replicas each counts
+the decisions it made.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.engine import Engine
+
+from pdp.audit import AuditRecord
+from pdp.clock import from_micros
+from pdp.factindex import FactIndex
+from pdp.sqlstore import write_transaction
+from pdp.store import Event, FactStore
+
+log = logging.getLogger(__name__)
+
+metadata = sa.MetaData()
+cases_table = sa.Table(
+    "monitoring_cases", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("rule", sa.String(64), nullable=False),
+    sa.Column("user_id", sa.String(128), nullable=False),
+    sa.Column("municipality", sa.String(3), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("hits", sa.BigInteger(), nullable=False),
+    sa.Column("opened_us", sa.BigInteger(), nullable=False),
+    sa.Column("updated_us", sa.BigInteger(), nullable=False),
+    sa.Column("last_record", sa.String(64), nullable=False),
+    sa.Column("outcome", sa.String(16)),
+    sa.Column("note", sa.Text()),
+    sa.Column("resolved_by", sa.String(200)),
+    sa.Column("resolved_us", sa.BigInteger()),
+)
+
+
+class Hours(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    from_: int = Field(alias="from", ge=0, le=23)
+    until: int = Field(ge=0, le=24)
+
+    def contains(self, hour: int) -> bool:
+        if self.from_ <= self.until:
+            return self.from_ <= hour < self.until
+        return hour >= self.from_ or hour < self.until
+
+
+class Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    description: str
+    reasons: list[str] | None = None
+    protection_order: bool = False
+    had_a_right: bool = False
+    local_hours: Hours | None = None
+    distinct_clients: bool = False
+    threshold: int = Field(ge=1)
+    window_minutes: int = Field(ge=1)
+
+
+class MonitoringConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    timezone: str = "Europe/Helsinki"
+    suspend_rights_on_misuse: bool = True
+    rules: dict[str, Rule]
+
+
+def load_config(path: Path) -> MonitoringConfig:
+    return MonitoringConfig.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    rule: str
+    user: str
+    municipality: str
+    record_id: str
+    at_us: int
+
+
+class Detector:
+    """Sliding windows per rule and user over decision records."""
+
+    def __init__(self, config: MonitoringConfig, facts: FactIndex) -> None:
+        self.config = config
+        self.facts = facts
+        self.zone = ZoneInfo(config.timezone)
+        self._windows: dict[tuple[str, str], deque[tuple[int, str]]] = {}
+        self._lock = threading.Lock()
+
+    def _matches(self, rule: Rule, record: AuditRecord) -> bool:
+        if rule.reasons is not None and record.reason not in rule.reasons:
+            return False
+        if rule.protection_order:
+            client = self.facts.clients.get(record.client_id or "")
+            if client is None or not client.protection_order:
+                return False
+        if rule.had_a_right and not self.facts.grants_by_user.get(record.user_id or ""):
+            return False
+        if rule.local_hours is not None:
+            hour = from_micros(record.at_us).astimezone(self.zone).hour
+            if not rule.local_hours.contains(hour):
+                return False
+        return True
+
+    def observe(self, records: list[AuditRecord]) -> list[Hit]:
+        hits = []
+        with self._lock:
+            for record in records:
+                if record.record_type != "decision" or not record.user_id:
+                    continue
+                for name, rule in self.config.rules.items():
+                    if not self._matches(rule, record):
+                        continue
+                    window = self._windows.setdefault((name, record.user_id), deque())
+                    window.append((record.at_us, record.client_id or ""))
+                    horizon = record.at_us - rule.window_minutes * 60_000_000
+                    while window and window[0][0] <= horizon:
+                        window.popleft()
+                    count = (len({client for _, client in window}) if rule.distinct_clients
+                             else len(window))
+                    if count >= rule.threshold:
+                        hits.append(Hit(name, record.user_id, record.user_municipality or "",
+                                        record.record_id, record.at_us))
+                        window.clear()  # the next hit needs a new run of matches
+        return hits
+
+
+class Cases:
+    """Cases in the store, and their events in the outbox."""
+
+    def __init__(self, engine: Engine, store: FactStore,
+                 on_open: Callable[[str], None] | None = None) -> None:
+        self.engine = engine
+        self.store = store
+        self.on_open = on_open
+
+    def record_hit(self, hit: Hit, description: str) -> str:
+        """Open a case for the hit's rule and user, or add the hit to the open one."""
+        t = cases_table
+        with write_transaction(self.engine) as conn:
+            row = conn.execute(sa.select(t.c.id, t.c.hits).where(
+                t.c.rule == hit.rule, t.c.user_id == hit.user, t.c.status == "open")).first()
+            if row is not None:
+                conn.execute(t.update().where(t.c.id == row.id).values(
+                    hits=row.hits + 1, updated_us=hit.at_us, last_record=hit.record_id))
+                return str(row.id)
+            case_id = f"case-{secrets.token_hex(8)}"
+            conn.execute(t.insert().values(
+                id=case_id, rule=hit.rule, user_id=hit.user, municipality=hit.municipality,
+                status="open", hits=1, opened_us=hit.at_us, updated_us=hit.at_us,
+                last_record=hit.record_id))
+        case = self.get(case_id)
+        self.store.apply([], [Event("case.opened", "case", case_id, hit.municipality,
+                                    "monitoring", description, {"case": case})])
+        if self.on_open is not None:
+            self.on_open(hit.rule)
+        return case_id
+
+    def get(self, case_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(cases_table).where(cases_table.c.id == case_id)).first()
+        return case_json(dict(row._mapping)) if row is not None else None
+
+    def list(self, *, status: str | None = None, municipality: str | None = None,
+             rule: str | None = None, user: str | None = None) -> list[dict[str, Any]]:
+        t = cases_table
+        query = sa.select(t).order_by(t.c.opened_us, t.c.id)
+        for value, column in ((status, t.c.status), (municipality, t.c.municipality),
+                              (rule, t.c.rule), (user, t.c.user_id)):
+            if value is not None:
+                query = query.where(column == value)
+        with self.engine.connect() as conn:
+            return [case_json(dict(r._mapping)) for r in conn.execute(query)]
+
+    def count_open(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(cases_table)
+                                    .where(cases_table.c.status == "open")).scalar_one())
+
+    def resolve(self, case_id: str, outcome: Literal["justified", "misuse"], note: str,
+                by: str, now_us: int) -> dict[str, Any] | None:
+        """Close an open case; None if there is no open case with that id."""
+        t = cases_table
+        with write_transaction(self.engine) as conn:
+            done = conn.execute(t.update().where(t.c.id == case_id, t.c.status == "open")
+                                .values(status="resolved", outcome=outcome, note=note,
+                                        resolved_by=by, resolved_us=now_us))
+        if not done.rowcount:
+            return None
+        case = self.get(case_id)
+        assert case is not None
+        self.store.apply([], [Event("case.resolved", "case", case_id, case["municipality"],
+                                    by, f"{outcome}: {note}", {"case": case})])
+        return case
+
+
+def case_json(row: dict[str, Any]) -> dict[str, Any]:
+    def when(us: int | None) -> str | None:
+        return from_micros(us).isoformat() if us is not None else None
+
+    return {"id": row["id"], "rule": row["rule"], "user": row["user_id"],
+            "municipality": row["municipality"], "status": row["status"], "hits": row["hits"],
+            "opened_at": when(row["opened_us"]), "updated_at": when(row["updated_us"]),
+            "last_record": row["last_record"], "outcome": row["outcome"], "note": row["note"],
+            "resolved_by": row["resolved_by"], "resolved_at": when(row["resolved_us"])}
+
+
+class Monitor:
+    """The detector fed by the decision log, and the cases it opens."""
+
+    def __init__(self, config: MonitoringConfig, facts: FactIndex, cases: Cases) -> None:
+        self.config = config
+        self.detector = Detector(config, facts)
+        self.cases = cases
+
+    def __call__(self, records: list[AuditRecord]) -> None:
+        for hit in self.detector.observe(records):
+            try:
+                self.cases.record_hit(hit, self.config.rules[hit.rule].description)
+            except Exception:
+                log.exception("could not record the %s case of %s", hit.rule, hit.user)
+
