@@ -15,7 +15,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstrai
 from starlette.concurrency import run_in_threadpool
 
 from pdp.audit import AuditLog, AuditRecord, AuditUnavailable, Verification, new_record_id
-from pdp.auth import Caller
+from pdp.auth import MUNICIPALITY_ADMIN, Caller
 from pdp.clock import from_micros, to_micros
 from pdp.errors import AUDIT_UNAVAILABLE, NOT_FOUND, ApiError, bad_request
 from pdp.facts import Id, MunicipalityCode
@@ -23,6 +23,7 @@ from pdp.http import parse_body, read_json
 from pdp.runtime import Runtime
 
 AUDITORS = ["auditor"]
+SUPERVISORS = ["auditor", "grant_admin", MUNICIPALITY_ADMIN]
 Justification = Annotated[str, Query(min_length=3, max_length=1000)]
 
 
@@ -194,6 +195,28 @@ def audit_router(runtime: Runtime) -> APIRouter:
                 if municipality.code == code:
                     return municipality.name
         return None
+
+    @router.get("/v1/monitoring/samples")
+    async def samples(
+        request: Request, justification: Justification,
+        municipality: Annotated[str, Query(pattern=r"^[0-9]{3}$")],
+        n: Annotated[int, Query(ge=1, le=500)] = 10,
+        from_: Annotated[datetime | None, Query(alias="from")] = None,
+        until: datetime | None = None,
+    ) -> dict[str, Any]:
+        """Random allowed accesses of a municipality in a period, for a supervisor to ask
+        the users for their justifications (periodic checks, agreement § 7)."""
+        caller = auth.require(request.headers.get("authorization"), SUPERVISORS)
+        if not caller.acts_for(municipality, SUPERVISORS):
+            raise ApiError(404, NOT_FOUND, "no such municipality")
+        rows = await call(log_of().sample, municipality, n, _time(from_, "from"),
+                          _time(until, "until"))
+        await read_recorded(caller, request, "sample",
+                            {"municipality": municipality, "n": n,
+                             "from": from_.isoformat() if from_ else None,
+                             "until": until.isoformat() if until else None},
+                            justification, len(rows))
+        return {"municipality": municipality, "samples": [record_json(r) for r in rows]}
 
     @router.post("/v1/audit/holds", status_code=201)
     async def add_hold(request: Request) -> dict[str, Any]:

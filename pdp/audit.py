@@ -268,6 +268,21 @@ class AuditLog:
         with self._reading() as conn:
             return [_plain(row) for row in conn.execute(query)]
 
+    def sample(self, municipality: str, n: int, from_us: int | None = None,
+               until_us: int | None = None) -> list[dict[str, Any]]:
+        """N allowed accesses by the municipality's users, drawn at random."""
+        t = records_table
+        query = (sa.select(t).where(t.c.record_type == "decision", t.c.decision.is_(True),
+                                    t.c.user_municipality == municipality)
+                 .order_by(sa.func.random()).limit(n))
+        if from_us is not None:
+            query = query.where(t.c.at_us >= from_us)
+        if until_us is not None:
+            query = query.where(t.c.at_us < until_us)
+        with self._reading() as conn:
+            rows = [_plain(row) for row in conn.execute(query)]
+        return sorted(rows, key=lambda row: int(row["seq"]))
+
     def client_accesses(self, client: str) -> list[dict[str, Any]]:
         """Allowed decisions on one client's data, oldest first (for the report)."""
         t = records_table

@@ -261,3 +261,30 @@ def test_metrics_after_known_traffic(monitored: Server, admin: httpx.Client,
     assert sample(after, opened) - sample(before, opened) == 1
     open_now = len(admin.get("/v1/monitoring/cases", params={"status": "open"}).json()["cases"])
     assert sample(after, "pdp_monitoring_cases_open") == open_now
+
+
+def test_random_sample_of_allowed_accesses(monitored: Server, admin: httpx.Client,
+                                           pep: httpx.Client) -> None:
+    world = World(admin, municipality="844").build()
+    allowed = {decide(pep, world.request())["context"]["decision_id"] for _ in range(6)}
+    decide(pep, world.request(category="benefits"))  # a deny: never sampled
+    with monitored.client("t-m844") as supervisor:
+        missing = supervisor.get("/v1/monitoring/samples", params={"municipality": "844"})
+        assert missing.status_code == 400  # a justification is required
+        drawn = supervisor.get("/v1/monitoring/samples", params={
+            "municipality": "844", "n": 4, "justification": "quarterly check"})
+        assert drawn.status_code == 200, drawn.text
+        samples = drawn.json()["samples"]
+        assert len(samples) == 4
+        assert all(s["decision"] is True and s["user_municipality"] == "844" for s in samples)
+        assert {s["record_id"] for s in samples} <= allowed | {
+            s["record_id"] for s in samples if s["user_id"] != world.user}
+        everything = supervisor.get("/v1/monitoring/samples", params={
+            "municipality": "844", "n": 500, "justification": "all of them"}).json()["samples"]
+        assert allowed <= {s["record_id"] for s in everything}
+        assert supervisor.get("/v1/monitoring/samples", params={
+            "municipality": "749", "justification": "not ours"}).status_code == 404
+    reads = admin.get("/v1/audit/decisions", params={
+        "record_type": "audit_read", "justification": "check", "limit": 1000}).json()["records"]
+    assert any(r["details"]["read"] == "sample"
+               and r["details"]["justification"] == "quarterly check" for r in reads)
