@@ -413,6 +413,38 @@ def audit_export(
     log.stop()
 
 
+@app.command()
+def report(
+    month: Annotated[str, typer.Option(help="Calendar month YYYY-MM (Europe/Helsinki).")],
+    out: Annotated[Path, typer.Option(help="The HTML file to write.")] = Path("report.html"),
+) -> None:
+    """Write the monthly HTML report: accesses, denials and cases per municipality."""
+    from pdp.audit import AuditLog
+    from pdp.monitoring import Cases
+    from pdp.report import month_bounds, monthly_report
+    from pdp.sqlstore import open_store
+
+    try:
+        month_bounds(month)
+    except ValueError:
+        raise _fail(f"--month: give a month as YYYY-MM, not {month!r}", 2) from None
+    store = open_store(_settings().store_url())
+    try:
+        names: dict[str, str] = {}
+        for fact in store.all_facts():
+            if fact.kind == "area":
+                for municipality in fact.data.get("municipalities", []):
+                    names[str(municipality["code"])] = str(municipality["name"])
+        log = AuditLog(store.engine)
+        page = monthly_report(log, Cases(store.engine, store).list(), month, names)
+        out.write_text(page, encoding="utf-8")
+        _record_cli_read(log, "report", {"month": month}, 0)
+        log.stop()
+    finally:
+        store.close()
+    typer.echo(str(out))
+
+
 def main() -> None:
     app()
 
