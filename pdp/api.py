@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
@@ -140,6 +141,10 @@ def create_app(runtime: Runtime) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             runtime.close()
+            if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+                from prometheus_client import multiprocess
+
+                multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
     async def _poll_store() -> None:
         """Confirm the facts are current (catching up on writes that no bus message
@@ -222,7 +227,7 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from prometheus_client import CONTENT_TYPE_LATEST
 
         metrics.facts_version.set(facts.index.version)
         metrics.facts_fresh.set(1 if facts.fresh() else 0)
@@ -233,7 +238,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         for state, count in states.items():
             metrics.grants.labels(state).set(count)
         metrics.cases_open.set(await run_in_threadpool(runtime.cases.count_open))
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.expose(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/.well-known/authzen-configuration")
     async def authzen_configuration(request: Request) -> dict[str, str]:

@@ -94,6 +94,11 @@ def serve(
     if workers > 1:
         # Each worker builds its own runtime from the environment (pdp.api:app_from_env).
         runtime.close()
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # Metrics of all workers add up through files in one directory (pdp.metrics).
+            import tempfile
+
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="pdp-metrics-")
         os.environ["PDP_DATABASE_URL"] = settings.store_url()
         os.environ["PDP_API_KEYS"] = orjson.dumps(keys).decode()
         uvicorn.run("pdp.api:app_from_env", factory=True, workers=workers, host=host,

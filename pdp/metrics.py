@@ -1,11 +1,24 @@
 """Every Prometheus metric of the service, in one place. Names follow Prometheus
-conventions; labels never carry user or client ids."""
+conventions; labels never carry user or client ids.
+
+With several worker processes (`pdp serve --workers N`), PROMETHEUS_MULTIPROC_DIR is set
+before the workers start: every worker writes its values there, and a scrape of any
+worker adds up counters and histograms of all of them (gauges say how: the laggiest
+worker's facts, the most recent count of rights, ...)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 from pdp.vocab import SERVICES
 
@@ -39,10 +52,12 @@ class Metrics:
             "pdp_http_request_duration_seconds", "HTTP request latency by route and status.",
             ["route", "method", "status"], buckets=_LATENCY_BUCKETS, registry=r)
         self.facts_version = Gauge(
-            "pdp_facts_version", "The facts_version this process answers from.", registry=r)
+            "pdp_facts_version", "The facts_version this process answers from (with several "
+            "workers: the lowest).", registry=r, multiprocess_mode="livemin")
         self.fact_writes = Counter(
             "pdp_fact_writes", "Committed fact writes by kind.", ["kind"], registry=r)
-        self.policy_info = Info("pdp_policy", "The policy in force.", registry=r)
+        self.policy_info = Gauge("pdp_policy_info", "The policy in force (value 1).",
+                                 ["version"], registry=r, multiprocess_mode="livemax")
         self.audit_failures = Counter(
             "pdp_audit_write_failures", "Requests refused because the decision log could not "
             "be written.", registry=r)
@@ -51,20 +66,32 @@ class Metrics:
             ["type"], registry=r)
         self.audit_last_write = Gauge(
             "pdp_audit_last_write_timestamp_seconds",
-            "When the decision log last committed records (Unix time).", registry=r)
+            "When the decision log last committed records (Unix time).", registry=r,
+            multiprocess_mode="livemax")
         self.facts_fresh = Gauge(
             "pdp_facts_fresh", "1 while the facts are confirmed current within the staleness "
-            "bound, else 0 (decisions then answer 503).", registry=r)
+            "bound, else 0 (decisions then answer 503).", registry=r, multiprocess_mode="livemin")
         self.facts_confirmed_age = Gauge(
             "pdp_facts_confirmed_age_seconds",
-            "Seconds since the facts were last confirmed against the store.", registry=r)
+            "Seconds since the facts were last confirmed against the store.", registry=r,
+            multiprocess_mode="livemax")
         self.grants = Gauge(
-            "pdp_grants", "Rights by the state they are in now.", ["state"], registry=r)
+            "pdp_grants", "Rights by the state they are in now.", ["state"], registry=r,
+            multiprocess_mode="mostrecent")
         self.cases_opened = Counter(
             "pdp_monitoring_cases_opened", "Misuse cases opened, by anomaly rule.", ["rule"],
             registry=r)
         self.cases_open = Gauge(
-            "pdp_monitoring_cases_open", "Misuse cases open now.", registry=r)
+            "pdp_monitoring_cases_open", "Misuse cases open now.", registry=r,
+            multiprocess_mode="mostrecent")
+
+    def expose(self) -> bytes:
+        """The text exposition: of all workers when they share a multiprocess directory."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
+        return generate_latest(self.registry)
 
     def decision_counter(self, decision: bool, reason: str, purpose: str | None) -> Any:
         """The labelled child of pdp_decisions_total, looked up once per label set.

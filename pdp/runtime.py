@@ -65,7 +65,7 @@ def build_runtime(settings: Settings, keys: dict[str, Any]) -> Runtime:
     if bus is not None:
         bus.listen(facts.on_bus_changes, facts.on_bus_connect)
     metrics = Metrics()
-    metrics.policy_info.info({"version": policy.version})
+    metrics.policy_info.labels(policy.version).set(1)
     metrics.facts_version.set(facts.index.version)
     decider = Decider(policy, facts.index, cache_size=settings.decision_cache_size,
                       metrics=metrics)
