@@ -176,10 +176,6 @@ class Lifecycle:
             raise WorkflowError(400, "grant_refused", _refusal_message(rule, detail, self),
                                 [{"rule": rule, "detail": detail}])
 
-    def _fits_tasks(self, grant: Grant, tasks: Sequence[str]) -> bool:
-        return self._policy().first("grant_fits_tasks", list(grant.scopes), list(tasks)) \
-            is not None
-
     # -- steps -------------------------------------------------------------------------
 
     def apply_for(self, application: Application, actor: str) -> tuple[str, Grant, int]:
@@ -307,20 +303,36 @@ class Lifecycle:
 
     def _follow_agreement(self, result: Plan, code: str, agreement: Agreement, actor: str,
                           now: datetime) -> None:
-        """Rights that an agreement's new state ends: all at once when it no longer holds,
-        at its end when notice was given."""
+        """Rights that an agreement's new state ends (the policy's change_effect)."""
+        change = {"kind": "agreement", "status": agreement.status,
+                  "ends_at": to_micros(agreement.ends_at)}
         for grant_id, grant in self._live_grants_of_municipality(code, now):
-            if agreement.status in ("terminated", "rescinded"):
-                revoked = grant.model_copy(update={"status": "revoked"})
-                self._put_grant(result, grant_id, revoked, "grant.revoked", actor,
-                                "agreement_ended", previous=self.state(grant_id, grant, now))
-            elif agreement.ends_at is not None and grant.valid_until > agreement.ends_at:
-                shortened = grant.model_copy(update={"valid_until": agreement.ends_at})
-                if shortened.valid_until <= shortened.valid_from:
-                    shortened = shortened.model_copy(update={"status": "revoked",
-                                                             "valid_until": grant.valid_until})
-                self._put_grant(result, grant_id, shortened, "grant.period_shortened", actor,
-                                "agreement_ended", previous=self.state(grant_id, grant, now))
+            self._apply_effect(result, change, grant_id, grant, actor, now,
+                               agreement_end=agreement.ends_at)
+
+    def _apply_effect(self, result: Plan, change: dict[str, Any], grant_id: str, grant: Grant,
+                      actor: str, now: datetime, agreement_end: datetime | None = None) -> None:
+        """Ask the policy what `change` does to one live right, and plan it."""
+        state = self.state(grant_id, grant, now)
+        right = {"state": state, "scopes": list(grant.scopes),
+                 "valid_until": to_micros(grant.valid_until)}
+        answer = self._policy().first("change_effect", change, right, var("effect"),
+                                      var("reason"))
+        if answer is None:
+            return
+        effect, reason = str(answer["effect"]), str(answer["reason"])
+        if effect == "end_at_agreement" and agreement_end is not None:
+            if agreement_end > grant.valid_from:
+                self._put_grant(result, grant_id,
+                                grant.model_copy(update={"valid_until": agreement_end}),
+                                "grant.period_shortened", actor, reason, previous=state)
+                return
+            effect = "revoke"  # the agreement ends before the right would start
+        status = {"revoke": "revoked", "suspend": "suspended"}.get(effect)
+        if status is None:
+            raise WorkflowError(500, "policy_error", f"unknown change effect {effect!r}")
+        self._put_grant(result, grant_id, grant.model_copy(update={"status": status}),
+                        f"grant.{status}", actor, reason, previous=state)
 
     # -- changes of facts that must end or change rights ---------------------------------
 
@@ -370,22 +382,21 @@ class Lifecycle:
 
     def _follow_user(self, result: Plan, user_id: str, user: Any, actor: str,
                      now: datetime) -> None:
-        """A user who left, was deleted or moved to another municipality's employ loses
-        every right; one whose tasks changed has the rights that no longer fit suspended."""
+        """Rights that a change of the user ends or suspends (the policy's change_effect)."""
         assert user is None or isinstance(user, User)
         before = self.facts.index.users.get(user_id)
+        change = {
+            "kind": "user",
+            "before_known": before is not None,
+            "before_municipality": before.municipality if before else "",
+            "before_tasks": list(before.tasks) if before else [],
+            "after_known": user is not None,
+            "after_status": user.status if user else "",
+            "after_municipality": user.municipality if user else "",
+            "after_tasks": list(user.tasks) if user else [],
+        }
         for grant_id, grant in self._live_grants(user_id, now):
-            state = self.state(grant_id, grant, now)
-            if (user is None or user.status == "left"
-                    or (before is not None and before.municipality != user.municipality)):
-                self._put_grant(result, grant_id, grant.model_copy(update={"status": "revoked"}),
-                                "grant.revoked", actor, "employment_ended", previous=state)
-            elif (before is not None and set(before.tasks) != set(user.tasks)
-                  and state in ("active", "recertification_due")
-                  and not self._fits_tasks(grant, user.tasks)):
-                self._put_grant(result, grant_id,
-                                grant.model_copy(update={"status": "suspended"}),
-                                "grant.suspended", actor, "tasks_changed", previous=state)
+            self._apply_effect(result, change, grant_id, grant, actor, now)
 
     # -- listings ----------------------------------------------------------------------
 

@@ -56,3 +56,36 @@ scope_fits_tasks(scope, tasks) if task in tasks and task_profile(task, scope);
 
 # A right fits the user's tasks when every one of its scopes does (used when tasks change).
 grant_fits_tasks(scopes, tasks) if forall(scope in scopes, scope_fits_tasks(scope, tasks));
+
+# What a change of a user or of an agreement does to each live right (not revoked or
+# expired) of that user or municipality: change_effect(change, right, effect, reason)
+# gives the first that applies, or none. Effects: "revoke", "suspend", "end_at_agreement"
+# (the right's end is brought forward to the agreement's end).
+#
+# The user change `c`: kind "user", before_known, before_municipality, before_tasks,
+# after_known, after_status, after_municipality, after_tasks. The agreement change `c`:
+# kind "agreement", status, ends_at (the largest integer when open-ended).
+# The right: state (grant_state now), scopes, valid_until.
+change_effect(c, right, effect, reason) if change_rule(c, right, effect, reason) and cut;
+
+# A user who was deleted, left, or moved to another municipality's employ loses every right.
+change_rule(c, _right, "revoke", "employment_ended") if c.kind = "user" and not c.after_known;
+change_rule(c, _right, "revoke", "employment_ended") if
+    c.kind = "user" and c.after_status = "left";
+change_rule(c, _right, "revoke", "employment_ended") if
+    c.kind = "user" and c.before_known and c.before_municipality != c.after_municipality;
+# A change of tasks: a right that no longer fits them is suspended for re-approval.
+change_rule(c, right, "suspend", "tasks_changed") if
+    c.kind = "user" and c.before_known and
+    not tasks_equal(c.before_tasks, c.after_tasks) and
+    right.state in ["active", "recertification_due"] and
+    not grant_fits_tasks(right.scopes, c.after_tasks);
+
+# An agreement that no longer holds ends every right at once; one with an end (notice)
+# ends them at its end.
+change_rule(c, _right, "revoke", "agreement_ended") if
+    c.kind = "agreement" and c.status in ["terminated", "rescinded"];
+change_rule(c, right, "end_at_agreement", "agreement_ended") if
+    c.kind = "agreement" and c.ends_at < right.valid_until;
+
+tasks_equal(a, b) if forall(x in a, x in b) and forall(y in b, y in a);
