@@ -11,9 +11,11 @@ the decisions it made.
 from __future__ import annotations
 
 import logging
+import queue
 import secrets
 import threading
-from collections import deque
+import time
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +97,31 @@ class Hit:
     at_us: int
 
 
+class _Window:
+    """Matching decisions of one user within a rule's window, with the distinct clients
+    among them kept up to date (constant time per decision)."""
+
+    __slots__ = ("clients", "entries")
+
+    def __init__(self) -> None:
+        self.entries: deque[tuple[int, str]] = deque()
+        self.clients: Counter[str] = Counter()
+
+    def add(self, at_us: int, client: str, horizon_us: int) -> int:
+        self.entries.append((at_us, client))
+        self.clients[client] += 1
+        while self.entries and self.entries[0][0] <= horizon_us:
+            _, old = self.entries.popleft()
+            self.clients[old] -= 1
+            if not self.clients[old]:
+                del self.clients[old]
+        return len(self.entries)
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.clients.clear()
+
+
 class Detector:
     """Sliding windows per rule and user over decision records."""
 
@@ -102,7 +129,7 @@ class Detector:
         self.config = config
         self.facts = facts
         self.zone = ZoneInfo(config.timezone)
-        self._windows: dict[tuple[str, str], deque[tuple[int, str]]] = {}
+        self._windows: dict[tuple[str, str], _Window] = {}
         self._lock = threading.Lock()
 
     def _matches(self, rule: Rule, record: AuditRecord) -> bool:
@@ -129,14 +156,12 @@ class Detector:
                 for name, rule in self.config.rules.items():
                     if not self._matches(rule, record):
                         continue
-                    window = self._windows.setdefault((name, record.user_id), deque())
-                    window.append((record.at_us, record.client_id or ""))
-                    horizon = record.at_us - rule.window_minutes * 60_000_000
-                    while window and window[0][0] <= horizon:
-                        window.popleft()
-                    count = (len({client for _, client in window}) if rule.distinct_clients
-                             else len(window))
-                    if count >= rule.threshold:
+                    window = self._windows.get((name, record.user_id))
+                    if window is None:
+                        window = self._windows[(name, record.user_id)] = _Window()
+                    count = window.add(record.at_us, record.client_id or "",
+                                       record.at_us - rule.window_minutes * 60_000_000)
+                    if (len(window.clients) if rule.distinct_clients else count) >= rule.threshold:
                         hits.append(Hit(name, record.user_id, record.user_municipality or "",
                                         record.record_id, record.at_us))
                         window.clear()  # the next hit needs a new run of matches
@@ -152,20 +177,20 @@ class Cases:
         self.store = store
         self.on_open = on_open
 
-    def record_hit(self, hit: Hit, description: str) -> str:
-        """Open a case for the hit's rule and user, or add the hit to the open one."""
+    def record_hit(self, hit: Hit, description: str, count: int = 1) -> str:
+        """Open a case for the hit's rule and user, or add the hits to the open one."""
         t = cases_table
         with write_transaction(self.engine) as conn:
             row = conn.execute(sa.select(t.c.id, t.c.hits).where(
                 t.c.rule == hit.rule, t.c.user_id == hit.user, t.c.status == "open")).first()
             if row is not None:
                 conn.execute(t.update().where(t.c.id == row.id).values(
-                    hits=row.hits + 1, updated_us=hit.at_us, last_record=hit.record_id))
+                    hits=row.hits + count, updated_us=hit.at_us, last_record=hit.record_id))
                 return str(row.id)
             case_id = f"case-{secrets.token_hex(8)}"
             conn.execute(t.insert().values(
                 id=case_id, rule=hit.rule, user_id=hit.user, municipality=hit.municipality,
-                status="open", hits=1, opened_us=hit.at_us, updated_us=hit.at_us,
+                status="open", hits=count, opened_us=hit.at_us, updated_us=hit.at_us,
                 last_record=hit.record_id))
         case = self.get(case_id)
         self.store.apply([], [Event("case.opened", "case", case_id, hit.municipality,
@@ -224,17 +249,53 @@ def case_json(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class Monitor:
-    """The detector fed by the decision log, and the cases it opens."""
+    """The detector fed by the decision log, and the cases it opens.
 
-    def __init__(self, config: MonitoringConfig, facts: FactIndex, cases: Cases) -> None:
+    It runs in a thread of its own, so that the decision log's writer hands it each
+    durable batch and goes on. A new case is written at once; further hits on an open
+    case are added up in memory and written at most every `flush_seconds` (at night,
+    every decision can be an "unusual hours" hit)."""
+
+    def __init__(self, config: MonitoringConfig, facts: FactIndex, cases: Cases,
+                 flush_seconds: float = 5.0) -> None:
         self.config = config
         self.detector = Detector(config, facts)
         self.cases = cases
+        self.flush_seconds = flush_seconds
+        self._queue: queue.SimpleQueue[list[AuditRecord]] = queue.SimpleQueue()
+        self._written: dict[tuple[str, str], float] = {}  # last write of an open case
+        self._pending: dict[tuple[str, str], tuple[Hit, int]] = {}
+        self._thread = threading.Thread(target=self._run, name="pdp-monitor", daemon=True)
+        self._thread.start()
 
     def __call__(self, records: list[AuditRecord]) -> None:
-        for hit in self.detector.observe(records):
+        self._queue.put(records)
+
+    def _run(self) -> None:
+        while True:
             try:
-                self.cases.record_hit(hit, self.config.rules[hit.rule].description)
+                records = self._queue.get(timeout=self.flush_seconds)
+            except queue.Empty:
+                records = []
+            try:
+                for hit in self.detector.observe(records):
+                    key = (hit.rule, hit.user)
+                    _, count = self._pending.get(key, (hit, 0))
+                    self._pending[key] = (hit, count + 1)
+                self._flush()
+            except Exception:
+                log.exception("misuse detection failed")
+
+    def _flush(self) -> None:
+        now = time.monotonic()
+        for key, (hit, count) in list(self._pending.items()):
+            last = self._written.get(key)
+            if last is not None and now - last < self.flush_seconds:
+                continue  # an open case written a moment ago: add up for now
+            try:
+                self.cases.record_hit(hit, self.config.rules[hit.rule].description, count)
             except Exception:
                 log.exception("could not record the %s case of %s", hit.rule, hit.user)
-
+                continue
+            del self._pending[key]
+            self._written[key] = now

@@ -288,3 +288,27 @@ def test_random_sample_of_allowed_accesses(monitored: Server, admin: httpx.Clien
         "record_type": "audit_read", "justification": "check", "limit": 1000}).json()["records"]
     assert any(r["details"]["read"] == "sample"
                and r["details"]["justification"] == "quarterly check" for r in reads)
+
+
+def test_bulk_window_counts_distinct_clients_and_forgets_old_ones() -> None:
+    """Unit level: the window keeps distinct clients in constant time per decision."""
+    from pdp.audit import AuditRecord
+    from pdp.factindex import FactIndex
+    from pdp.monitoring import Detector, MonitoringConfig
+
+    config = MonitoringConfig.model_validate({"rules": {"bulk": {
+        "description": "bulk", "distinct_clients": True, "threshold": 3,
+        "window_minutes": 1}}})
+    detector = Detector(config, FactIndex())
+    minute = 60_000_000
+
+    def seen(at: int, client: str) -> list[str]:
+        record = AuditRecord("decision", f"r{at}", at, user_id="u", user_municipality="749",
+                             client_id=client, decision=True, reason="allowed")
+        return [hit.rule for hit in detector.observe([record])]
+
+    assert seen(0, "a") == [] and seen(1, "a") == [] and seen(2, "b") == []
+    assert seen(3, "b") == []  # still two distinct clients however often they are opened
+    assert seen(minute + 3, "c") == []  # a and b (at 0-3) have left the window
+    assert seen(minute + 4, "d") == []
+    assert seen(minute + 5, "e") == ["bulk"]
