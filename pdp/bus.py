@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -129,9 +128,3 @@ class RedisBus:
             self._thread.join(timeout=2)
         self._redis.close()
 
-
-def wait_connected(bus: RedisBus, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while not bus.connected and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return bus.connected
