@@ -56,6 +56,8 @@ from pdp.webhooks import WebhookDispatcher
 
 log = logging.getLogger(__name__)
 
+STATE_COUNT_SECONDS = 30  # how long a count of rights by state may be reused by /metrics
+
 # Which role keeps which facts (API.md "Caller authentication").
 KIND_ROLES: dict[str, str] = {
     "client": "facts_writer",
@@ -225,6 +227,8 @@ def create_app(runtime: Runtime) -> FastAPI:
                 ("connected" if facts.bus.connected else "disconnected")}
         return JSONResponse(body, status_code=503 if problems else 200)
 
+    counted: list[tuple[int, int]] = [(-1, -1)]  # (facts_version, time slot) last counted
+
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST
@@ -232,12 +236,16 @@ def create_app(runtime: Runtime) -> FastAPI:
         metrics.facts_version.set(facts.index.version)
         metrics.facts_fresh.set(1 if facts.fresh() else 0)
         metrics.facts_confirmed_age.set(facts.confirmed_age())
-        states: dict[str, int] = dict.fromkeys(GRANT_STATES, 0)
-        for row in await run_in_threadpool(lifecycle.listing):
-            states[row["state"]] = states.get(row["state"], 0) + 1
-        for state, count in states.items():
-            metrics.grants.labels(state).set(count)
-        metrics.cases_open.set(await run_in_threadpool(runtime.cases.count_open))
+        # Counting rights asks the policy for the state of each: at most every
+        # STATE_COUNT_SECONDS (or after a write), not at every scrape.
+        if (facts.index.version, int(time.monotonic() // STATE_COUNT_SECONDS)) != counted[0]:
+            counted[0] = (facts.index.version, int(time.monotonic() // STATE_COUNT_SECONDS))
+            states: dict[str, int] = dict.fromkeys(GRANT_STATES, 0)
+            for row in await run_in_threadpool(lifecycle.listing):
+                states[row["state"]] = states.get(row["state"], 0) + 1
+            for state, count in states.items():
+                metrics.grants.labels(state).set(count)
+            metrics.cases_open.set(await run_in_threadpool(runtime.cases.count_open))
         return Response(metrics.expose(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/.well-known/authzen-configuration")
