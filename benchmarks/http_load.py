@@ -247,6 +247,7 @@ def throughput(args: argparse.Namespace, workdir: Path) -> None:
     batch = [orjson.dumps({"evaluations": items})]
     store = "postgresql" if args.postgres else "sqlite"
     rows = []
+    log_sizes: list[tuple[int, int]] = []
     for workers in args.workers:
         with store_env(args, workdir) as env, infra.pdp_server(
                 f"w{workers}", workdir, env, ("--workers", str(workers))) as server:
@@ -260,6 +261,8 @@ def throughput(args: argparse.Namespace, workdir: Path) -> None:
                 if args.postgres:
                     row["pg_connections"] = infra.pg_connections(env["PDP_DATABASE_URL"])
                 rows.append(row)
+            if args.postgres and args.extra.get("PDP_AUDIT_LOG", "true") != "false":
+                log_sizes.append(infra.pg_table_size(env["PDP_DATABASE_URL"], "audit_records"))
     print(f"{args.clients} clients ({args.client_procs} process(es)) x {args.seconds:g} s per "
           f"row, cache-hit workload ({len(items)} triples); CPU % of one core "
           f"({os.cpu_count()} cores)")
@@ -276,6 +279,11 @@ def throughput(args: argparse.Namespace, workdir: Path) -> None:
         if args.postgres:
             line += f" {r['db_cpu']:5.0f}% {r['pg_connections']:8d}"
         print(line)
+    if log_sizes:
+        records = sum(n for n, _ in log_sizes)
+        size = sum(b for _, b in log_sizes)
+        print(f"decision log in PostgreSQL: {records} records, {size / records:.0f} bytes per "
+              f"record (pg_total_relation_size of audit_records, with its indexes)")
 
 
 # -- memory --------------------------------------------------------------------------------
@@ -324,7 +332,11 @@ def memory(args: argparse.Namespace, workdir: Path) -> None:
         if args.redis:
             env["PDP_REDIS_URL"] = stack.enter_context(infra.redis_server(workdir)).url
             env["PDP_SNAPSHOT_INTERVAL_SECONDS"] = "1"
-        server = stack.enter_context(infra.pdp_server("memory", workdir, env))
+        first = contextlib.ExitStack()
+        stack.enter_context(first)
+        began = time.perf_counter()
+        server = first.enter_context(infra.pdp_server("memory", workdir, env))
+        start_empty = time.perf_counter() - began
         pid = server.process.pid
 
         def rss() -> float:
@@ -358,6 +370,10 @@ def memory(args: argparse.Namespace, workdir: Path) -> None:
             times.append((time.perf_counter() - began) * 1000)
             response.raise_for_status()
         rows.append((f"+ {args.misses} more decisions cached (cache misses)", rss()))
+        first.close()  # stop it; start a new server on the same store (and Redis)
+        began = time.perf_counter()
+        with infra.pdp_server("restart", workdir, env):
+            restart = time.perf_counter() - began
     print(f"RSS of one `pdp serve` process ({store} store"
           f"{', Redis' if args.redis else ''})")
     for what, mb in rows:
@@ -373,6 +389,9 @@ def memory(args: argparse.Namespace, workdir: Path) -> None:
     if snapshot is not None:
         print(f"  shared snapshot in Redis at facts_version {version}: "
               f"{snapshot / 1024 / 1024:.1f} MB")
+    print(f"  start until /readyz 200: {start_empty:.1f} s with an empty store, "
+          f"{restart:.1f} s with the {len(demo) + len(facts)} facts"
+          f"{' (from the Redis snapshot)' if args.redis else ''}")
 
 
 def main() -> None:

@@ -95,6 +95,16 @@ def pg_connections(url: str) -> int:
     return int(row[0]) if row else 0
 
 
+def pg_table_size(url: str, table: str) -> tuple[int, int]:
+    """Rows and bytes (pg_total_relation_size: with indexes and TOAST) of a table."""
+    dbname = url.rsplit("/", 1)[1]
+    with psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=dbname,
+                         autocommit=True, connect_timeout=3) as conn:
+        row = conn.execute(sql.SQL("SELECT count(*), pg_total_relation_size({}) FROM {}")
+                           .format(sql.Literal(table), sql.Identifier(table))).fetchone()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 10) -> None:
     if process.poll() is None:
         process.terminate()
