@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import secrets
 import shutil
 import signal
 import statistics
@@ -27,12 +26,17 @@ from types import TracebackType
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 import redis
-from psycopg import sql
 
 from tests.conftest import Server, World, decide, free_port, start_server, stop_server
+from tests.pg import (
+    PG_HOST,
+    PG_PORT,
+    fresh_database,
+    pg_connect,
+    pg_running,
+)
 
 BOUND = 1.0  # PDP_STALENESS_BOUND_SECONDS: the default
 # Replicas A and B poll the store this often: slower than the bus (so that a propagation
@@ -41,9 +45,6 @@ BOUND = 1.0  # PDP_STALENESS_BOUND_SECONDS: the default
 POLL = 0.5
 SNAPSHOT_LOG = "facts from the shared snapshot"
 
-PG_HOST = "127.0.0.1"
-PG_PORT = 5432
-PG_ADMIN_DB = "test"
 
 
 # -- infrastructure -----------------------------------------------------------------------
@@ -111,32 +112,6 @@ class RedisServer:
         return value
 
 
-def _pg_connect(dbname: str, port: int = PG_PORT) -> psycopg.Connection[Any]:
-    return psycopg.connect(host=PG_HOST, port=port, user="postgres", dbname=dbname,
-                           autocommit=True, connect_timeout=3)
-
-
-def _pg_running(dbname: str = PG_ADMIN_DB, port: int = PG_PORT) -> bool:
-    try:
-        with _pg_connect(dbname, port):
-            return True
-    except psycopg.OperationalError:
-        return False
-
-
-def _start_shared_pg() -> None:
-    versions = sorted(os.listdir("/etc/postgresql")) if os.path.isdir("/etc/postgresql") else []
-    if not versions:
-        pytest.fail("PostgreSQL is not installed (no /etc/postgresql): .ci/run installs it")
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main",
-                    "start"], check=False, capture_output=True, timeout=60)
-    deadline = time.monotonic() + 30
-    while not _pg_running():
-        if time.monotonic() > deadline:
-            pytest.fail(f"PostgreSQL did not come up on {PG_HOST}:{PG_PORT}")
-        time.sleep(0.5)
-
-
 class OwnPostgres:
     """A PostgreSQL cluster of the test's own (initdb, trust auth) on a free port, so that
     it can be stopped dead and started again without disturbing anyone else."""
@@ -175,7 +150,7 @@ class OwnPostgres:
         if done.returncode != 0:
             pytest.fail(f"initdb failed: {done.stdout!r} {done.stderr!r}")
         self.start()
-        with _pg_connect("postgres", self.port) as conn:
+        with pg_connect("postgres", self.port) as conn:
             conn.execute("CREATE DATABASE pdp")
 
     def start(self) -> None:
@@ -183,7 +158,7 @@ class OwnPostgres:
                          "-w", "-t", "30", "-o",
                          f"-p {self.port} -k {self.sockets} -c listen_addresses={PG_HOST} "
                          "-c fsync=off", "start")
-        if done.returncode != 0 or not _pg_running("postgres", self.port):
+        if done.returncode != 0 or not pg_running("postgres", self.port):
             log = self.root / "postgres.log"
             pytest.fail(f"pg_ctl start failed: {done.stdout!r} {done.stderr!r} "
                         f"{log.read_text() if log.exists() else ''}")
@@ -195,7 +170,7 @@ class OwnPostgres:
 
     @property
     def running(self) -> bool:
-        return _pg_running("postgres", self.port)
+        return pg_running("postgres", self.port)
 
     def destroy(self) -> None:
         if (self.data / "postmaster.pid").exists():
@@ -244,17 +219,8 @@ class Replicas:
 @pytest.fixture(scope="module")
 def shared_pg_database() -> Iterator[str]:
     """A fresh database on the shared PostgreSQL for this module; its name."""
-    if not _pg_running():
-        _start_shared_pg()
-    name = f"pdp_scale_{secrets.token_hex(6)}"
-    with _pg_connect(PG_ADMIN_DB) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
+    with fresh_database("pdp_scale") as name:
         yield name
-    finally:
-        with _pg_connect(PG_ADMIN_DB) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-                          .format(sql.Identifier(name)))
 
 
 @pytest.fixture(scope="module")

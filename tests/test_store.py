@@ -7,9 +7,6 @@ tables dropped before each test so that every test migrates an empty database.
 
 from __future__ import annotations
 
-import os
-import secrets
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import sqlalchemy as sa
 from psycopg import sql
@@ -34,10 +30,8 @@ from pdp.store import (
     StoredFact,
     StoreUnavailable,
 )
+from tests.pg import PG_ADMIN_DB, PG_HOST, PG_PORT, fresh_database, pg_connect
 
-PG_HOST = "127.0.0.1"
-PG_PORT = 5432
-PG_ADMIN_DB = "test"
 PG_TABLES = ("events", "cursors", "fact_changes", "facts", "fact_meta", "audit_records",
              "audit_head", "audit_prunes", "audit_holds", "monitoring_cases",
              "alembic_version")
@@ -46,57 +40,11 @@ HEAD = "0004"  # the newest migration
 Opener = Callable[[str], SqlFactStore]
 
 
-def _pg_connect(dbname: str) -> psycopg.Connection[Any]:
-    return psycopg.connect(
-        host=PG_HOST,
-        port=PG_PORT,
-        user="postgres",
-        dbname=dbname,
-        autocommit=True,
-        connect_timeout=3,
-    )
-
-
-def _pg_running() -> bool:
-    try:
-        with _pg_connect(PG_ADMIN_DB):
-            return True
-    except psycopg.OperationalError:
-        return False
-
-
-def _start_pg() -> None:
-    versions = sorted(os.listdir("/etc/postgresql")) if os.path.isdir("/etc/postgresql") else []
-    if not versions:
-        pytest.fail("PostgreSQL is not installed (no /etc/postgresql): .ci/run installs it")
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main", "start"],
-        check=False,
-        capture_output=True,
-        timeout=60,
-    )
-    deadline = time.monotonic() + 30
-    while not _pg_running():
-        if time.monotonic() > deadline:
-            pytest.fail(f"PostgreSQL did not come up on {PG_HOST}:{PG_PORT}")
-        time.sleep(0.5)
-
-
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[str]:
     """A fresh PostgreSQL database for this session; its name."""
-    if not _pg_running():
-        _start_pg()
-    name = f"pdp_test_{secrets.token_hex(6)}"
-    with _pg_connect(PG_ADMIN_DB) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
+    with fresh_database("pdp_test") as name:
         yield name
-    finally:
-        with _pg_connect(PG_ADMIN_DB) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 def _pg_url(dbname: str, port: int = PG_PORT) -> str:
@@ -108,7 +56,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'pdp.db'}"
     name: str = request.getfixturevalue("pg_database")
-    with _pg_connect(name) as conn:
+    with pg_connect(name) as conn:
         for table in PG_TABLES:
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
     return _pg_url(name)
@@ -676,7 +624,7 @@ def test_event_times_are_aware_utc(store: SqlFactStore) -> None:
 def test_postgresql_event_times_are_utc_in_any_session_time_zone(
     pg_database: str, opener: Opener
 ) -> None:
-    with _pg_connect(pg_database) as conn:
+    with pg_connect(pg_database) as conn:
         for table in PG_TABLES:
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
     helsinki = opener(_pg_url(pg_database) + "?options=-c%20timezone%3DEurope/Helsinki")
@@ -824,7 +772,7 @@ def test_postgresql_going_away_after_open_raises_unavailable(
 ) -> None:
     store = opener(_pg_url(pg_database))
     store.ping()
-    with _pg_connect(PG_ADMIN_DB) as admin:
+    with pg_connect(PG_ADMIN_DB) as admin:
         admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE datname = %s AND pid <> pg_backend_pid()",
