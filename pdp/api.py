@@ -236,6 +236,9 @@ def create_app(runtime: Runtime) -> FastAPI:
         metrics.facts_version.set(facts.index.version)
         metrics.facts_fresh.set(1 if facts.fresh() else 0)
         metrics.facts_confirmed_age.set(facts.confirmed_age())
+        if audit is not None:
+            with contextlib.suppress(AuditUnavailable):
+                metrics.audit_pending.set(await run_in_threadpool(audit.pending_records))
         # Counting rights asks the policy for the state of each: at most every
         # STATE_COUNT_SECONDS (or after a write), not at every scrape.
         if (facts.index.version, int(time.monotonic() // STATE_COUNT_SECONDS)) != counted[0]:

@@ -5,6 +5,15 @@ commit); `append` returns a future that completes only when the record is durabl
 the HTTP layer answers only then — so no decision a caller received can be lost. If the
 log cannot be written, the future fails and the caller answers 503 `audit_unavailable`.
 
+Each group commit is one *segment*: one row holding the batch's records (JSON), chained to
+the segment before it by `hash = sha256(prev_hash | id | body)`. That is all the hot path
+writes, a few microseconds per record. An indexer moves segments into `audit_records`,
+one row per record with its own hash chain and the indexes that audit queries use, when
+the writer has been idle for `index_delay` seconds or more than `max_pending` records wait
+(so a burst of decisions is not slowed by the index, and sustained load is). Every read
+of the log first moves what is pending, so a query sees every durable record. Misuse
+detection is fed by the move, so it too runs off the burst, each record seen once.
+
 Tamper evidence: record n carries `hash = sha256(prev_hash | canonical(record n))`, its
 `prev_hash` is record n-1's hash, and the head (last seq and hash) is kept apart. A
 changed, deleted, inserted or reordered record breaks a hash, a link, the sequence or
@@ -23,9 +32,10 @@ import queue
 import random
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from itertools import chain
 from typing import Any, NamedTuple
@@ -33,6 +43,7 @@ from typing import Any, NamedTuple
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import PoolProxiedConnection
 
 from pdp.sqlstore import write_transaction
 
@@ -63,6 +74,14 @@ records_table = sa.Table(
     sa.Column("request_id", sa.String(200)),
     sa.Column("caller", sa.String(200)),
     sa.Column("details", sa.Text()),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+segments_table = sa.Table(
+    "audit_segments", metadata,
+    sa.Column("id", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("records", sa.Integer(), nullable=False),
+    sa.Column("body", sa.LargeBinary(), nullable=False),
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
 )
@@ -97,8 +116,16 @@ holds_table = sa.Table(
 )
 
 
+# Rows of audit_head: the record chain, the last segment written, the last segment moved.
+RECORD_HEAD, SEGMENT_HEAD, MOVED_HEAD = 1, 2, 3
+
+
 class AuditUnavailable(Exception):
     """The decision log cannot be written or read."""
+
+
+class AuditTampered(Exception):
+    """A pending segment does not match its chain: it is left where it is, for verify."""
 
 
 class AuditRecord(NamedTuple):
@@ -136,6 +163,22 @@ def record_hash(prev_hash: str, seq: int, values: Sequence[Any]) -> str:
     return hashlib.sha256(prev_hash.encode() + b"|" + canonical).hexdigest()
 
 
+def segment_hash(prev_hash: str, segment_id: int, body: bytes) -> str:
+    """sha256 of the previous segment's hash, the segment's id and its body."""
+    digest = hashlib.sha256(f"{prev_hash}|{segment_id}|".encode())
+    digest.update(body)  # without the GIL for a large body
+    return digest.hexdigest()
+
+
+def segment_body(records: Sequence[AuditRecord]) -> bytes:
+    """The records of a segment: a JSON array of arrays in RECORD_FIELDS order."""
+    return orjson.dumps(records, default=tuple)
+
+
+def segment_records(body: bytes) -> list[AuditRecord]:
+    return [AuditRecord(*values) for values in orjson.loads(body)]
+
+
 _INSERT_COLUMNS = ("seq", *RECORD_FIELDS, "prev_hash", "hash")
 _ROWS_PER_INSERT = 400  # 22 columns: 8 800 parameters, well under SQLite's limit
 
@@ -170,12 +213,30 @@ def new_record_id() -> str:
 
 
 class AuditLog:
-    def __init__(self, engine: Engine, *, max_batch: int = 2000) -> None:
+    def __init__(self, engine: Engine, *, max_batch: int = 2000, index_delay: float = 0.2,
+                 max_pending: int = 200_000, index_chunk: int = 5000) -> None:
         self.engine = engine
         self.max_batch = max_batch
-        # Called in the writer thread with each batch once it is durable (metrics,
-        # misuse detection); a listener's failure is logged and does not lose the batch.
+        self.index_delay = index_delay
+        self.max_pending = max_pending
+        self.index_chunk = index_chunk
+        # About how many records wait in segments (this process's count: it triggers the
+        # indexer; `pending_records` asks the database).
+        self.pending = 0
+        self._last_write = 0.0
+        self._moving = threading.Lock()
+        self._counting = threading.Lock()  # `pending` is written by two threads
+        self._index_wake = threading.Event()
+        self._indexer: threading.Thread | None = None
+        self._closing = False
+        self._connection: PoolProxiedConnection | None = None  # the writer's
+        self._postgres = engine.dialect.name == "postgresql"
+        # Called in the writer thread with each batch once it is durable (metrics); a
+        # listener's failure is logged and does not lose the batch.
         self.listeners: list[Callable[[list[AuditRecord]], None]] = []
+        # Called with the records of every segment moved into the record chain, by this
+        # process, whichever process wrote them (misuse detection): each record once.
+        self.move_listeners: list[Callable[[list[AuditRecord]], None]] = []
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
@@ -183,15 +244,32 @@ class AuditLog:
 
     def start(self) -> None:
         if self._thread is None:
+            self._closing = False
             self._thread = threading.Thread(target=self._writer, name="pdp-audit",
                                             daemon=True)
             self._thread.start()
+            self._indexer = threading.Thread(target=self._index_loop, name="pdp-audit-index",
+                                             daemon=True)
+            self._indexer.start()
 
     def stop(self) -> None:
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join(timeout=10)
             self._thread = None
+        if self._connection is not None:
+            with suppress(Exception):
+                self._connection.close()
+            self._connection = None
+        if self._indexer is not None:
+            self._closing = True
+            self._index_wake.set()
+            self._indexer.join(timeout=30)
+            self._indexer = None
+        try:
+            self.drain()
+        except (AuditUnavailable, AuditTampered) as error:
+            log.warning("decision log segments left pending at stop: %s", error)
 
     def append(self, records: Sequence[AuditRecord]) -> Future[int]:
         """Queue records; the future gives the last seq once they are durable."""
@@ -226,9 +304,14 @@ class AuditLog:
                     break
                 batch.append(more)
                 size += len(more.records)
+            committed = [r for p in batch for r in p.records]
+            with self._counting:  # before the commit: the indexer may move it at once
+                self.pending += len(committed)
             try:
-                last = commit_records(self.engine, [r for p in batch for r in p.records])
+                last = self._commit(committed)
             except Exception as error:  # every waiter learns it failed; nothing is lost
+                with self._counting:
+                    self.pending -= len(committed)
                 log.warning("decision log write failed: %s", error)
                 failure = AuditUnavailable(_first_line(error))
                 for pending in batch:
@@ -236,12 +319,82 @@ class AuditLog:
                 continue
             for pending in batch:
                 pending.future.set_result(last)
-            committed = [r for p in batch for r in p.records]
+            self._last_write = time.monotonic()
+            if self.pending >= self.max_pending:
+                self._index_wake.set()
             for listener in self.listeners:
                 try:
                     listener(committed)
                 except Exception:
                     log.exception("decision log listener failed")
+
+    def _commit(self, records: list[AuditRecord]) -> int:
+        """One segment on the writer's own connection; a failed one is dropped, and the
+        next commit connects afresh."""
+        if self._connection is None:
+            self._connection = self.engine.raw_connection()
+        try:
+            return commit_segment(self._connection, records, self._postgres)
+        except Exception:
+            with suppress(Exception):
+                self._connection.invalidate()
+            self._connection = None
+            raise
+
+    # -- indexing ---------------------------------------------------------------------
+
+    def _index_loop(self) -> None:
+        while not self._closing:
+            self._index_wake.wait(timeout=max(self.index_delay, 0.01))
+            self._index_wake.clear()
+            while not self._closing and (
+                    self.pending >= self.max_pending
+                    or time.monotonic() - self._last_write >= self.index_delay):
+                try:
+                    if not self.move(self.index_chunk):
+                        break
+                except AuditTampered as error:
+                    log.error("decision log: %s; run pdp audit verify", error)
+                    self._sleep(10)
+                    break
+                except Exception as error:
+                    log.warning("decision log indexing failed: %s", _first_line(error))
+                    self._sleep(1)
+                    break
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._closing and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def move(self, max_records: int) -> int:
+        """Move pending segments (of any process) into audit_records; return how many
+        records moved."""
+        with self._moving:
+            try:
+                moved = move_segments(self.engine, max_records)
+            except sa.exc.DBAPIError as error:
+                raise AuditUnavailable(_first_line(error)) from error
+        with self._counting:
+            self.pending = max(0, self.pending - len(moved))
+        if moved:
+            for listener in self.move_listeners:
+                try:
+                    listener(moved)
+                except Exception:
+                    log.exception("decision log listener failed")
+        return len(moved)
+
+    def pending_records(self) -> int:
+        """Records that wait in segments, of every process."""
+        with self._reading(drain=False) as conn:
+            return int(conn.execute(sa.select(sa.func.coalesce(
+                sa.func.sum(segments_table.c.records), 0))).scalar_one())
+
+    def drain(self) -> None:
+        """Move every pending segment, so that a read sees every durable record."""
+        while self.move(self.index_chunk):
+            pass
 
     # -- reading ----------------------------------------------------------------------
 
@@ -296,15 +449,15 @@ class AuditLog:
 
     def head(self) -> tuple[int, str]:
         with self._reading() as conn:
-            seq, digest = conn.execute(sa.select(head_table.c.seq, head_table.c.hash)).one()
-        return int(seq), str(digest)
+            return _head(conn, RECORD_HEAD)
 
     def verify(self, chunk: int = 5000) -> Verification:
         """Walk the whole chain in constant memory; name the first bad record."""
         t = records_table
-        with self._reading() as conn:
-            head_seq, head_hash = conn.execute(
-                sa.select(head_table.c.seq, head_table.c.hash)).one()
+        with suppress(AuditTampered):
+            self.drain()  # what is intact moves; a bad segment stays, for the walk below
+        with self._reading(drain=False) as conn:
+            head_seq, head_hash = _head(conn, RECORD_HEAD)
             prunes = sorted(tuple(row) for row in conn.execute(
                 sa.select(prunes_table.c.from_seq, prunes_table.c.to_seq,
                           prunes_table.c.removed)))
@@ -330,36 +483,29 @@ class AuditLog:
 
             checked = 0
             last_seq, last_hash = 0, GENESIS
-            after = 0
-            while True:
-                rows = conn.execute(sa.select(t).where(t.c.seq > after).order_by(t.c.seq)
-                                    .limit(chunk)).all()
-                if not rows:
-                    break
-                for row in rows:
-                    values = [row._mapping[k] for k in RECORD_FIELDS]
-                    seq = int(row.seq)
-                    bad = None
-                    if record_hash(row.prev_hash, seq, values) != row.hash:
-                        bad = "its content does not match its hash"
-                    elif seq > head_seq:
-                        bad = "it lies after the head of the log"
-                    elif seq == last_seq + 1 and row.prev_hash != last_hash:
-                        bad = "it does not follow the record before it"
-                    elif seq > last_seq + 1 and not pruned(last_seq + 1, seq - 1):
-                        bad = f"records {last_seq + 1}-{seq - 1} before it are missing"
-                    if bad:
-                        return Verification(False, checked, head_seq, seq, row.record_id, bad)
-                    checked += 1
-                    last_seq, last_hash = seq, row.hash
-                after = last_seq
+            for row in _in_order(conn, t, t.c.seq, 0, chunk):
+                values = [row._mapping[k] for k in RECORD_FIELDS]
+                seq = int(row.seq)
+                bad = None
+                if record_hash(row.prev_hash, seq, values) != row.hash:
+                    bad = "its content does not match its hash"
+                elif seq > head_seq:
+                    bad = "it lies after the head of the log"
+                elif seq == last_seq + 1 and row.prev_hash != last_hash:
+                    bad = "it does not follow the record before it"
+                elif seq > last_seq + 1 and not pruned(last_seq + 1, seq - 1):
+                    bad = f"records {last_seq + 1}-{seq - 1} before it are missing"
+                if bad:
+                    return Verification(False, checked, head_seq, seq, row.record_id, bad)
+                checked += 1
+                last_seq, last_hash = seq, row.hash
             if last_seq < head_seq and not pruned(last_seq + 1, head_seq):
                 return Verification(False, checked, head_seq, last_seq + 1, None,
                                     f"records {last_seq + 1}-{head_seq} at the end are missing")
             if last_seq == head_seq and head_seq and last_hash != head_hash:
                 return Verification(False, checked, head_seq, last_seq, None,
                                     "the last record does not match the head")
-        return Verification(True, checked, head_seq)
+            return _verify_segments(conn, checked, head_seq, chunk)
 
     # -- retention and legal holds -------------------------------------------------------
 
@@ -401,6 +547,8 @@ class AuditLog:
         )
         doomed = sa.and_(t.c.at_us < cutoff_us, sa.not_(held))
         removed = 0
+        with self._reading():
+            pass  # moves what is pending first
         with self._writing() as conn:
             runs: list[tuple[int, int]] = []
             for (seq,) in conn.execute(sa.select(t.c.seq).where(doomed).order_by(t.c.seq)):
@@ -441,7 +589,12 @@ class AuditLog:
     # -- plumbing ---------------------------------------------------------------------
 
     @contextmanager
-    def _reading(self) -> Iterator[Connection]:
+    def _reading(self, drain: bool = True) -> Iterator[Connection]:
+        if drain:
+            try:
+                self.drain()
+            except AuditTampered as error:
+                raise AuditUnavailable(f"{error}; run pdp audit verify") from error
         try:
             with self.engine.connect() as conn:
                 yield conn
@@ -457,7 +610,7 @@ class AuditLog:
             raise AuditUnavailable(_first_line(error)) from error
 
     def ping(self) -> None:
-        with self._reading() as conn:
+        with self._reading(drain=False) as conn:
             conn.execute(sa.select(head_table.c.seq))
 
 
@@ -466,32 +619,160 @@ def _plain(row: Any) -> dict[str, Any]:
     return {str(key): value for key, value in row._mapping.items()}
 
 
-def commit_records(engine: Engine, records: Sequence[AuditRecord]) -> int:
-    """Chain and insert records in one transaction; return the last seq."""
-    postgres = engine.dialect.name == "postgresql"
+def _head(conn: Connection, row: int, lock: bool = False) -> tuple[int, str]:
+    query = sa.select(head_table.c.seq, head_table.c.hash).where(head_table.c.id == row)
+    if lock and conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    seq, digest = conn.execute(query).one()
+    return int(seq), str(digest)
+
+
+def _set_head(conn: Connection, row: int, seq: int, digest: str) -> None:
+    conn.execute(head_table.update().where(head_table.c.id == row)
+                 .values(seq=seq, hash=digest))
+
+
+def commit_segment(dbapi: Any, records: Sequence[AuditRecord], postgres: bool) -> int:
+    """Write records as one chained segment in one transaction; return its id.
+
+    This is the decision log's hot path: one row, whatever the number of records, written
+    on a DBAPI connection the writer keeps (SQLAlchemy's checkout, ping and statement
+    machinery would cost more than the write)."""
+    body = segment_body(records)
+    mark = "%s" if postgres else "?"  # psycopg's and sqlite3's paramstyles
+    cursor = dbapi.cursor()
+    try:
+        if not postgres:
+            cursor.execute("BEGIN IMMEDIATE")
+        cursor.execute(f"SELECT seq, hash FROM audit_head WHERE id = {SEGMENT_HEAD}"
+                       + (" FOR UPDATE" if postgres else ""))
+        segment_id, prev = cursor.fetchone()
+        segment_id += 1
+        digest = segment_hash(prev, segment_id, body)
+        cursor.execute("INSERT INTO audit_segments (id, records, body, prev_hash, hash) "
+                       f"VALUES ({mark}, {mark}, {mark}, {mark}, {mark})",
+                       (segment_id, len(records), body, prev, digest))
+        cursor.execute(f"UPDATE audit_head SET seq = {mark}, hash = {mark} "
+                       f"WHERE id = {SEGMENT_HEAD}", (segment_id, digest))
+        dbapi.commit()
+    except BaseException:
+        with suppress(Exception):
+            dbapi.rollback()
+        raise
+    finally:
+        cursor.close()
+    return int(segment_id)
+
+
+def move_segments(engine: Engine, max_records: int) -> list[AuditRecord]:
+    """Move the oldest pending segments, about `max_records` records, into the record
+    chain in one transaction; return the records moved. The first segment that
+    does not match its chain stops the move (AuditTampered if it is the oldest): it stays
+    where it is, for verify to name."""
     with write_transaction(engine) as conn:
-        query = sa.select(head_table.c.seq, head_table.c.hash).where(head_table.c.id == 1)
-        if postgres:
-            query = query.with_for_update()
-        seq, prev = conn.execute(query).one()
-        rows = []
-        for record in records:
-            seq += 1
-            digest = record_hash(prev, seq, record)
-            rows.append((seq, *record, prev, digest))
-            prev = digest
-        # One multi-row INSERT per chunk, through the driver: the log is on every
-        # decision's path.
-        mark = "%s" if postgres else "?"  # psycopg's and sqlite3's paramstyles
-        one = "(" + ", ".join([mark] * len(_INSERT_COLUMNS)) + ")"
-        for start in range(0, len(rows), _ROWS_PER_INSERT):
-            chunk = rows[start:start + _ROWS_PER_INSERT]
-            conn.exec_driver_sql(
-                f"INSERT INTO audit_records ({', '.join(_INSERT_COLUMNS)}) VALUES "
-                + ", ".join([one] * len(chunk)),
-                tuple(chain.from_iterable(chunk)))
-        conn.execute(head_table.update().where(head_table.c.id == 1)
-                     .values(seq=seq, hash=prev))
+        moved_id, moved_hash = _head(conn, MOVED_HEAD, lock=True)
+        s = segments_table
+        records: list[AuditRecord] = []
+        last = moved_id
+        for row in conn.execute(sa.select(s).where(s.c.id > moved_id).order_by(s.c.id)
+                                .limit(max(1, max_records))):
+            problem = _segment_problem(row, last, moved_hash)
+            if problem and last == moved_id:
+                raise AuditTampered(f"pending segment {row.id}: {problem}")
+            if problem:
+                break  # move the intact ones before it; the next round names it
+            records.extend(segment_records(row.body))
+            last, moved_hash = int(row.id), str(row.hash)
+            if len(records) >= max_records:
+                break
+        if last == moved_id:
+            return []
+        _chain_records(conn, records)
+        conn.execute(s.delete().where(s.c.id <= last))
+        _set_head(conn, MOVED_HEAD, last, moved_hash)
+    return records
+
+
+def _body(value: Any) -> bytes:
+    """A segment's body as bytes, whatever a tampering left in the column."""
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def _segment_problem(row: Any, last_id: int, last_hash: str) -> str | None:
+    if segment_hash(str(row.prev_hash), int(row.id), _body(row.body)) != row.hash:
+        return "its content does not match its hash"
+    if int(row.id) != last_id + 1:
+        return f"segments {last_id + 1}-{int(row.id) - 1} before it are missing"
+    if row.prev_hash != last_hash:
+        return "it does not follow the segment before it"
+    return None
+
+
+def _verify_segments(conn: Connection, checked: int, head_seq: int,
+                     chunk: int) -> Verification:
+    """The pending segments after the record chain: each intact and linked, up to the
+    head of the segments."""
+    s = segments_table
+    written_id, written_hash = _head(conn, SEGMENT_HEAD)
+    last_id, last_hash = _head(conn, MOVED_HEAD)
+    for row in _in_order(conn, s, s.c.id, last_id, chunk):
+        problem = _segment_problem(row, last_id, last_hash)
+        if problem is None and int(row.id) > written_id:
+            problem = "it lies after the head of the segments"
+        if problem:
+            return Verification(False, checked, head_seq, None,
+                                _first_record_id(_body(row.body)),
+                                f"pending segment {row.id}: {problem}")
+        checked += int(row.records)
+        last_id, last_hash = int(row.id), str(row.hash)
+    if last_id != written_id or last_hash != written_hash:
+        return Verification(False, checked, head_seq, None, None,
+                            f"pending segments {last_id + 1}-{written_id} at the end are missing"
+                            if last_id < written_id else
+                            "the last pending segment does not match the head of the segments")
+    return Verification(True, checked, head_seq)
+
+
+def _in_order(conn: Connection, table: sa.Table, key: sa.Column[Any], after: int,
+              chunk: int) -> Iterator[Any]:
+    """The rows of a table after `after` in key order, read `chunk` at a time."""
+    while True:
+        rows = conn.execute(sa.select(table).where(key > after).order_by(key)
+                            .limit(chunk)).all()
+        if not rows:
+            return
+        yield from rows
+        after = int(rows[-1]._mapping[key.name])
+
+
+def _first_record_id(body: bytes) -> str | None:
+    try:
+        first = orjson.loads(body)[0]
+        return str(first[RECORD_FIELDS.index("record_id")])
+    except (orjson.JSONDecodeError, IndexError, TypeError, KeyError):
+        return None
+
+
+def _chain_records(conn: Connection, records: Sequence[AuditRecord]) -> int:
+    """Chain and insert records after the head of the record chain; return the last seq."""
+    postgres = conn.dialect.name == "postgresql"
+    seq, prev = _head(conn, RECORD_HEAD, lock=True)
+    rows = []
+    for record in records:
+        seq += 1
+        digest = record_hash(prev, seq, record)
+        rows.append((seq, *record, prev, digest))
+        prev = digest
+    # One multi-row INSERT per chunk, through the driver.
+    mark = "%s" if postgres else "?"  # psycopg's and sqlite3's paramstyles
+    one = "(" + ", ".join([mark] * len(_INSERT_COLUMNS)) + ")"
+    for start in range(0, len(rows), _ROWS_PER_INSERT):
+        chunk = rows[start:start + _ROWS_PER_INSERT]
+        conn.exec_driver_sql(
+            f"INSERT INTO audit_records ({', '.join(_INSERT_COLUMNS)}) VALUES "
+            + ", ".join([one] * len(chunk)),
+            tuple(chain.from_iterable(chunk)))
+    _set_head(conn, RECORD_HEAD, seq, prev)
     return int(seq)
 
 

@@ -361,8 +361,8 @@ def audit_verify() -> None:
     if result.ok:
         typer.echo(f"ok: {result.checked} records, head {result.head_seq}")
     else:
-        typer.echo(f"BAD: record {result.first_bad_seq} ({result.first_bad_record or '-'}): "
-                   f"{result.problem}")
+        where = result.first_bad_seq if result.first_bad_seq is not None else "pending"
+        typer.echo(f"BAD: record {where} ({result.first_bad_record or '-'}): {result.problem}")
     try:  # a broken log may refuse to record this read; the answer stands
         _record_cli_read(log, "verify", {}, result.checked)
     except AuditUnavailable as error:

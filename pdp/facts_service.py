@@ -93,8 +93,13 @@ class FactService:
     def catch_up(self) -> int:
         """Apply every committed change the index has not seen; return the index version."""
         with self._catch_up_lock:
+            # The version first: every write up to it has committed, so the changes read
+            # next hold all of them. A write of events only (a misuse case) changes no
+            # fact but does advance the version: the index advances to it as well.
+            current = self.store.version()
             changes = self.store.changes_since(self.index.version)
             self.index.apply(changes)
+            self.index.advance(current)
             return self.index.version
 
     def on_bus_changes(self, version: int, changes: list[ChangeRecord]) -> None:

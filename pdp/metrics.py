@@ -68,6 +68,10 @@ class Metrics:
             "pdp_audit_last_write_timestamp_seconds",
             "When the decision log last committed records (Unix time).", registry=r,
             multiprocess_mode="livemax")
+        self.audit_pending = Gauge(
+            "pdp_audit_pending_records", "Durable decision-log records not yet moved from "
+            "their segments into the indexed record chain.", registry=r,
+            multiprocess_mode="livemax")
         self.facts_fresh = Gauge(
             "pdp_facts_fresh", "1 while the facts are confirmed current within the staleness "
             "bound, else 0 (decisions then answer 503).", registry=r, multiprocess_mode="livemin")

@@ -1,11 +1,12 @@
 """Misuse detection on the stream of decisions, and the cases it opens (agreement § 7).
 
 The anomaly rules are data (`policies/monitoring.yaml`). The detector sees every decision
-once it is durable in the decision log, keeps per-user sliding windows in memory, and on a
-hit opens a case for the user and rule (or adds to the open one). A new case is an event
-in the outbox, so the contact people of the area and of the municipality hear of it at
-once through their webhooks. Windows are per process: with several replicas each counts
-the decisions it made.
+once it moves from its durable segment into the decision log's record chain (when the
+log has been idle for a moment, or under sustained load once enough records wait), keeps
+per-user sliding windows in memory, and on a hit opens a case for the user and rule (or
+adds to the open one). A new case is an event in the outbox, so the contact people of the
+area and of the municipality hear of it at once through their webhooks. Windows are per
+process: with several replicas, each counts the decisions that it moved.
 """
 
 from __future__ import annotations
@@ -122,6 +123,20 @@ class _Window:
         self.clients.clear()
 
 
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    """A rule as plain values, read once per decision."""
+
+    name: str
+    reasons: frozenset[str] | None
+    protection_order: bool
+    had_a_right: bool
+    hours: frozenset[int] | None
+    distinct_clients: bool
+    threshold: int
+    window_us: int
+
+
 class Detector:
     """Sliding windows per rule and user over decision records."""
 
@@ -129,40 +144,60 @@ class Detector:
         self.config = config
         self.facts = facts
         self.zone = ZoneInfo(config.timezone)
+        self._rules = tuple(
+            _Compiled(name, frozenset(rule.reasons) if rule.reasons is not None else None,
+                      rule.protection_order, rule.had_a_right,
+                      frozenset(h for h in range(24) if rule.local_hours.contains(h))
+                      if rule.local_hours is not None else None,
+                      rule.distinct_clients, rule.threshold, rule.window_minutes * 60_000_000)
+            for name, rule in config.rules.items())
+        # The rules that may match a decision with a given reason (the rest match none).
+        self._by_reason: dict[str | None, tuple[_Compiled, ...]] = {}
+        any_reason = tuple(rule for rule in self._rules if rule.reasons is None)
+        for reason in {r for rule in self._rules for r in rule.reasons or ()}:
+            self._by_reason[reason] = tuple(
+                rule for rule in self._rules
+                if rule.reasons is None or reason in rule.reasons)
+        self._any_reason = any_reason
         self._windows: dict[tuple[str, str], _Window] = {}
+        self._hours: tuple[int, int] = (-1, 0)  # (minute since the epoch, its local hour)
         self._lock = threading.Lock()
 
-    def _matches(self, rule: Rule, record: AuditRecord) -> bool:
-        if rule.reasons is not None and record.reason not in rule.reasons:
-            return False
+    def _hour(self, at_us: int) -> int:
+        """The local hour of a time, computed once per minute (zones shift by minutes)."""
+        minute = at_us // 60_000_000
+        if self._hours[0] != minute:
+            self._hours = (minute, from_micros(at_us).astimezone(self.zone).hour)
+        return self._hours[1]
+
+    def _matches(self, rule: _Compiled, record: AuditRecord) -> bool:
+        """Whether a rule picked by the record's reason matches it."""
         if rule.protection_order:
             client = self.facts.clients.get(record.client_id or "")
             if client is None or not client.protection_order:
                 return False
         if rule.had_a_right and not self.facts.grants_by_user.get(record.user_id or ""):
             return False
-        if rule.local_hours is not None:
-            hour = from_micros(record.at_us).astimezone(self.zone).hour
-            if not rule.local_hours.contains(hour):
-                return False
-        return True
+        return rule.hours is None or self._hour(record.at_us) in rule.hours
 
     def observe(self, records: list[AuditRecord]) -> list[Hit]:
         hits = []
+        windows = self._windows
         with self._lock:
             for record in records:
-                if record.record_type != "decision" or not record.user_id:
+                user = record.user_id
+                if record.record_type != "decision" or not user:
                     continue
-                for name, rule in self.config.rules.items():
+                for rule in self._by_reason.get(record.reason, self._any_reason):
                     if not self._matches(rule, record):
                         continue
-                    window = self._windows.get((name, record.user_id))
+                    window = windows.get((rule.name, user))
                     if window is None:
-                        window = self._windows[(name, record.user_id)] = _Window()
+                        window = windows[(rule.name, user)] = _Window()
                     count = window.add(record.at_us, record.client_id or "",
-                                       record.at_us - rule.window_minutes * 60_000_000)
+                                       record.at_us - rule.window_us)
                     if (len(window.clients) if rule.distinct_clients else count) >= rule.threshold:
-                        hits.append(Hit(name, record.user_id, record.user_municipality or "",
+                        hits.append(Hit(rule.name, user, record.user_municipality or "",
                                         record.record_id, record.at_us))
                         window.clear()  # the next hit needs a new run of matches
         return hits
@@ -251,10 +286,10 @@ def case_json(row: dict[str, Any]) -> dict[str, Any]:
 class Monitor:
     """The detector fed by the decision log, and the cases it opens.
 
-    It runs in a thread of its own, so that the decision log's writer hands it each
-    durable batch and goes on. A new case is written at once; further hits on an open
-    case are added up in memory and written at most every `flush_seconds` (at night,
-    every decision can be an "unusual hours" hit)."""
+    It runs in a thread of its own, so that the decision log's indexer hands it each
+    batch it moved into the record chain and goes on. A new case is written at once;
+    further hits on an open case are added up in memory and written at most every
+    `flush_seconds` (at night, every decision can be an "unusual hours" hit)."""
 
     def __init__(self, config: MonitoringConfig, facts: FactIndex, cases: Cases,
                  flush_seconds: float = 5.0) -> None:

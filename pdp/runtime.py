@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,8 +46,8 @@ class Runtime:
 
 
 def count_records(metrics: Metrics, records: list[AuditRecord]) -> None:
-    for record in records:
-        metrics.audit_records.labels(record.record_type).inc()
+    for record_type, count in Counter(record.record_type for record in records).items():
+        metrics.audit_records.labels(record_type).inc(count)
     metrics.audit_last_write.set_to_current_time()
 
 
@@ -76,10 +77,11 @@ def build_runtime(settings: Settings, keys: dict[str, Any]) -> Runtime:
     log.info("policy %s, facts_version %d", policy.version, facts.index.version)
     monitoring = load_config(settings.monitoring_rules or settings.policy_dir / "monitoring.yaml")
     cases = Cases(store.engine, store, on_open=lambda rule: metrics.cases_opened.labels(rule).inc())
-    audit = AuditLog(store.engine) if settings.audit_log else None
+    audit = AuditLog(store.engine, index_delay=settings.audit_index_delay_seconds,
+                     max_pending=settings.audit_max_pending_records) if settings.audit_log else None
     if audit is not None:
         audit.listeners.append(lambda records: count_records(metrics, records))
-        audit.listeners.append(Monitor(monitoring, facts.index, cases))
+        audit.move_listeners.append(Monitor(monitoring, facts.index, cases))
         audit.start()
     return Runtime(settings, facts, decider, metrics, Authenticator(keys), lifecycle, audit,
                    cases, monitoring)

@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     # The decision log. Turning it off breaks the law's logging duty: benchmarks only.
     audit_log: bool = True
     audit_retention_days: int = Field(default=5 * 365 + 1, ge=1)
+    # Durable segments move into the indexed record chain once the writer has been idle
+    # this long, or when this many records wait (then under load as well).
+    audit_index_delay_seconds: float = Field(default=0.2, ge=0, le=3600)
+    audit_max_pending_records: int = Field(default=200_000, ge=0)
 
     # Misuse detection: the anomaly rules (default: monitoring.yaml in the policy dir).
     monitoring_rules: Path | None = None

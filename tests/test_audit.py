@@ -74,7 +74,12 @@ def sql(db: Path, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[An
 
 
 def record_ids(db: Path) -> set[str]:
-    return {row[0] for row in sql(db, "SELECT record_id FROM audit_records")}
+    """Ids of every durable record: in the record chain or still in a pending segment."""
+    ids = {row[0] for row in sql(db, "SELECT record_id FROM audit_records")}
+    at = RECORD_FIELDS.index("record_id")
+    for (body,) in sql(db, "SELECT body FROM audit_segments"):
+        ids.update(values[at] for values in json.loads(body))
+    return ids
 
 
 def copy_db(source: Path, target: Path) -> Path:
@@ -318,7 +323,7 @@ def test_an_unwritable_log_answers_503_never_an_unrecorded_decision(tmp_path: Pa
                 server.client(AUDITOR) as auditor:
             world = World(admin).build()
             assert pep_post(pep, "/access/v1/evaluation", world.request())["decision"]
-            sql(db, "ALTER TABLE audit_records RENAME TO audit_records_away")
+            sql(db, "ALTER TABLE audit_segments RENAME TO audit_segments_away")
             try:
                 for n in range(5):
                     single = pep.post("/access/v1/evaluation", json=world.request(),
@@ -331,15 +336,17 @@ def test_an_unwritable_log_answers_503_never_an_unrecorded_decision(tmp_path: Pa
                     assert batch.status_code == 503, batch.text
                     assert batch.json()["error"]["code"] == "audit_unavailable"
             finally:
-                sql(db, "ALTER TABLE audit_records_away RENAME TO audit_records")
+                sql(db, "ALTER TABLE audit_segments_away RENAME TO audit_segments")
             again = pep_post(pep, "/access/v1/evaluation", world.request(), "back-1")
             assert again["decision"] is True
             assert again["context"]["decision_id"] in record_ids(db)
-            assert sql(db, "SELECT count(*) FROM audit_records WHERE request_id LIKE 'lost-%'"
-                       ) == [(0,)]
-            verified = auditor.get("/v1/audit/verify")
+            verified = auditor.get("/v1/audit/verify")  # moves every pending segment first
             assert verified.status_code == 200, verified.text
             assert verified.json()["ok"] is True
+            assert sql(db, "SELECT count(*) FROM audit_records WHERE request_id LIKE 'lost-%'"
+                       ) == [(0,)]
+            assert not [body for (body,) in sql(db, "SELECT body FROM audit_segments")
+                        if b'"lost-' in body]
     finally:
         stop_server(server)
 
@@ -426,7 +433,8 @@ def chain_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     db = copy_db(db_of(tmp), tmp / "chain" / "facts.sqlite3")
     assert sql(db, "SELECT seq, record_type FROM audit_records ORDER BY seq") == [
         (n, "decision") for n in range(1, CHAIN_LENGTH + 1)]
-    assert sql(db, "SELECT seq FROM audit_head") == [(CHAIN_LENGTH,)]
+    assert sql(db, "SELECT seq FROM audit_head WHERE id = 1") == [(CHAIN_LENGTH,)]
+    assert sql(db, "SELECT count(*) FROM audit_segments") == [(0,)]  # moved at stop
     return db
 
 
@@ -546,6 +554,76 @@ def test_verify_names_the_first_bad_record(case: str, chain_db: Path, tmp_path: 
         assert result["ok"] is False, result
         assert result["first_bad_seq"] == expected, result
         assert result["problem"]
+
+
+@pytest.fixture(scope="module")
+def pending_db(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[list[str]]]:
+    """A log whose records all still wait in segments: a server that indexes only after an
+    hour of quiet, killed with -9 (so it could not move them at stop). Returns the file
+    and the decision ids of each segment."""
+    tmp = tmp_path_factory.mktemp("pending")
+    server = start_server(tmp, env={"PDP_API_KEYS": json.dumps(AUDIT_KEYS),
+                                    "PDP_AUDIT_INDEX_DELAY_SECONDS": "3600"})
+    try:
+        with server.client("t-admin") as admin, server.client("t-pep") as pep:
+            world = World(admin).build()
+            for n in range(4):
+                pep_post(pep, "/access/v1/evaluations", {"evaluations": [
+                    world.request(), world.request(category="benefits")]}, f"pending-{n}")
+    finally:
+        server.process.kill()
+        server.process.wait(10)
+    db = copy_db(db_of(tmp), tmp / "pending" / "facts.sqlite3")
+    assert sql(db, "SELECT count(*) FROM audit_records") == [(0,)]
+    at = RECORD_FIELDS.index("record_id")
+    segments = [[values[at] for values in json.loads(body)]
+                for (body,) in sql(db, "SELECT body FROM audit_segments ORDER BY id")]
+    assert sum(map(len, segments)) == 8
+    assert len(segments) == 4  # one request at a time: a group commit each
+    return db, segments
+
+
+def test_pending_segments_verify_and_move_into_the_record_chain(
+        pending_db: tuple[Path, list[list[str]]], tmp_path: Path) -> None:
+    source, segments = pending_db
+    db = copy_db(source, tmp_path / "facts.sqlite3")
+    done = pdp_cli(db, "audit", "verify")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("ok: 8 records, head 8")
+    assert sql(db, "SELECT count(*) FROM audit_segments") == [(0,)]
+    in_order = sql(db, "SELECT record_id, record_type FROM audit_records ORDER BY seq")
+    assert [i for i, kind in in_order if kind == "decision"] == [
+        i for segment in segments for i in segment]
+    assert in_order[-1][1] == "audit_read"  # the verify, recorded after the moved ones
+
+
+def _tamper_segment(db: Path, statements: str) -> None:
+    second = str(sql(db, "SELECT min(id) + 1 FROM audit_segments")[0][0])
+    for statement in statements.split("; "):
+        sql(db, statement.replace("{second}", second))
+
+
+@pytest.mark.parametrize(("case", "statement", "bad"), [
+    ("changed", "UPDATE audit_segments SET body = replace(body, 'allowed', 'tampers') "
+                "WHERE id = {second}", 1),
+    ("deleted", "DELETE FROM audit_segments WHERE id = {second}", 2),
+    ("reordered", "UPDATE audit_segments SET id = -1 WHERE id = {second}; "
+                  "UPDATE audit_segments SET id = {second} WHERE id = {second} + 1; "
+                  "UPDATE audit_segments SET id = {second} + 1 WHERE id = -1", 2),
+])
+def test_a_tampered_pending_segment_is_named_and_not_moved(
+        case: str, statement: str, bad: int, pending_db: tuple[Path, list[list[str]]],
+        tmp_path: Path) -> None:
+    source, segments = pending_db
+    db = copy_db(source, tmp_path / "facts.sqlite3")
+    _tamper_segment(db, statement)
+    done = pdp_cli(db, "audit", "verify")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"BAD: record pending ({segments[bad][0]}): pending segment" in done.stdout, \
+        done.stdout
+    # The intact segment before it moved into the record chain; the rest stayed put.
+    assert {row[0] for row in sql(db, "SELECT record_id FROM audit_records")} == set(
+        segments[0])
 
 
 # -- 4. audit queries --------------------------------------------------------------------
@@ -959,3 +1037,55 @@ def test_export_runs_in_constant_memory(fmt: str,
     large_lines, large_peak = _export_peak(large, fmt)
     assert (small_lines, large_lines) == (2_000 + header, 20_000 + header)
     assert large_peak < 2 * small_peak, (small_peak, large_peak)
+
+
+# -- segments on PostgreSQL: two writers and their indexers on one database ------------------
+
+def test_two_logs_on_one_postgresql_chain_every_record_once() -> None:
+    """Two processes' logs (two AuditLog objects, as two replicas) write segments at once
+    and index each other's: every record lands once in the record chain, which verifies."""
+    from pdp.sqlstore import open_store
+    from tests.pg import PG_HOST, PG_PORT, fresh_database
+
+    with fresh_database("pdp_audit") as name:
+        store = open_store(f"postgresql+psycopg://postgres@{PG_HOST}:{PG_PORT}/{name}")
+        logs = [AuditLog(store.engine, index_delay=0.0), AuditLog(store.engine,
+                                                                 index_delay=0.05)]
+        seen: list[list[AuditRecord]] = [[], []]
+        for log, mine in zip(logs, seen, strict=True):
+            log.move_listeners.append(mine.extend)
+            log.start()
+        written: list[str] = []
+        lock = threading.Lock()
+
+        def write(log: AuditLog, worker: int) -> None:
+            for n in range(40):
+                ids = [uuid.uuid4().hex for _ in range(1 + n % 3)]
+                log.write([AuditRecord("decision", i, 1_800_000_000_000_000 + n,
+                                       user_id=f"u-{worker}", decision=True, reason="allowed")
+                           for i in ids])
+                with lock:
+                    written.extend(ids)
+
+        threads = [threading.Thread(target=write, args=(logs[w % 2], w)) for w in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        try:
+            result = logs[0].verify()
+            assert result.ok, result
+            with store.engine.connect() as conn:
+                ids = [row[0] for row in conn.exec_driver_sql(
+                    "SELECT record_id FROM audit_records WHERE record_type = 'decision' "
+                    "ORDER BY seq")]
+                pending = conn.exec_driver_sql("SELECT count(*) FROM audit_segments").scalar()
+            assert pending == 0
+            assert sorted(ids) == sorted(written) and len(ids) == len(set(ids))
+            # Each record was handed to exactly one process's misuse detection.
+            observed = [r.record_id for r in seen[0] + seen[1] if r.record_type == "decision"]
+            assert sorted(observed) == sorted(written)
+        finally:
+            for log in logs:
+                log.stop()
+            store.close()

@@ -33,9 +33,9 @@ from pdp.store import (
 from tests.pg import PG_ADMIN_DB, PG_HOST, PG_PORT, fresh_database, pg_connect
 
 PG_TABLES = ("events", "cursors", "fact_changes", "facts", "fact_meta", "audit_records",
-             "audit_head", "audit_prunes", "audit_holds", "monitoring_cases",
+             "audit_head", "audit_prunes", "audit_holds", "monitoring_cases", "audit_segments",
              "alembic_version")
-HEAD = "0004"  # the newest migration
+HEAD = "0005"  # the newest migration
 
 Opener = Callable[[str], SqlFactStore]
 
