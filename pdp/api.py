@@ -12,14 +12,16 @@ import gc
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -29,7 +31,14 @@ from pdp.api_lifecycle import lifecycle_router, workflow_error
 from pdp.api_monitoring import monitoring_router
 from pdp.audit import AuditRecord, AuditUnavailable, new_record_id
 from pdp.auth import MUNICIPALITY_ADMIN, Caller, forbidden
-from pdp.authzen import Evaluation, EvaluationsEnvelope, merge_item
+from pdp.authzen import (
+    ActionSearch,
+    Evaluation,
+    EvaluationsEnvelope,
+    ResourceSearch,
+    SubjectSearch,
+    merge_item,
+)
 from pdp.clock import to_micros
 from pdp.core import Decision
 from pdp.errors import (
@@ -50,12 +59,24 @@ from pdp.facts_service import FactsBehind
 from pdp.http import JSONResponse, read_json
 from pdp.lifecycle import GRANT_STATES, WorkflowError
 from pdp.runtime import Runtime
+from pdp.search import (
+    BadToken,
+    Page,
+    decode_token,
+    encode_token,
+    query_fingerprint,
+    search_actions,
+    search_resources,
+    search_subjects,
+)
 from pdp.store import Change, NotFound, StoreUnavailable
 from pdp.vocab import FACT_KINDS
 from pdp.webhooks import WebhookDispatcher
 
 log = logging.getLogger(__name__)
 
+SearchModel = ResourceSearch | SubjectSearch | ActionSearch
+Shape = TypeVar("Shape", bound=BaseModel)
 STATE_COUNT_SECONDS = 30  # how long a count of rights by state may be reused by /metrics
 
 # Which role keeps which facts (API.md "Caller authentication").
@@ -258,6 +279,9 @@ def create_app(runtime: Runtime) -> FastAPI:
             "policy_decision_point": base,
             "access_evaluation_endpoint": f"{base}/access/v1/evaluation",
             "access_evaluations_endpoint": f"{base}/access/v1/evaluations",
+            "search_subject_endpoint": f"{base}/access/v1/search/subject",
+            "search_resource_endpoint": f"{base}/access/v1/search/resource",
+            "search_action_endpoint": f"{base}/access/v1/search/action",
         }
 
     # -- decisions ---------------------------------------------------------------------
@@ -339,14 +363,18 @@ def create_app(runtime: Runtime) -> FastAPI:
             raise ApiError(503, AUDIT_UNAVAILABLE, f"the decision log is unavailable: {error}",
                            headers={"Retry-After": "1"}) from None
 
-    @app.post("/access/v1/evaluation")
-    async def evaluation(request: Request) -> dict[str, Any]:
+    async def pep_request(request: Request, model: type[Shape]) -> tuple[Caller, Shape]:
+        """The calling PEP and its request body, validated (401/403/400 otherwise)."""
         caller = auth.require(request.headers.get("authorization"), ["pep"])
         body = await read_json(request, settings.max_body_bytes)
         try:
-            item = Evaluation.model_validate(body)
+            return caller, model.model_validate(body)
         except ValidationError as error:
             raise invalid(error) from None
+
+    @app.post("/access/v1/evaluation")
+    async def evaluation(request: Request) -> dict[str, Any]:
+        caller, item = await pep_request(request, Evaluation)
         await ensure_facts(item.context.min_facts_version)
         result, record = decide(item, caller, request.headers.get("x-request-id"),
                                 runtime.decider.clock())
@@ -399,6 +427,82 @@ def create_app(runtime: Runtime) -> FastAPI:
                 break
         await recorded(records)
         return {"evaluations": results}
+
+    # -- search ------------------------------------------------------------------------
+
+    async def search(request: Request, kind: str, model: type[SearchModel]) -> dict[str, Any]:
+        """One page of an AuthZEN search: validated, answered from the same memoised
+        policy as evaluations (in a worker thread: a cold page may take a while), and
+        recorded in the decision log before it is returned."""
+        caller, query = await pep_request(request, model)
+        question = query.model_dump(mode="json", exclude={"page"})
+        fingerprint = query_fingerprint(kind, question)
+        after = None
+        if query.page.token:
+            try:
+                after = decode_token(query.page.token, fingerprint)
+            except BadToken as error:
+                raise bad_request(str(error), field="page.token") from None
+        limit = query.page.limit or settings.search_default_limit
+        await ensure_facts(query.context.min_facts_version)
+        now = runtime.decider.clock()
+        purpose = query.context.purpose or ""
+        budget = settings.search_page_budget_seconds
+        started = time.perf_counter()
+        category = query.resource.properties.category
+        run: Callable[..., Page]
+        if isinstance(query, ResourceSearch):
+            run = partial(search_resources, user=query.subject.id, action=query.action.name)
+            user, client, action = query.subject.id, None, query.action.name
+        elif isinstance(query, SubjectSearch):
+            run = partial(search_subjects, client=query.resource.id, action=query.action.name)
+            user, client, action = None, query.resource.id, query.action.name
+        else:
+            run = partial(search_actions, user=query.subject.id, client=query.resource.id)
+            user, client, action = query.subject.id, query.resource.id, None
+        page = await run_in_threadpool(lambda: run(
+            runtime.decider, category=category, purpose=purpose, after=after, limit=limit,
+            budget=budget, now=now))
+        results = ([{"name": i} for i in page.ids] if kind == "action" else
+                   [{"type": "user" if kind == "subject" else "client_record", "id": i}
+                    for i in page.ids])
+        metrics.search_seconds.labels(kind).observe(time.perf_counter() - started)
+        metrics.searches.labels(kind).inc()
+        metrics.search_candidates.labels(kind).inc(page.examined)
+        next_token = encode_token(fingerprint, page.after) if page.after is not None else ""
+        index = facts.index
+        user_fact = index.users.get(user) if user else None
+        client_fact = index.clients.get(client) if client else None
+        record = AuditRecord(
+            "search", new_record_id(), to_micros(now), user_id=user,
+            user_municipality=user_fact.municipality if user_fact else None,
+            client_id=client,
+            client_municipality=client_fact.home_municipality if client_fact else None,
+            category=category, action=action, purpose=query.context.purpose,
+            decision=bool(page.ids), policy_version=runtime.policy.version,
+            facts_version=index.version, request_id=request.headers.get("x-request-id"),
+            caller=caller.name,
+            details=orjson.dumps({"kind": kind, "results": page.ids,
+                                  "token": query.page.token, "limit": limit,
+                                  "next_token": next_token}).decode())
+        await recorded([record])
+        return {"results": results,
+                "page": {"next_token": next_token, "count": len(results)},
+                "context": {"search_id": record.record_id,
+                            "policy_version": record.policy_version,
+                            "facts_version": record.facts_version}}
+
+    @app.post("/access/v1/search/resource")
+    async def search_resource(request: Request) -> dict[str, Any]:
+        return await search(request, "resource", ResourceSearch)
+
+    @app.post("/access/v1/search/subject")
+    async def search_subject(request: Request) -> dict[str, Any]:
+        return await search(request, "subject", SubjectSearch)
+
+    @app.post("/access/v1/search/action")
+    async def search_action(request: Request) -> dict[str, Any]:
+        return await search(request, "action", ActionSearch)
 
     # -- the life of a right (before the generic facts routes, which would match) -------
 

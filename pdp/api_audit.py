@@ -118,7 +118,8 @@ def audit_router(runtime: Runtime) -> APIRouter:
         reason: Annotated[str | None, Query(max_length=64)] = None,
         from_: Annotated[datetime | None, Query(alias="from")] = None,
         until: datetime | None = None,
-        record_type: Annotated[str, Query(pattern="^(decision|audit_read|all)$")] = "decision",
+        record_type: Annotated[
+            str, Query(pattern="^(decision|search|audit_read|all)$")] = "decision",
         cursor: Annotated[str | None, Query(max_length=200)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> dict[str, Any]:

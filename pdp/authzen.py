@@ -94,3 +94,44 @@ def merge_item(defaults: EvaluationsEnvelope, item: dict[str, Any]) -> dict[str,
         elif isinstance(own, dict):
             merged[key] = {**default, **own}
     return merged
+
+
+# -- search (AuthZEN search API; API.md "search") ----------------------------------------
+
+class SubjectType(_Open):
+    type: Literal["user"]
+
+
+class ResourceOfType(_Open):
+    """A resource named by type and category, without an id (resource search)."""
+
+    type: Literal["client_record"]
+    properties: ResourceProperties
+
+
+class PageRequest(_Open):
+    token: Annotated[str, StringConstraints(max_length=2048)] | None = None
+    limit: Annotated[StrictInt, Field(ge=1, le=1000)] | None = None
+
+
+class ResourceSearch(_Open):
+    subject: Subject
+    action: ActionModel
+    resource: ResourceOfType
+    context: Context = Field(default_factory=Context)
+    page: PageRequest = Field(default_factory=PageRequest)
+
+
+class SubjectSearch(_Open):
+    subject: SubjectType
+    action: ActionModel
+    resource: Resource
+    context: Context = Field(default_factory=Context)
+    page: PageRequest = Field(default_factory=PageRequest)
+
+
+class ActionSearch(_Open):
+    subject: Subject
+    resource: Resource
+    context: Context = Field(default_factory=Context)
+    page: PageRequest = Field(default_factory=PageRequest)

@@ -9,6 +9,7 @@ any of those is therefore seen by the very next decision.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -79,7 +80,10 @@ class Decider:
         table = evaluate_record(policy, record, version)
         if table.valid_from < table.valid_until:
             if len(self._memo) >= self.cache_size:
-                self._memo.pop(next(iter(self._memo)), None)
+                # Searches decide in worker threads too: another thread may change the
+                # dict between iter and next; then this one evicts nothing this time.
+                with contextlib.suppress(RuntimeError, StopIteration):
+                    self._memo.pop(next(iter(self._memo)), None)
             self._memo[key] = _Memo(policy.version, stamps, table)
         return table
 

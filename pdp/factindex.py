@@ -36,6 +36,12 @@ class FactIndex:
     relationships: dict[str, Relationship] = field(default_factory=dict)
     grants_by_user: dict[str, dict[str, Grant]] = field(default_factory=dict)
     relationships_by_client: dict[str, dict[str, Relationship]] = field(default_factory=dict)
+    # For search (candidates, see pdp.search): (municipality, service) -> {client: number
+    # of its relationships there naming no user}; user -> {client: number of the
+    # relationships naming the user}; municipality -> its users.
+    open_relationships: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+    assigned_relationships: dict[str, dict[str, int]] = field(default_factory=dict)
+    users_by_municipality: dict[str, set[str]] = field(default_factory=dict)
     # Stamps: the version of the last change to a group. Keys: ("user", id) covers the
     # user and their grants; ("client", id) the client and its relationships;
     # ("agreement", code); ("area", id).
@@ -92,14 +98,26 @@ class FactIndex:
     def _clear(self) -> None:
         for table in (self.areas, self.agreements, self.users, self.grants, self.clients,
                       self.relationships, self.grants_by_user, self.relationships_by_client,
+                      self.open_relationships, self.assigned_relationships,
+                      self.users_by_municipality,
                       self.stamps, self.versions):
             table.clear()
         self.version = 0
+
+    def _relationship_lists(self, relationship: Relationship) -> list[dict[str, int]]:
+        """The search indexes a relationship counts in."""
+        if not relationship.assigned_users:
+            return [self.open_relationships.setdefault(
+                (relationship.municipality, relationship.service), {})]
+        return [self.assigned_relationships.setdefault(user, {})
+                for user in set(relationship.assigned_users)]
 
     def _touch(self, group: str, key: str, version: int) -> None:
         self.stamps[(group, key)] = max(version, self.stamps.get((group, key), 0))
 
     def _put(self, kind: str, id: str, fact: Fact, version: int) -> None:
+        if (kind, id) in self.versions:  # a new value: drop the old one from every index
+            self._remove(kind, id, version)
         self.versions[(kind, id)] = version
         if isinstance(fact, Area):
             self.areas[id] = fact
@@ -109,6 +127,7 @@ class FactIndex:
             self._touch("agreement", id, version)
         elif isinstance(fact, User):
             self.users[id] = fact
+            self.users_by_municipality.setdefault(fact.municipality, set()).add(id)
             self._touch("user", id, version)
         elif isinstance(fact, Grant):
             self.grants[id] = fact
@@ -120,6 +139,8 @@ class FactIndex:
         elif isinstance(fact, Relationship):
             self.relationships[id] = fact
             self.relationships_by_client.setdefault(fact.client, {})[id] = fact
+            for clients in self._relationship_lists(fact):
+                clients[fact.client] = clients.get(fact.client, 0) + 1
             self._touch("client", fact.client, version)
         else:  # pragma: no cover - MODELS and this list are the same six kinds
             raise TypeError(f"unknown fact {kind}")
@@ -133,7 +154,9 @@ class FactIndex:
             self.agreements.pop(id, None)
             self._touch("agreement", id, version)
         elif kind == "user":
-            self.users.pop(id, None)
+            user = self.users.pop(id, None)
+            if user is not None:
+                self.users_by_municipality.get(user.municipality, set()).discard(id)
             self._touch("user", id, version)
         elif kind == "grant":
             grant = self.grants.pop(id, None)
@@ -147,4 +170,10 @@ class FactIndex:
             relationship = self.relationships.pop(id, None)
             if relationship is not None:
                 self.relationships_by_client.get(relationship.client, {}).pop(id, None)
+                for clients in self._relationship_lists(relationship):
+                    left = clients.get(relationship.client, 0) - 1
+                    if left > 0:
+                        clients[relationship.client] = left
+                    else:
+                        clients.pop(relationship.client, None)
                 self._touch("client", relationship.client, version)

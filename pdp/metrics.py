@@ -41,6 +41,15 @@ class Metrics:
         self.decision_seconds = Histogram(
             "pdp_decision_duration_seconds", "Time to decide one request (cache included).",
             buckets=_LATENCY_BUCKETS, registry=r)
+        self.searches = Counter(
+            "pdp_searches", "AuthZEN search pages answered, by kind (resource, subject, "
+            "action).", ["kind"], registry=r)
+        self.search_seconds = Histogram(
+            "pdp_search_duration_seconds", "Time to answer one search page.", ["kind"],
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.search_candidates = Counter(
+            "pdp_search_candidates", "Candidates a search asked the policy (or its memo) "
+            "about, by kind.", ["kind"], registry=r)
         self.policy_queries = Counter(
             "pdp_policy_queries", "Policy engine queries (decision-cache misses).", registry=r)
         self.cache_requests = Counter(

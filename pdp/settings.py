@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = 1024 * 1024
     max_batch_body_bytes: int = 4 * 1024 * 1024
     max_decision_batch: int = 1000
+    # AuthZEN search: results per page unless `page.limit` says, and how long one page may
+    # examine candidates before it answers with what it has and a token to go on.
+    search_default_limit: int = Field(default=100, ge=1, le=1000)
+    search_page_budget_seconds: float = Field(default=0.25, gt=0, le=60)
     max_facts_batch: int = 5000
     decision_cache_size: int = 100_000
     min_facts_wait_seconds: float = 1.0

@@ -1,0 +1,379 @@
+"""AuthZEN search agrees with the rules: on random worlds, every search (walked page by
+page) returns exactly what exhaustive evaluation allows; and over HTTP: the shapes,
+paging while facts change, errors, and the searches in the decision log."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from functools import cache, partial
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings, target
+from hypothesis import strategies as st
+
+from pdp.api import parse_batch
+from pdp.core import DecisionRequest
+from pdp.decider import Decider
+from pdp.factindex import FactIndex
+from pdp.policy_engine import CompiledPolicy, load_policy
+from pdp.search import (
+    BadToken,
+    Page,
+    decode_token,
+    encode_token,
+    search_actions,
+    search_resources,
+    search_subjects,
+)
+from pdp.settings import DEFAULT_POLICY_DIR
+from pdp.store import ChangeRecord
+from pdp.vocab import ACTIONS, CATEGORIES, SERVICES
+from tests.conftest import Server, World, start_server, stop_server
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+# 749 and 297 are in the area; 167 is not (a client of it is outside the area).
+CODES = ["749", "297", "167"]
+
+
+@cache
+def policy() -> CompiledPolicy:
+    return load_policy(DEFAULT_POLICY_DIR)
+
+
+def at(days: int) -> str:
+    return (NOW + timedelta(days=days)).isoformat()
+
+
+def often(usual: Any, *others: Any) -> st.SearchStrategy[Any]:
+    """`usual` six times as often as all the others together: most worlds allow
+    something, and every rule still gets its denials."""
+    return st.sampled_from([usual] * (6 * len(others)) + list(others))
+
+
+@st.composite
+def worlds(draw: st.DrawFn) -> tuple[list[dict[str, Any]], list[str], list[str], str]:
+    """Facts of a small random world, its user and client ids, and the purpose asked."""
+    facts: list[dict[str, Any]] = [
+        {"kind": "area", "id": "a", "data": {
+            "name": "A", "responsible_municipality": "749",
+            "municipalities": [{"code": "749", "name": "S"}, {"code": "297", "name": "K"}]}},
+        {"kind": "area", "id": "b", "data": {
+            "name": "B", "responsible_municipality": "167",
+            "municipalities": [{"code": "167", "name": "J"}]}},
+    ]
+    for code in CODES:
+        status = draw(often("in_force", "notice_given", "terminated", "rescinded", None))
+        if status is not None:
+            data: dict[str, Any] = {"area": "b" if code == "167" else "a", "status": status,
+                                    "signed_at": at(-400)}
+            if status == "notice_given":
+                data["ends_at"] = at(draw(st.sampled_from([-1, 30])))
+            facts.append({"kind": "agreement", "id": code, "data": data})
+    # Most facts share one municipality and the purpose asked, so that most worlds allow
+    # something; every value still comes up.
+    purpose = draw(often("coaching", "guidance", "training", ""))
+    home = draw(st.sampled_from(["749", "297"]))
+    places = [code for code in CODES if code != home]
+    n_users = draw(st.integers(1, 3))
+    n_clients = draw(st.integers(1, 4))
+    users = [f"u{i}" for i in range(n_users)]
+    clients = [f"c{i}" for i in range(n_clients)]
+    for client in clients:
+        facts.append({"kind": "client", "id": client, "data": {
+            "home_municipality": draw(often(home, *places)),
+            "protection_order": draw(often(False, True))}})
+    for user in users:
+        data = {"municipality": draw(often(home, *places)), "display_name": user,
+                "tasks": draw(often(list(SERVICES), ["coaching"], [])),
+                "status": draw(often("active", "suspended", "left"))}
+        own = draw(often(None, *clients))
+        if own is not None:
+            data["client_id"] = own
+        facts.append({"kind": "user", "id": user, "data": data})
+        for g in range(draw(often(1, 0, 2))):
+            start = draw(often(-300, -10, 5))
+            facts.append({"kind": "grant", "id": f"{user}-g{g}", "data": {
+                "user": user,
+                "scopes": draw(st.lists(st.sampled_from(CATEGORIES), min_size=1, max_size=8,
+                                        unique=True)),
+                "actions": draw(often(["read", "write"], ["read"], ["write"])),
+                "valid_from": at(start),
+                "valid_until": at(start + draw(often(700, 3, 200))),
+                "status": draw(often("active", "applied", "approved", "suspended", "revoked",
+                                     "expired")),
+                "legal_basis": "test"}})
+    for r in range(draw(often(3, 0, 1, 7))):
+        start = draw(often(-100, -1, 3))
+        data = {"client": draw(st.sampled_from(clients)),
+                "municipality": draw(often(home, *places)),
+                "service": draw(often(purpose or "coaching",
+                                      *(x for x in SERVICES if x != purpose))),
+                "starts_at": at(start),
+                "assigned_users": draw(often([], *([u] for u in users), ["nobody"]))}
+        ends = draw(often(None, -2, 50))
+        if ends is not None and ends > start:
+            data["ends_at"] = at(ends)
+        facts.append({"kind": "relationship", "id": f"r{r}", "data": data})
+    return facts, users, clients, purpose
+
+
+def build(facts: list[dict[str, Any]]) -> Decider:
+    index = FactIndex()
+    index.apply([ChangeRecord(n, c.kind, c.id, c.data)
+                 for n, c in enumerate(parse_batch(facts), start=1)])
+    return Decider(policy(), index, clock=lambda: NOW)
+
+
+def walk(search: Any, limit: int, budget: float) -> list[str]:
+    """Every page of a search; each page must continue strictly after the last."""
+    ids: list[str] = []
+    after: str | None = None
+    for _ in range(100):
+        page: Page = search(after=after, limit=limit, budget=budget)
+        assert len(page.ids) <= limit
+        assert page.ids == sorted(page.ids)
+        if ids and page.ids:
+            assert page.ids[0] > ids[-1]
+        ids += page.ids
+        if page.after is None:
+            return ids
+        assert after is None or page.after > after
+        after = page.after
+    raise AssertionError("the search did not end")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(world=worlds(), limit=st.integers(1, 3), budget=st.sampled_from([0.0, 10.0]))
+def test_every_search_equals_exhaustive_evaluation(
+        world: tuple[list[dict[str, Any]], list[str], list[str], str], limit: int,
+        budget: float) -> None:
+    facts, users, clients, purpose = world
+    decider = build(facts)
+    askers = [*users, "unknown-user"]
+    targets = [*clients, "unknown-client"]
+    allowed = {(u, c, cat, act)
+               for u in askers for c in targets for cat in CATEGORIES for act in ACTIONS
+               if decider.decide(DecisionRequest(u, c, cat, act, purpose), NOW).decision}
+    target(float(len(allowed)))  # steer towards worlds that allow much
+    common = {"purpose": purpose, "now": NOW}
+    for category in CATEGORIES:
+        for action in ACTIONS:
+            for user in askers:
+                found = walk(partial(search_resources, decider, user=user,
+                                     category=category, action=action, **common),
+                             limit, budget)
+                assert found == sorted(c for c in targets
+                                       if (user, c, category, action) in allowed), user
+            for client in targets:
+                found = walk(partial(search_subjects, decider, client=client,
+                                     category=category, action=action, **common),
+                             limit, budget)
+                assert found == sorted(u for u in askers
+                                       if (u, client, category, action) in allowed), client
+        for user in askers:
+            for client in targets:
+                found = walk(partial(search_actions, decider, user=user, client=client,
+                                     category=category, **common),
+                             limit, budget)
+                assert found == sorted(a for a in ACTIONS
+                                       if (user, client, category, a) in allowed)
+
+
+def test_a_token_belongs_to_its_query() -> None:
+    token = encode_token("abc", "c-1")
+    assert decode_token(token, "abc") == "c-1"
+    with pytest.raises(BadToken):
+        decode_token(token, "other")
+    with pytest.raises(BadToken):
+        decode_token("not base64 !", "abc")
+    with pytest.raises(BadToken):
+        decode_token(encode_token("abc", "x")[:-3], "abc")
+
+
+# -- over HTTP -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def own_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A server of this module's own: a search lists every client that the rules allow,
+    and other tests' worlds would be among them."""
+    running = start_server(tmp_path_factory.mktemp("search"))
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture
+def admin(own_server: Server) -> Any:
+    with own_server.client("t-admin") as client:
+        yield client
+
+
+@pytest.fixture
+def pep(own_server: Server) -> Any:
+    with own_server.client("t-pep") as client:
+        yield client
+
+
+class Caseload:
+    """A coach and `size` clients of the world's municipality with coaching
+    relationships, ids in order (every fifth relationship names no user: any coach of
+    the municipality may then see the client)."""
+
+    def __init__(self, world: World, size: int) -> None:
+        self.world = world
+        self.clients = [f"{world.p}-c{n:03d}" for n in range(1, size + 1)]
+        for n, client in enumerate(self.clients, start=1):
+            self.add(client, n)
+
+    def add(self, client: str, n: int) -> None:
+        code = self.world.municipality
+        self.world.put("clients", client, {"home_municipality": code})
+        self.world.put("relationships", f"{client}-r", {
+            "client": client, "municipality": code, "service": "coaching",
+            "starts_at": "2025-06-01T00:00:00+03:00",
+            "assigned_users": [self.world.user] if n % 5 else []})
+
+    def query(self, **page: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "subject": {"type": "user", "id": self.world.user}, "action": {"name": "read"},
+            "resource": {"type": "client_record",
+                         "properties": {"category": "service_needs_plans"}},
+            "context": {"purpose": "coaching"}}
+        if page:
+            body["page"] = page
+        return body
+
+
+def search(pep: httpx.Client, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    response = pep.post(f"/access/v1/search/{kind}", json=body)
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def test_resource_search_over_http_lists_the_allowed_clients(
+        admin: httpx.Client, pep: httpx.Client) -> None:
+    world = World(admin, "749").build()
+    load = Caseload(world, 6)
+    # Others of 749 that this coach may not see: another service, and a client whose
+    # only relationship is with Kuopio.
+    world.put("clients", f"{world.p}-x1", {"home_municipality": "749"})
+    world.put("relationships", f"{world.p}-x1-r", {
+        "client": f"{world.p}-x1", "municipality": "749", "service": "guidance",
+        "starts_at": "2025-06-01T00:00:00+03:00"})
+    world.put("clients", f"{world.p}-x2", {"home_municipality": "749"})
+    world.put("relationships", f"{world.p}-x2-r", {
+        "client": f"{world.p}-x2", "municipality": "420", "service": "coaching",
+        "starts_at": "2025-06-01T00:00:00+03:00"})
+    result = search(pep, "resource", load.query())
+    ids = [r["id"] for r in result["results"]]
+    # The world's own client, the caseload; not the two others.
+    assert ids == sorted([world.client, *load.clients])
+    assert {r["type"] for r in result["results"]} == {"client_record"}
+    assert result["page"] == {"next_token": "", "count": len(ids)}
+    assert result["context"]["search_id"]
+    for client in [*ids, f"{world.p}-x1", f"{world.p}-x2"]:
+        body = world.request()
+        body["resource"]["id"] = client
+        decided = pep.post("/access/v1/evaluation", json=body).json()
+        assert decided["decision"] is (client in ids), (client, decided)
+
+
+def test_subject_and_action_search_over_http(admin: httpx.Client, pep: httpx.Client) -> None:
+    world = World(admin, "297").build()
+    colleague = f"{world.p}-u2"
+    world.put("users", colleague, {"municipality": "297", "display_name": "Kollega",
+                                   "tasks": ["coaching"], "status": "active"})
+    world.put("grants", f"{world.p}-g2", {**world.grant_data(), "user": colleague})
+    idle = f"{world.p}-u3"  # no grant
+    world.put("users", idle, {"municipality": "297", "display_name": "Idle",
+                              "tasks": ["coaching"], "status": "active"})
+    body = world.request(category="service_needs_plans")
+    subjects = search(pep, "subject", {**body, "subject": {"type": "user"}})
+    found = [r["id"] for r in subjects["results"]]
+    assert world.user in found and colleague in found and idle not in found
+    assert {r["type"] for r in subjects["results"]} == {"user"}
+    actions = search(pep, "action", {k: v for k, v in body.items() if k != "action"})
+    assert actions["results"] == [{"name": "read"}, {"name": "write"}]
+    contact = search(pep, "action", {**{k: v for k, v in body.items() if k != "action"},
+                                     "resource": {**body["resource"],
+                                                  "properties": {"category": "benefits"}}})
+    assert contact["results"] == []
+
+
+def test_paging_walks_every_result_once_while_facts_change(
+        admin: httpx.Client, pep: httpx.Client) -> None:
+    """Pages continue after the last id; each is answered from the facts of its time:
+    an id removed before its page is reached is not listed, one added ahead is."""
+    world = World(admin, "844").build()
+    load = Caseload(world, 9)
+    expected = sorted([world.client, *load.clients])
+    first = search(pep, "resource", load.query(limit=3))
+    seen = [r["id"] for r in first["results"]]
+    assert seen == expected[:3] and first["page"]["next_token"]
+    # Between pages: end the relationship of a client not yet listed, add a new one
+    # after the last listed, and change a client already listed (it must not repeat).
+    gone, added = load.clients[6], f"{world.p}-c005a"
+    assert gone > seen[-1] and added > seen[-1]
+    assert admin.delete(f"/v1/relationships/{gone}-r").status_code == 200
+    load.add(added, 1)
+    world.put("clients", seen[0], {"home_municipality": world.municipality,
+                                   "protection_order": False})
+    token = first["page"]["next_token"]
+    for _ in range(10):
+        page = search(pep, "resource", load.query(limit=3, token=token))
+        seen += [r["id"] for r in page["results"]]
+        token = page["page"]["next_token"]
+        if not token:
+            break
+    assert token == ""
+    assert len(seen) == len(set(seen))
+    assert seen == sorted({*expected, added} - {gone})
+
+
+def test_search_errors(admin: httpx.Client, pep: httpx.Client, own_server: Server) -> None:
+    world = World(admin, "204").build()
+    load = Caseload(world, 3)
+    token = search(pep, "resource", load.query(limit=1))["page"]["next_token"]
+    other = load.query(limit=1, token=token)
+    other["context"]["purpose"] = "guidance"  # another query: its token is refused
+    for body in (other, load.query(token="garbage"), load.query(limit=0),
+                 {**load.query(), "resource": {"type": "client_record"}},
+                 {**load.query(), "resource": {"type": "client_record",
+                                               "properties": {"category": "nope"}}}):
+        response = pep.post("/access/v1/search/resource", json=body)
+        assert response.status_code == 400, (body, response.text)
+        assert response.json()["error"]["code"] == "invalid_request"
+    assert pep.post("/access/v1/search/resource", content=b"{").status_code == 400
+    with httpx.Client(base_url=own_server.url) as anonymous:
+        assert anonymous.post("/access/v1/search/resource",
+                              json=load.query()).status_code == 401
+    config = httpx.get(f"{own_server.url}/.well-known/authzen-configuration").json()
+    assert config["search_resource_endpoint"].endswith("/access/v1/search/resource")
+
+
+def test_searches_are_recorded_in_the_decision_log(tmp_path: Any) -> None:
+    keys = {"t-admin": ["admin"], "t-pep": {"roles": ["pep"], "name": "cis"},
+            "t-auditor": ["auditor"]}
+    server = start_server(tmp_path, env={"PDP_API_KEYS": json.dumps(keys)})
+    try:
+        with server.client("t-admin") as admin, server.client("t-pep") as pep, \
+                server.client("t-auditor") as auditor:
+            world = World(admin).build()
+            load = Caseload(world, 2)
+            result = search(pep, "resource", load.query(limit=2))
+            response = auditor.get("/v1/audit/decisions", params={
+                "justification": "test", "record_type": "search", "user": world.user})
+            assert response.status_code == 200, response.text
+            records = response.json()["records"]
+            assert [r["record_id"] for r in records] == [result["context"]["search_id"]]
+            record = records[0]
+            assert record["record_type"] == "search" and record["caller"] == "cis"
+            assert record["category"] == "service_needs_plans"
+            assert record["purpose"] == "coaching" and record["decision"] is True
+            assert record["details"]["kind"] == "resource"
+            assert record["details"]["results"] == [r["id"] for r in result["results"]]
+    finally:
+        stop_server(server)
