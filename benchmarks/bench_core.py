@@ -50,6 +50,8 @@ def main() -> None:
             lambda: decide(policy, index, allow, now), seconds)),
         ("policy query, all categories (unknown user)", per_call(
             lambda: decide(policy, index, early_deny, now), seconds)),
+        ("a new user x client x purpose of a known shape", per_call(
+            lambda: (decider.clear(shapes=False), decider.decide(allow)), seconds)),
         ("memoised decision (Decider hit)", per_call(lambda: decider.decide(allow), seconds)),
     ]
     base = rows[0][1]

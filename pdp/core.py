@@ -22,6 +22,9 @@ from pdp.vocab import ACTIONS, CATEGORIES, REASONS
 POLICY_ERROR = "policy_error"
 
 
+Outcomes = dict[tuple[str, str], tuple[str, str]]
+
+
 @dataclass(frozen=True, slots=True)
 class DecisionRequest:
     user: str
@@ -45,7 +48,7 @@ class DecisionTable:
     """Every category x action outcome for one user x client x purpose, valid for
     `now` in [valid_from, valid_until) as long as the facts it read are unchanged."""
 
-    outcomes: dict[tuple[str, str], tuple[str, str]]  # (category, action) -> (reason, grant)
+    outcomes: Outcomes  # (category, action) -> (reason, grant)
     policy_version: str
     facts_version: int
     valid_from: int
@@ -80,15 +83,27 @@ def _table(outcomes: list[Outcome]) -> dict[tuple[str, str], tuple[str, str]]:
     return table
 
 
+def evaluate_outcomes(policy: CompiledPolicy, record: Record) -> Outcomes | None:
+    """Every category x action outcome of one record; None if the policy failed."""
+    try:
+        return _table(policy.evaluate(record))
+    except PolicyError:
+        return None
+
+
+def table_for(policy: CompiledPolicy, record: Record, outcomes: Outcomes | None,
+              facts_version: int) -> DecisionTable:
+    """The decision table of a record from its outcomes, valid while now stays in the
+    record's time window (a failed policy: an empty window, never reused)."""
+    if outcomes is None:
+        return DecisionTable({}, policy.version, facts_version, record["now"], record["now"])
+    start, end = time_window(record)
+    return DecisionTable(outcomes, policy.version, facts_version, start, end)
+
+
 def evaluate_record(policy: CompiledPolicy, record: Record, facts_version: int) -> DecisionTable:
     """Ask the policy about one shaped record (see pdp.policy_input)."""
-    start, end = time_window(record)
-    try:
-        outcomes = _table(policy.evaluate(record))
-    except PolicyError:
-        outcomes = {}
-        start = end = record["now"]  # an empty span: never reused
-    return DecisionTable(outcomes, policy.version, facts_version, start, end)
+    return table_for(policy, record, evaluate_outcomes(policy, record), facts_version)
 
 
 def decide_all(policy: CompiledPolicy, facts: FactIndex, user: str, client: str,

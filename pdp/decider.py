@@ -5,6 +5,11 @@ reused while (1) the policy version is the same, (2) the stamps of every fact gr
 read — user and grants, agreement, area, client and relationships — are unchanged, and
 (3) now is still inside the time span in which its answer holds. A write that touches
 any of those is therefore seen by the very next decision.
+
+Below that, the policy's answers are kept by record shape (`record_shape`: the record
+up to renaming ids and moving timestamps in order) and policy version: a new user x
+client x purpose whose record has the shape of one asked before — the next client of
+a caseload, a client after an unrelated change — needs no policy query.
 """
 
 from __future__ import annotations
@@ -15,11 +20,18 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from pdp.clock import to_micros, utcnow
-from pdp.core import Decision, DecisionRequest, DecisionTable, evaluate_record
+from pdp.core import (
+    Decision,
+    DecisionRequest,
+    DecisionTable,
+    Outcomes,
+    evaluate_outcomes,
+    table_for,
+)
 from pdp.factindex import FactIndex
 from pdp.metrics import Metrics
 from pdp.policy_engine import CompiledPolicy
-from pdp.policy_input import policy_record
+from pdp.policy_input import Record, policy_record, record_shape
 
 Stamps = tuple[int, int, int, int]
 
@@ -40,6 +52,10 @@ class Decider:
         self.metrics = metrics
         self.cache_size = cache_size
         self._memo: dict[tuple[str, str, str], _Memo] = {}
+        # Policy answers by record shape (pdp.policy_input.record_shape): a record of a
+        # shape seen before needs no policy query.
+        self._shapes: dict[bytes, tuple[str, Outcomes]] = {}
+        self.shape_hits = 0
         self.hits = 0
         self.misses = 0
 
@@ -76,8 +92,7 @@ class Decider:
         self.misses += 1
         if self.metrics:
             self.metrics.cache_misses.inc()
-            self.metrics.policy_queries.inc()
-        table = evaluate_record(policy, record, version)
+        table = table_for(policy, record, self._outcomes(policy, record), version)
         if table.valid_from < table.valid_until:
             if len(self._memo) >= self.cache_size:
                 # Searches decide in worker threads too: another thread may change the
@@ -87,9 +102,37 @@ class Decider:
             self._memo[key] = _Memo(policy.version, stamps, table)
         return table
 
+    def _outcomes(self, policy: CompiledPolicy, record: Record) -> Outcomes | None:
+        """The outcomes of a record: the policy's answer for its shape (asked once per
+        shape and policy version), with the grant ids renamed back."""
+        key, shape, back = record_shape(record)
+        shaped = self._shapes.get(key)
+        if shaped is not None and shaped[0] == policy.version:
+            self.shape_hits += 1
+            if self.metrics:
+                self.metrics.shape_hits.inc()
+            outcomes: Outcomes | None = shaped[1]
+        else:
+            if self.metrics:
+                self.metrics.shape_misses.inc()
+                self.metrics.policy_queries.inc()
+            outcomes = evaluate_outcomes(policy, shape)
+            if outcomes is None:
+                return None
+            if len(self._shapes) >= self.cache_size:
+                with contextlib.suppress(RuntimeError, StopIteration):
+                    self._shapes.pop(next(iter(self._shapes)), None)
+            self._shapes[key] = (policy.version, outcomes)
+        assert outcomes is not None
+        return {key: (reason, back.get(grant, grant))
+                for key, (reason, grant) in outcomes.items()}
+
     def decide(self, request: DecisionRequest, now: datetime | None = None) -> Decision:
         table = self.table(request.user, request.client, request.purpose, now)
         return table.pick(request.category, request.action)
 
-    def clear(self) -> None:
+    def clear(self, *, shapes: bool = True) -> None:
+        """Forget the memoised tables (and, unless told otherwise, the answers by shape)."""
         self._memo.clear()
+        if shapes:
+            self._shapes.clear()

@@ -57,6 +57,8 @@ class Metrics:
             registry=r)
         self.cache_hits = self.cache_requests.labels("decision", "hit")
         self.cache_misses = self.cache_requests.labels("decision", "miss")
+        self.shape_hits = self.cache_requests.labels("shape", "hit")
+        self.shape_misses = self.cache_requests.labels("shape", "miss")
         self.http_seconds = Histogram(
             "pdp_http_request_duration_seconds", "HTTP request latency by route and status.",
             ["route", "method", "status"], buckets=_LATENCY_BUCKETS, registry=r)

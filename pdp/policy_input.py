@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from pdp.clock import END_OF_TIME, START_OF_TIME, to_micros
 from pdp.factindex import FactIndex
 from pdp.facts import Grant
@@ -80,3 +82,51 @@ def time_window(record: Record) -> tuple[int, int]:
     start = max((m for m in moments if m <= now), default=START_OF_TIME)
     end = min((m for m in moments if m > now), default=END_OF_TIME)
     return start, end
+
+
+def record_shape(record: Record) -> tuple[bytes, Record, dict[str, str]]:
+    """The record up to renaming: what a decision can depend on, and no more.
+
+    Ids are renamed `#0`, `#1`, … in order of first appearance (so which ids are equal is
+    kept, and "" stays ""), and every timestamp is replaced by its rank among the
+    record's timestamps (so which is earlier is kept). The rules compare ids only for
+    equality and membership and timestamps only with each other (the invariants in the
+    header of policies/rules.polar), so records of one shape get one answer; the
+    decider asks the policy once per shape. Returns the shape as canonical JSON (a key),
+    the shape itself (to ask the policy about) and the renaming back, token -> id, for
+    the grant ids in the answer."""
+    times = [record["now"], record["agreement_ends_at"]]
+    for grant in record["grants"]:
+        times += (grant["valid_from"], grant["valid_until"], grant["recertify_by"])
+    for rel in record["relationships"]:
+        times += (rel["starts_at"], rel["ends_at"])
+    rank = {moment: n for n, moment in enumerate(sorted(set(times)))}
+    names: dict[str, str] = {}
+
+    def name(value: str) -> str:
+        if not value:
+            return value
+        token = names.get(value)
+        if token is None:
+            token = names[value] = f"#{len(names)}"
+        return token
+
+    shape = {
+        **record,
+        "now": rank[record["now"]],
+        "user_id": name(record["user_id"]),
+        "user_client_id": name(record["user_client_id"]),
+        "client_id": name(record["client_id"]),
+        "agreement_ends_at": rank[record["agreement_ends_at"]],
+        "grants": [{**grant, "id": name(grant["id"]),
+                    "valid_from": rank[grant["valid_from"]],
+                    "valid_until": rank[grant["valid_until"]],
+                    "recertify_by": rank[grant["recertify_by"]]}
+                   for grant in record["grants"]],
+        "relationships": [{**rel, "starts_at": rank[rel["starts_at"]],
+                           "ends_at": rank[rel["ends_at"]],
+                           "assigned_users": [name(u) for u in rel["assigned_users"]]}
+                          for rel in record["relationships"]],
+    }
+    return (orjson.dumps(shape, option=orjson.OPT_SORT_KEYS), shape,
+            {token: value for value, token in names.items()})

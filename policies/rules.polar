@@ -26,8 +26,16 @@
 # Absent values are never nil: a missing end is the largest integer (open-ended), a
 # missing string is "" and a missing list is []. Comparisons stay in the policy VM.
 #
-# Invariant the decision cache relies on: `r.now` is only ever compared (<, <=) with
-# timestamps from the input, so a decision holds until the next of them after now.
+# Invariants the decision cache relies on (pdp/decider.py, pdp/policy_input.py):
+# - `r.now` is only ever compared (<, <=) with timestamps from the input, so a decision
+#   holds until the next of them after now;
+# - timestamps are only compared with each other, never computed with or compared with
+#   constants, and ids (user_id, client_id, user_client_id, grant ids, assigned users)
+#   only tested for equality or membership, never with a constant other than "". So
+#   two records alike up to renaming ids and moving timestamps without changing their
+#   order get one answer, and the service asks the policy once per such shape.
+#   tests/test_shapes.py checks this on random records; a rule that needs more (a
+#   duration, a constant id) must change record_shape first.
 
 decision(r, category, action, reason, "") if
     failing(r, reason) and cut and
