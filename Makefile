@@ -28,5 +28,8 @@ policy-check:  ## load the policies, report syntax errors with file and line
 policy-test:  ## run the YAML policy suites in policies/tests
 	$(VENV)/bin/pdp policy test
 
+bench: install  ## the workload benchmark: pdp beside raw oso and cedarpy (benchmarks/run.py)
+	$(PY) benchmarks/run.py --json benchmarks/last-run.json
+
 clean:  ## remove the venv and local data
 	rm -rf $(VENV) pdp-data .pytest_cache .mypy_cache .ruff_cache

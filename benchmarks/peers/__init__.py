@@ -1,0 +1,1 @@
+"""Peers for the benchmark: the same rules in other engines."""
