@@ -85,6 +85,10 @@ def wrk(url: str, bodies: list[str], connections: int, seconds: float,
             "p99_ms": millis("99%")}
 
 
+def per_decision(row: dict[str, float], batch: int) -> dict[str, float]:
+    return {**row, "decisions_per_s": row["requests_per_s"] * batch}
+
+
 @contextmanager
 def pdp_server(facts: list[dict[str, Any]], port: int) -> Iterator[str]:
     workdir = Path(tempfile.mkdtemp(prefix="pdp-bench-"))
@@ -123,15 +127,31 @@ def pdp_server(facts: list[dict[str, Any]], port: int) -> Iterator[str]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def batches(mix: list[Request], size: int) -> list[list[Request]]:
+    """The mix's requests grouped by user into batches of `size` (a Cerbos request has
+    one principal); each user's requests are repeated to fill a batch."""
+    by_user: dict[str, list[Request]] = {}
+    for request in mix:
+        by_user.setdefault(request.user, []).append(request)
+    return [(mine * (size // len(mine) + 1))[:size] for mine in by_user.values()]
+
+
 def compare(facts: list[dict[str, Any]], index: FactIndex, mix: list[Request], now_us: int,
             ports: tuple[int, int], connections: int, seconds: float,
-            warm_set: int) -> dict[str, dict[str, float]]:
-    """pdp cold, pdp warm, Cerbos cold and warm: wrk figures, one after the other."""
+            warm_set: int, batch: int = 100) -> dict[str, dict[str, float]]:
+    """pdp and Cerbos, cold and warm single evaluations and warm batches of `batch`: wrk
+    figures, one after the other (decisions/s = requests/s x batch for batches)."""
     workdir = Path(tempfile.mkdtemp(prefix="wrk-"))
     ours = [json.dumps(r.authzen()) for r in mix]
     theirs = [json.dumps(cerbos_peer.check_body(index, r.user, [(r.client, r.category,
                                                                   r.action, r.purpose)],
                                                  now_us)) for r in mix]
+    grouped = batches(mix, batch)
+    our_batches = [json.dumps({"evaluations": [r.authzen() for r in group]})
+                   for group in grouped]
+    their_batches = [json.dumps(cerbos_peer.check_body(
+        index, group[0].user, [(r.client, r.category, r.action, r.purpose) for r in group],
+        now_us)) for group in grouped]
     results: dict[str, dict[str, float]] = {}
     try:
         with pdp_server(facts, ports[0]) as base:
@@ -140,12 +160,17 @@ def compare(facts: list[dict[str, Any]], index: FactIndex, mix: list[Request], n
                                                             workdir)
             results["pdp, warm (requests repeat)"] = wrk(url, ours[:warm_set], connections,
                                                          seconds, workdir)
+            results[f"pdp, batches of {batch}, warm"] = per_decision(wrk(
+                base + "/access/v1/evaluations", our_batches, connections, seconds, workdir),
+                batch)
         with cerbos_peer.Cerbos(ports[1]) as cerbos:
             url = cerbos.url + "/api/check/resources"
             results["Cerbos, cold (no request repeats)"] = wrk(url, theirs, connections,
                                                                seconds, workdir)
             results["Cerbos, warm (requests repeat)"] = wrk(url, theirs[:warm_set],
                                                             connections, seconds, workdir)
+            results[f"Cerbos, batches of {batch}, warm"] = per_decision(wrk(
+                url, their_batches, connections, seconds, workdir), batch)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return results

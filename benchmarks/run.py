@@ -170,12 +170,21 @@ def main() -> None:
         for name, row in http.items():
             print(f"{name:46} {row['requests_per_s']:9.0f} {row['p50_ms']:8.2f} "
                   f"{row['p99_ms']:8.2f}")
+        for name, row in http.items():
+            if "decisions_per_s" in row:
+                print(f"{name:46} {row['decisions_per_s']:9.0f} decisions/s")
         for kind in ("cold", "warm"):
-            ours = next(r for n, r in http.items() if n.startswith("pdp") and kind in n)
-            theirs = next(r for n, r in http.items() if n.startswith("Cerbos") and kind in n)
+            ours = next(r for n, r in http.items()
+                        if n.startswith("pdp") and kind in n and "batches" not in n)
+            theirs = next(r for n, r in http.items()
+                          if n.startswith("Cerbos") and kind in n and "batches" not in n)
             print(f"pdp / Cerbos, {kind}: requests/s "
                   f"{ours['requests_per_s'] / theirs['requests_per_s']:.2f}x, p99 "
                   f"{ours['p99_ms'] / theirs['p99_ms']:.2f}x (lower is better)")
+        ours_b = next(r for n, r in http.items() if n.startswith("pdp, batches"))
+        theirs_b = next(r for n, r in http.items() if n.startswith("Cerbos, batches"))
+        print(f"pdp / Cerbos, batches: decisions/s "
+              f"{ours_b['decisions_per_s'] / theirs_b['decisions_per_s']:.2f}x")
     if args.json:
         args.json.write_text(json.dumps({
             "commit": commit, "cpus": os.cpu_count(), "clients": args.clients,

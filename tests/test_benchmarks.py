@@ -29,10 +29,15 @@ def test_the_workload_benchmark_runs_on_a_tiny_world(tmp_path: Path) -> None:
         assert 0 < row["p50_us"] <= row["p99_us"]
     assert set(result["http"]) == {
         "pdp, cold (no request repeats)", "pdp, warm (requests repeat)",
-        "Cerbos, cold (no request repeats)", "Cerbos, warm (requests repeat)"}
+        "pdp, batches of 100, warm", "Cerbos, cold (no request repeats)",
+        "Cerbos, warm (requests repeat)", "Cerbos, batches of 100, warm"}
     for row in result["http"].values():
         assert row["requests_per_s"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"]
+    for name in ("pdp, batches of 100, warm", "Cerbos, batches of 100, warm"):
+        row = result["http"][name]
+        assert row["decisions_per_s"] == row["requests_per_s"] * 100
     assert "pdp / Cerbos, warm: requests/s" in done.stdout
+    assert "pdp / Cerbos, batches: decisions/s" in done.stdout
     # The mix: about 70 % allowed, and denials of many reasons.
     reasons = result["reasons"]
     assert 0.6 <= reasons["allowed"] / result["requests"] <= 0.8

@@ -44,6 +44,8 @@ class Cerbos:
         config.write_text(
             f'server:\n  httpListenAddr: "127.0.0.1:{port}"\n'
             f'  grpcListenAddr: "127.0.0.1:{port + 1}"\n'
+            "  requestLimits:\n    maxActionsPerResource: 10\n"
+            "    maxResourcesPerRequest: 100\n"
             f"storage:\n  driver: disk\n  disk:\n    directory: {policies}\n"
             "audit:\n  enabled: false\n")
         self.url = f"http://127.0.0.1:{port}"
