@@ -94,14 +94,7 @@ def lifecycle_router(runtime: Runtime) -> APIRouter:
         user: Annotated[str | None, Query(max_length=128)] = None,
         due_within_days: Annotated[int | None, Query(ge=0, le=3650)] = None,
     ) -> dict[str, Any]:
-        caller = caller_for(request, READERS)
-        allowed = caller.has_any([r for r in READERS if r != MUNICIPALITY_ADMIN])
-        if not allowed:
-            own = sorted(caller.municipalities)
-            if municipality is None and len(own) == 1:
-                municipality = own[0]
-            if municipality is None or municipality not in own:
-                raise ApiError(404, NOT_FOUND, "no such municipality")
+        municipality = caller_for(request, READERS).listing_scope(municipality, READERS)
         due = timedelta(days=due_within_days) if due_within_days is not None else None
         rows = await run_in_threadpool(lambda: lifecycle.listing(
             municipality=municipality, state=state, user=user, due_within=due))
@@ -135,13 +128,7 @@ def lifecycle_router(runtime: Runtime) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         municipality: Annotated[str | None, Query(pattern=r"^[0-9]{3}$")] = None,
     ) -> dict[str, Any]:
-        caller = caller_for(request, READERS)
-        if not caller.has_any([r for r in READERS if r != MUNICIPALITY_ADMIN]):
-            own = sorted(caller.municipalities)
-            if municipality is None and len(own) == 1:
-                municipality = own[0]
-            if municipality not in own:
-                raise ApiError(404, NOT_FOUND, "no such municipality")
+        municipality = caller_for(request, READERS).listing_scope(municipality, READERS)
         found = await run_in_threadpool(store.events_after, after, limit, municipality)
         return {"events": [event_json(e) for e in found],
                 "next_after": found[-1].id if found else after}

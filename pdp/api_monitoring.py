@@ -40,13 +40,8 @@ def monitoring_router(runtime: Runtime) -> APIRouter:
         rule: Annotated[str | None, Query(max_length=64)] = None,
         user: Annotated[str | None, Query(max_length=128)] = None,
     ) -> dict[str, Any]:
-        caller = auth.require(request.headers.get("authorization"), READERS)
-        if not caller.has_any([r for r in READERS if r != MUNICIPALITY_ADMIN]):
-            own = sorted(caller.municipalities)
-            if municipality is None and len(own) == 1:
-                municipality = own[0]
-            if municipality not in own:
-                raise ApiError(404, NOT_FOUND, "no such municipality")
+        municipality = auth.require(request.headers.get("authorization"),
+                                    READERS).listing_scope(municipality, READERS)
         found = await run_in_threadpool(lambda: cases.list(
             status=status, municipality=municipality, rule=rule, user=user))
         return {"cases": found}

@@ -129,7 +129,8 @@ class AuditTampered(Exception):
 
 
 class AuditRecord(NamedTuple):
-    """One entry: a decision (record_type "decision") or a read of the log ("audit_read").
+    """One entry: a decision (record_type "decision"), a search ("search") or a read of
+    the log ("audit_read").
 
     A tuple, in the column order of the log: it is written on every decision's path."""
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pdp.errors import FORBIDDEN, UNAUTHORIZED, ApiError
+from pdp.errors import FORBIDDEN, NOT_FOUND, UNAUTHORIZED, ApiError
 
 ROLES = ("pep", "facts_writer", "grant_admin", "auditor", "policy_admin", "admin", "keha")
 MUNICIPALITY_ADMIN = "municipality_admin"
@@ -78,6 +78,19 @@ class Caller:
         if self.is_admin or any(role in self.roles for role in roles):
             return True
         return MUNICIPALITY_ADMIN in roles and municipality in self.municipalities
+
+    def listing_scope(self, municipality: str | None, roles: Sequence[str]) -> str | None:
+        """The municipality a listing is limited to: the one asked for (None: all) through
+        an unscoped role in `roles`; a municipality admin's own (the one they hold if they
+        name none). Any other: 404, as if there were no such municipality."""
+        if self.has_any([role for role in roles if role != MUNICIPALITY_ADMIN]):
+            return municipality
+        own = sorted(self.municipalities)
+        if municipality is None and len(own) == 1:
+            municipality = own[0]
+        if municipality is None or municipality not in own:
+            raise ApiError(404, NOT_FOUND, "no such municipality")
+        return municipality
 
 
 class Authenticator:
