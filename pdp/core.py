@@ -70,16 +70,18 @@ class DecisionTable:
 
 
 def _table(outcomes: list[Outcome]) -> dict[tuple[str, str], tuple[str, str]]:
-    """Keep the first outcome per category x action; anything unexpected fails closed."""
+    """Keep the first outcome per category x action (an unbound category or action
+    stands for every one); anything unexpected fails closed."""
     table: dict[tuple[str, str], tuple[str, str]] = {}
     for outcome in outcomes:
-        key = (outcome.category, outcome.action)
-        if key in table:
-            continue
         if outcome.reason not in REASONS or (outcome.reason == "allowed") != bool(outcome.grant):
-            table[key] = (POLICY_ERROR, "")
+            answer = (POLICY_ERROR, "")
         else:
-            table[key] = (outcome.reason, outcome.grant)
+            answer = (outcome.reason, outcome.grant)
+        categories = CATEGORIES if outcome.category is None else (outcome.category,)
+        actions = ACTIONS if outcome.action is None else (outcome.action,)
+        for key in ((c, a) for c in categories for a in actions):
+            table.setdefault(key, answer)
     return table
 
 

@@ -7,7 +7,7 @@ read — user and grants, agreement, area, client and relationships — are unch
 any of those is therefore seen by the very next decision.
 
 Below that, the policy's answers are kept by record shape (`record_shape`: the record
-up to renaming ids and moving timestamps in order) and policy version: a new user x
+up to renaming ids and moving timestamps without crossing now) and policy version: a new user x
 client x purpose whose record has the shape of one asked before — the next client of
 a caseload, a client after an unrelated change — needs no policy query.
 """

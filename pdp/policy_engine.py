@@ -48,12 +48,18 @@ class PolicyError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """One answer of the policy for one category and action."""
+    """One answer of the policy for one category and action; a category or action of
+    None is one the policy left unbound: the answer holds for every one."""
 
-    category: str
-    action: str
+    category: str | None
+    action: str | None
     reason: str
     grant: str  # "" unless allowed
+
+
+def _bound(value: Any) -> Any:
+    """A binding, or None for a variable the policy left unbound."""
+    return None if isinstance(value, Variable) else value
 
 
 def policy_files(directory: Path) -> list[Path]:
@@ -97,7 +103,8 @@ class CompiledPolicy:
                     Variable("reason"), Variable("grant"),
                 )
                 outcomes = [
-                    Outcome(b["category"], b["action"], b["reason"], b["grant"])
+                    Outcome(_bound(b["category"]), _bound(b["action"]), b["reason"],
+                            b["grant"])
                     for b in (result["bindings"] for result in results)
                 ]
         except PolarError as error:

@@ -88,19 +88,18 @@ def record_shape(record: Record) -> tuple[bytes, Record, dict[str, str]]:
     """The record up to renaming: what a decision can depend on, and no more.
 
     Ids are renamed `#0`, `#1`, … in order of first appearance (so which ids are equal is
-    kept, and "" stays ""), and every timestamp is replaced by its rank among the
-    record's timestamps (so which is earlier is kept). The rules compare ids only for
-    equality and membership and timestamps only with each other (the invariants in the
-    header of policies/rules.polar), so records of one shape get one answer; the
-    decider asks the policy once per shape. Returns the shape as canonical JSON (a key),
-    the shape itself (to ask the policy about) and the renaming back, token -> id, for
-    the grant ids in the answer."""
-    times = [record["now"], record["agreement_ends_at"]]
-    for grant in record["grants"]:
-        times += (grant["valid_from"], grant["valid_until"], grant["recertify_by"])
-    for rel in record["relationships"]:
-        times += (rel["starts_at"], rel["ends_at"])
-    rank = {moment: n for n, moment in enumerate(sorted(set(times)))}
+    kept, and "" stays ""), `now` becomes 0 and every other timestamp -1, 0 or 1 as it
+    lies before, at or after now (so how each compares with now is kept). The rules
+    compare ids only for equality and membership and timestamps only with now (the
+    invariants in the header of policies/rules.polar), so records of one shape get one
+    answer; the decider asks the policy once per shape. Returns the shape as canonical
+    JSON (a key), the shape itself (to ask the policy about) and the renaming back,
+    token -> id, for the grant ids in the answer."""
+    now: int = record["now"]
+
+    def side(moment: int) -> int:
+        return (moment > now) - (moment < now)
+
     names: dict[str, str] = {}
 
     def name(value: str) -> str:
@@ -113,18 +112,18 @@ def record_shape(record: Record) -> tuple[bytes, Record, dict[str, str]]:
 
     shape = {
         **record,
-        "now": rank[record["now"]],
+        "now": 0,
         "user_id": name(record["user_id"]),
         "user_client_id": name(record["user_client_id"]),
         "client_id": name(record["client_id"]),
-        "agreement_ends_at": rank[record["agreement_ends_at"]],
+        "agreement_ends_at": side(record["agreement_ends_at"]),
         "grants": [{**grant, "id": name(grant["id"]),
-                    "valid_from": rank[grant["valid_from"]],
-                    "valid_until": rank[grant["valid_until"]],
-                    "recertify_by": rank[grant["recertify_by"]]}
+                    "valid_from": side(grant["valid_from"]),
+                    "valid_until": side(grant["valid_until"]),
+                    "recertify_by": side(grant["recertify_by"])}
                    for grant in record["grants"]],
-        "relationships": [{**rel, "starts_at": rank[rel["starts_at"]],
-                           "ends_at": rank[rel["ends_at"]],
+        "relationships": [{**rel, "starts_at": side(rel["starts_at"]),
+                           "ends_at": side(rel["ends_at"]),
                            "assigned_users": [name(u) for u in rel["assigned_users"]]}
                           for rel in record["relationships"]],
     }

@@ -9,7 +9,10 @@
 #     decision(r, category, action, reason, grant)
 #
 # `grant` is the id of the grant an allow used ("" for a deny). Rules 1-8 concern the user, the
-# client and the purpose; rules 9-11 each category and action.
+# client and the purpose; rules 9-11 each category and action. When one of rules 1-8
+# fails, the answer is one solution with `category` and `action` left unbound: that
+# reason holds for every category and action (twenty solutions would cost twenty times
+# the work in the Polar VM, which is slow per step: keep the rules lean).
 #
 # The input `r` is a flat record made by pdp/policy_input.py from the facts:
 #   now                        decision time, integer microseconds since the epoch
@@ -29,17 +32,17 @@
 # Invariants the decision cache relies on (pdp/decider.py, pdp/policy_input.py):
 # - `r.now` is only ever compared (<, <=) with timestamps from the input, so a decision
 #   holds until the next of them after now;
-# - timestamps are only compared with each other, never computed with or compared with
-#   constants, and ids (user_id, client_id, user_client_id, grant ids, assigned users)
-#   only tested for equality or membership, never with a constant other than "". So
-#   two records alike up to renaming ids and moving timestamps without changing their
-#   order get one answer, and the service asks the policy once per such shape.
+# - timestamps are only compared with `r.now`, never with each other, computed with or
+#   compared with constants, and ids (user_id, client_id, user_client_id, grant ids,
+#   assigned users) only tested for equality or membership, never with a constant other
+#   than "". So two records alike up to renaming ids and moving timestamps without
+#   moving any across now get one answer, and the service asks the policy once per such
+#   shape.
 #   tests/test_shapes.py checks this on random records; a rule that needs more (a
 #   duration, a constant id) must change record_shape first.
 
-decision(r, category, action, reason, "") if
-    failing(r, reason) and cut and
-    category(category) and action(action);
+decision(r, _category, _action, reason, "") if
+    failing(r, reason) and cut;
 decision(r, category, action, reason, grant) if
     category(category) and
     category_decision(r, category, action, reason, grant);
@@ -105,33 +108,36 @@ assigned_to(relationship, user_id) if user_id in relationship.assigned_users;
 # 9. Necessary data only: the category is in the task profile of the purpose and in an
 #    active grant's scopes; never-needed categories never; special categories (health)
 #    only where the grant names them — a grant's scopes are always named one by one.
-category_decision(r, category, action, "category_not_necessary", "") if
-    not necessary(r, category, _) and cut and
+#    (The first grant that makes a category necessary is found once per category.)
+category_decision(r, category, action, reason, grant) if
+    necessary(r, category, necessary_grant) and cut and
+    action(action) and
+    permitted(r, category, necessary_grant, action, reason, grant);
+category_decision(_r, _category, action, "category_not_necessary", "") if
     action(action);
 
 necessary(r, category, grant) if
     task_profile(r.purpose, category) and
     not never_needed(category) and
-    active_grant(r, grant) and
-    category in grant.scopes;
+    grant in r.grants and
+    category in grant.scopes and
+    active_grant(r, grant);
 
 # 10. Protection order (turvakielto): contact data is not shown.
-category_decision(r, category, action, "protection_order", "") if
+permitted(r, category, _necessary_grant, _action, "protection_order", "") if
     r.client_protection_order and
-    protected_by_order(category) and cut and
-    action(action);
+    protected_by_order(category) and cut;
 
 # 11. Powers: the action is among the grant's actions; writing only the user's own
-#     service records.
-category_decision(r, category, action, reason, grant) if
-    action(action) and
-    powers(r, category, action, reason, grant);
-
-powers(r, category, action, "allowed", grant.id) if
+#     service records. (Any grant that makes the category necessary may give the power.)
+permitted(_r, category, _necessary_grant, action, "action_not_permitted", "") if
+    not permitted_on(action, category) and cut;
+permitted(_r, _category, necessary_grant, action, "allowed", necessary_grant.id) if
+    action in necessary_grant.actions and cut;
+permitted(r, category, _necessary_grant, action, "allowed", grant.id) if
     necessary(r, category, grant) and
-    action in grant.actions and
-    permitted_on(action, category) and cut;
-powers(_r, _category, _action, "action_not_permitted", "");
+    action in grant.actions and cut;
+permitted(_r, _category, _necessary_grant, _action, "action_not_permitted", "");
 
 permitted_on("read", _category);
 permitted_on("write", category) if writable(category);
