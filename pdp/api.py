@@ -21,7 +21,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -54,7 +54,7 @@ from pdp.errors import (
     invalid,
     validation_details,
 )
-from pdp.facts import COLLECTIONS, Grant, MunicipalityCode, dump_fact, parse_fact
+from pdp.facts import COLLECTIONS, Grant, Id, MunicipalityCode, dump_fact, parse_fact
 from pdp.facts_service import FactsBehind
 from pdp.http import JSONResponse, read_json
 from pdp.lifecycle import GRANT_STATES, WorkflowError
@@ -649,13 +649,13 @@ def app_from_env() -> FastAPI:
     return create_app(build_runtime(settings, settings.api_keys))
 
 
+_ID: TypeAdapter[str] = TypeAdapter(Id)
+_MUNICIPALITY_CODE: TypeAdapter[str] = TypeAdapter(MunicipalityCode)
+
+
 def parse_id(kind: str, fact_id: str) -> str:
-    from pydantic import TypeAdapter
-
-    from pdp.facts import Id
-
-    adapter: TypeAdapter[str] = TypeAdapter(MunicipalityCode if kind == "agreement" else Id)
-    return adapter.validate_python(fact_id)
+    """A fact id, checked (an agreement's id is its municipality's code)."""
+    return (_MUNICIPALITY_CODE if kind == "agreement" else _ID).validate_python(fact_id)
 
 
 def parse_batch(raw: list[Any]) -> list[Change]:

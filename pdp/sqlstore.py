@@ -279,6 +279,16 @@ def _stored_event(row: sa.Row[Any]) -> StoredEvent:
     )
 
 
+def _upsert(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Insert or replace facts (kind, id, data, version), one statement for all rows."""
+    if not rows:
+        return
+    insert = (sqlite.insert if conn.dialect.name == "sqlite" else postgresql.insert)(facts)
+    conn.execute(insert.on_conflict_do_update(
+        index_elements=[facts.c.kind, facts.c.id],
+        set_={"data": insert.excluded.data, "version": insert.excluded.version}), rows)
+
+
 class SqlFactStore:
     """`FactStore` on a SQL database named by a SQLAlchemy URL.
 
@@ -336,25 +346,26 @@ class SqlFactStore:
             # Taken under the write lock: commit times follow versions and event ids.
             now = datetime.now(UTC)
             log: list[dict[str, Any]] = []
+            # Plain writes go in runs, one statement each (an upsert per row of the run);
+            # a delete or a conditional write first flushes the run before it, in order.
+            run: list[dict[str, Any]] = []
             for seq, (change, data) in enumerate(encoded):
-                key = (facts.c.kind == change.kind) & (facts.c.id == change.id)
-                if change.expected_version is not None:
-                    current = conn.execute(sa.select(facts.c.version).where(key)).scalar()
-                    if (0 if current is None else int(current)) != change.expected_version:
-                        raise Conflict(change.kind, change.id)
-                if data is None:
-                    if conn.execute(sa.delete(facts).where(key)).rowcount == 0:
-                        raise NotFound(change.kind, change.id)
+                row = {"kind": change.kind, "id": change.id, "data": data, "version": version}
+                if data is not None and change.expected_version is None:
+                    run.append(row)
                 else:
-                    updated = conn.execute(
-                        sa.update(facts).where(key).values(data=data, version=version)
-                    ).rowcount
-                    if updated == 0:
-                        conn.execute(
-                            sa.insert(facts).values(
-                                kind=change.kind, id=change.id, data=data, version=version
-                            )
-                        )
+                    _upsert(conn, run)
+                    run = []
+                    key = (facts.c.kind == change.kind) & (facts.c.id == change.id)
+                    if change.expected_version is not None:
+                        current = conn.execute(sa.select(facts.c.version).where(key)).scalar()
+                        if (0 if current is None else int(current)) != change.expected_version:
+                            raise Conflict(change.kind, change.id)
+                    if data is None:
+                        if conn.execute(sa.delete(facts).where(key)).rowcount == 0:
+                            raise NotFound(change.kind, change.id)
+                    else:
+                        _upsert(conn, [row])
                 log.append(
                     {
                         "version": version,
@@ -365,6 +376,7 @@ class SqlFactStore:
                         "changed_at": now,
                     }
                 )
+            _upsert(conn, run)
             if log:
                 conn.execute(sa.insert(fact_changes), log)
             if event_rows:
