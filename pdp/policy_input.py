@@ -17,6 +17,9 @@ from pdp.facts import Grant
 
 Record = dict[str, Any]
 
+# In a record shape, every assigned user other than the user asking (record_shape).
+OTHERS = "#others"
+
 
 def policy_record(facts: FactIndex, user_id: str, client_id: str, purpose: str,
                   now: int) -> Record:
@@ -87,12 +90,16 @@ def time_window(record: Record) -> tuple[int, int]:
 def record_shape(record: Record) -> tuple[bytes, Record, dict[str, str]]:
     """The record up to renaming: what a decision can depend on, and no more.
 
-    Ids are renamed `#0`, `#1`, … in order of first appearance (so which ids are equal is
-    kept, and "" stays ""), `now` becomes 0 and every other timestamp -1, 0 or 1 as it
-    lies before, at or after now (so how each compares with now is kept). The rules
-    compare ids only for equality and membership and timestamps only with now (the
-    invariants in the header of policies/rules.polar), so records of one shape get one
-    answer; the decider asks the policy once per shape. Returns the shape as canonical
+    Ids and municipality codes are renamed `#0`, `#1`, … in order of first appearance
+    (so which are equal is kept, and "" stays ""), `now` becomes 0 and every other
+    timestamp -1, 0 or 1 as it lies before, at or after now (so how each compares with
+    now is kept), and the lists only tested for membership (the area's municipalities,
+    the relationships) are sorted. Only the relationships of the user's municipality
+    for the purpose asked are kept, once each, and of their assigned users only the user
+    and, as OTHERS, whether there is anyone else. The rules compare ids and codes only
+    for equality and membership, timestamps only with now, and read no other
+    relationship (the invariants in the header of policies/rules.polar), so records of
+    one shape get one answer; the decider asks the policy once per shape. Returns the shape as canonical
     JSON (a key), the shape itself (to ask the policy about) and the renaming back,
     token -> id, for the grant ids in the answer."""
     now: int = record["now"]
@@ -101,6 +108,7 @@ def record_shape(record: Record) -> tuple[bytes, Record, dict[str, str]]:
         return (moment > now) - (moment < now)
 
     names: dict[str, str] = {}
+    user = record["user_id"]
 
     def name(value: str) -> str:
         if not value:
@@ -116,16 +124,24 @@ def record_shape(record: Record) -> tuple[bytes, Record, dict[str, str]]:
         "user_id": name(record["user_id"]),
         "user_client_id": name(record["user_client_id"]),
         "client_id": name(record["client_id"]),
+        "user_municipality": name(record["user_municipality"]),
+        "client_home": name(record["client_home"]),
+        "area_municipalities": sorted(name(m) for m in record["area_municipalities"]),
         "agreement_ends_at": side(record["agreement_ends_at"]),
         "grants": [{**grant, "id": name(grant["id"]),
                     "valid_from": side(grant["valid_from"]),
                     "valid_until": side(grant["valid_until"]),
                     "recertify_by": side(grant["recertify_by"])}
                    for grant in record["grants"]],
-        "relationships": [{**rel, "starts_at": side(rel["starts_at"]),
-                           "ends_at": side(rel["ends_at"]),
-                           "assigned_users": [name(u) for u in rel["assigned_users"]]}
-                          for rel in record["relationships"]],
+        "relationships": [orjson.loads(rel) for rel in sorted({
+            orjson.dumps({**rel, "municipality": name(rel["municipality"]),
+                          "starts_at": side(rel["starts_at"]), "ends_at": side(rel["ends_at"]),
+                          "assigned_users": sorted({name(u) if u == user else OTHERS
+                                                    for u in rel["assigned_users"]})},
+                         option=orjson.OPT_SORT_KEYS)
+            for rel in record["relationships"]
+            if rel["municipality"] == record["user_municipality"]
+            and rel["service"] == record["purpose"]})],
     }
     return (orjson.dumps(shape, option=orjson.OPT_SORT_KEYS), shape,
             {token: value for value, token in names.items()})

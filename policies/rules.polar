@@ -33,13 +33,18 @@
 # - `r.now` is only ever compared (<, <=) with timestamps from the input, so a decision
 #   holds until the next of them after now;
 # - timestamps are only compared with `r.now`, never with each other, computed with or
-#   compared with constants, and ids (user_id, client_id, user_client_id, grant ids,
-#   assigned users) only tested for equality or membership, never with a constant other
-#   than "". So two records alike up to renaming ids and moving timestamps without
-#   moving any across now get one answer, and the service asks the policy once per such
-#   shape.
-#   tests/test_shapes.py checks this on random records; a rule that needs more (a
-#   duration, a constant id) must change record_shape first.
+#   compared with constants; ids (user_id, client_id, user_client_id, grant ids,
+#   assigned users) and municipality codes (user_municipality, client_home,
+#   area_municipalities, a relationship's municipality) only tested for equality or
+#   membership, never with a constant other than ""; the order of area_municipalities
+#   and of relationships never matters;
+# - only the relationships with the user's municipality for the purpose asked are read,
+#   and of their assigned users only whether there are any and whether the user is one.
+# So two records alike up to renaming ids and codes, reordering those lists, other
+# relationships and other assigned users, and moving timestamps without moving any
+# across now get one answer, and the service asks the policy once per such shape.
+# tests/test_shapes.py checks this on random records; a rule that needs more (a
+# duration, a constant id, another relationship) must change record_shape first.
 
 decision(r, _category, _action, reason, "") if
     failing(r, reason) and cut;
