@@ -99,9 +99,9 @@ def record_shape(record: Record) -> tuple[bytes, Record, dict[str, str]]:
     and, as OTHERS, whether there is anyone else. The rules compare ids and codes only
     for equality and membership, timestamps only with now, and read no other
     relationship (the invariants in the header of policies/rules.polar), so records of
-    one shape get one answer; the decider asks the policy once per shape. Returns the shape as canonical
-    JSON (a key), the shape itself (to ask the policy about) and the renaming back,
-    token -> id, for the grant ids in the answer."""
+    one shape get one answer; the decider asks the policy once per shape. Returns the
+    shape as canonical JSON (a key), the shape itself (to ask the policy about) and the
+    renaming back, token -> id, for the grant ids in the answer."""
     now: int = record["now"]
 
     def side(moment: int) -> int:
