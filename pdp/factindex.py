@@ -3,26 +3,130 @@
 The index is filled from the store's change log only (`apply`), so it is always the
 store's state at some `version`. Each fact group a decision reads carries a stamp (the
 version of the last change to it); a memoised decision is valid while its stamps are.
+
+Clients and relationships are nearly all of the facts (a million of them in a large
+area), so the index keeps them as small slotted rows (`ClientRow`, `RelationshipRow`:
+times as integer microseconds, repeated strings interned) made straight from the
+stored JSON, which was validated when it was written; anything unexpected in it is
+refused with the facts model's own error. The few areas, agreements, users and grants
+stay pydantic models.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
+from pdp.clock import END_OF_TIME, from_micros, to_micros
 from pdp.facts import (
     Agreement,
     Area,
-    Client,
     Fact,
     Grant,
-    Relationship,
     User,
     dump_fact,
     parse_fact,
 )
 from pdp.store import ChangeRecord, StoredFact
+from pdp.vocab import SERVICES
+
+_intern = sys.intern
+_CLIENT_KEYS = frozenset({"home_municipality", "protection_order"})
+_RELATIONSHIP_KEYS = frozenset({"client", "municipality", "service", "starts_at", "ends_at",
+                                "assigned_users"})
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRow:
+    """A client as the index keeps it."""
+
+    home_municipality: str
+    protection_order: bool
+    version: int  # of its last write
+
+
+@dataclass(frozen=True, slots=True)
+class RelationshipRow:
+    """A client relationship as the index keeps it."""
+
+    client: str
+    municipality: str
+    service: str
+    starts_at: int  # microseconds since the epoch
+    ends_at: int  # END_OF_TIME when open-ended
+    assigned_users: tuple[str, ...]
+    version: int  # of its last write
+
+
+def _micros(text: Any) -> int:
+    if not isinstance(text, str):
+        raise TypeError("not a timestamp")
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError("timestamp without an offset")
+    return to_micros(moment)
+
+
+def client_row(data: Any, version: int) -> ClientRow:
+    """A stored client as a row; raises the facts model's error if it is not valid."""
+    try:
+        if not _CLIENT_KEYS.issuperset(data):
+            raise ValueError("unknown field")
+        home, protected = data["home_municipality"], data.get("protection_order", False)
+        if not (isinstance(home, str) and len(home) == 3 and home.isdigit()
+                and isinstance(protected, bool)):
+            raise ValueError("bad value")
+        return ClientRow(_intern(home), protected, version)
+    except (TypeError, ValueError, KeyError):
+        parse_fact("client", data)  # raises with the model's message
+        raise
+
+
+def relationship_row(data: Any, version: int) -> RelationshipRow:
+    """A stored relationship as a row; raises the facts model's error if it is not valid."""
+    try:
+        if not _RELATIONSHIP_KEYS.issuperset(data):
+            raise ValueError("unknown field")
+        client, municipality, service = data["client"], data["municipality"], data["service"]
+        assigned = data.get("assigned_users") or []
+        ends = data.get("ends_at")
+        if not (isinstance(client, str) and client and isinstance(municipality, str)
+                and len(municipality) == 3 and municipality.isdigit() and service in SERVICES
+                and isinstance(assigned, list)
+                and all(isinstance(u, str) and u for u in assigned)):
+            raise ValueError("bad value")
+        row = RelationshipRow(
+            _intern(client), _intern(municipality), _intern(service),
+            _micros(data["starts_at"]), END_OF_TIME if ends is None else _micros(ends),
+            tuple(_intern(u) for u in assigned), version)
+        if row.ends_at <= row.starts_at:
+            raise ValueError("ends before it starts")
+        return row
+    except (TypeError, ValueError, KeyError):
+        parse_fact("relationship", data)
+        raise
+
+
+def _iso(micros: int) -> str:
+    return from_micros(micros).isoformat().replace("+00:00", "Z")
+
+
+def client_data(row: ClientRow) -> dict[str, Any]:
+    """A client row as the facts API and the store write it."""
+    return {"home_municipality": row.home_municipality,
+            "protection_order": row.protection_order}
+
+
+def relationship_data(row: RelationshipRow) -> dict[str, Any]:
+    """A relationship row as the facts API and the store write it."""
+    return {"client": row.client, "municipality": row.municipality, "service": row.service,
+            "starts_at": _iso(row.starts_at),
+            "ends_at": None if row.ends_at == END_OF_TIME else _iso(row.ends_at),
+            "assigned_users": list(row.assigned_users)}
 
 
 @dataclass(slots=True)
@@ -32,48 +136,58 @@ class FactIndex:
     agreements: dict[str, Agreement] = field(default_factory=dict)
     users: dict[str, User] = field(default_factory=dict)
     grants: dict[str, Grant] = field(default_factory=dict)
-    clients: dict[str, Client] = field(default_factory=dict)
-    relationships: dict[str, Relationship] = field(default_factory=dict)
+    clients: dict[str, ClientRow] = field(default_factory=dict)
+    relationships: dict[str, RelationshipRow] = field(default_factory=dict)
     grants_by_user: dict[str, dict[str, Grant]] = field(default_factory=dict)
-    relationships_by_client: dict[str, dict[str, Relationship]] = field(default_factory=dict)
+    relationships_by_client: dict[str, dict[str, RelationshipRow]] = field(
+        default_factory=dict)
     # For search (candidates, see pdp.search): (municipality, service) -> {client: number
     # of its relationships there naming no user}; user -> {client: number of the
     # relationships naming the user}; municipality -> its users.
     open_relationships: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
     assigned_relationships: dict[str, dict[str, int]] = field(default_factory=dict)
     users_by_municipality: dict[str, set[str]] = field(default_factory=dict)
-    # Stamps: the version of the last change to a group. Keys: ("user", id) covers the
-    # user and their grants; ("client", id) the client and its relationships;
-    # ("agreement", code); ("area", id).
-    stamps: dict[tuple[str, str], int] = field(default_factory=dict)
-    # The version of each fact's last write: ("grant", id) -> version.
-    versions: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Stamps: the version of the last change to a group, by group and key. Groups:
+    # "user" (the user and their grants), "client" (the client and its relationships),
+    # "agreement" (by municipality code), "area".
+    stamps: dict[str, dict[str, int]] = field(default_factory=lambda: {
+        "user": {}, "client": {}, "agreement": {}, "area": {}})
+    # The version of each fact's last write, by kind and id (clients and relationships
+    # carry theirs in their rows).
+    versions: dict[str, dict[str, int]] = field(default_factory=lambda: {
+        "area": {}, "agreement": {}, "user": {}, "grant": {}})
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     def fact_version(self, kind: str, id: str) -> int:
         """The version of the fact's last write; 0 if it does not exist."""
-        return self.versions.get((kind, id), 0)
+        if kind in ("client", "relationship"):
+            row = (self.clients if kind == "client" else self.relationships).get(id)
+            return 0 if row is None else row.version
+        return self.versions.get(kind, {}).get(id, 0)
 
     def stored_facts(self) -> Iterator[StoredFact]:
         """Every fact with its version, as the store would give it (hold `lock`)."""
         tables: list[tuple[str, Mapping[str, Fact]]] = [
             ("area", self.areas), ("agreement", self.agreements), ("user", self.users),
-            ("grant", self.grants), ("client", self.clients),
-            ("relationship", self.relationships)]
+            ("grant", self.grants)]
         for kind, table in tables:
             for fact_id, fact in table.items():
                 yield StoredFact(kind, fact_id, dump_fact(fact), self.fact_version(kind, fact_id))
+        for client_id, client in self.clients.items():
+            yield StoredFact("client", client_id, client_data(client), client.version)
+        for relationship_id, rel in self.relationships.items():
+            yield StoredFact("relationship", relationship_id, relationship_data(rel),
+                             rel.version)
 
     def stamp(self, group: str, key: str) -> int:
-        return self.stamps.get((group, key), 0)
+        return self.stamps[group].get(key, 0)
 
     def load(self, facts: Iterable[StoredFact], version: int) -> None:
         """Replace the whole content with a store snapshot taken at `version`."""
         with self.lock:
             self._clear()
             for stored in facts:
-                self._put(stored.kind, stored.id, parse_fact(stored.kind, stored.data),
-                          stored.version)
+                self._put(stored.kind, stored.id, stored.data, stored.version)
             self.version = version
 
     def apply(self, changes: Sequence[ChangeRecord]) -> None:
@@ -84,8 +198,7 @@ class FactIndex:
                     continue
                 self._remove(change.kind, change.id, change.version)
                 if change.data is not None:
-                    self._put(change.kind, change.id, parse_fact(change.kind, change.data),
-                              change.version)
+                    self._put(change.kind, change.id, change.data, change.version)
             if changes:
                 self.version = max(self.version, changes[-1].version)
 
@@ -96,15 +209,16 @@ class FactIndex:
     # -- internals -------------------------------------------------------------------
 
     def _clear(self) -> None:
-        for table in (self.areas, self.agreements, self.users, self.grants, self.clients,
-                      self.relationships, self.grants_by_user, self.relationships_by_client,
-                      self.open_relationships, self.assigned_relationships,
-                      self.users_by_municipality,
-                      self.stamps, self.versions):
+        tables: list[dict[Any, Any]] = [
+            self.areas, self.agreements, self.users, self.grants, self.clients,
+            self.relationships, self.grants_by_user, self.relationships_by_client,
+            self.open_relationships, self.assigned_relationships, self.users_by_municipality,
+            *self.stamps.values(), *self.versions.values()]
+        for table in tables:
             table.clear()
         self.version = 0
 
-    def _relationship_lists(self, relationship: Relationship) -> list[dict[str, int]]:
+    def _relationship_lists(self, relationship: RelationshipRow) -> list[dict[str, int]]:
         """The search indexes a relationship counts in."""
         if not relationship.assigned_users:
             return [self.open_relationships.setdefault(
@@ -113,12 +227,26 @@ class FactIndex:
                 for user in set(relationship.assigned_users)]
 
     def _touch(self, group: str, key: str, version: int) -> None:
-        self.stamps[(group, key)] = max(version, self.stamps.get((group, key), 0))
+        stamps = self.stamps[group]
+        stamps[key] = max(version, stamps.get(key, 0))
 
-    def _put(self, kind: str, id: str, fact: Fact, version: int) -> None:
-        if (kind, id) in self.versions:  # a new value: drop the old one from every index
+    def _put(self, kind: str, id: str, data: Any, version: int) -> None:
+        """Put one stored fact (its JSON data) in every index."""
+        if self.fact_version(kind, id):  # a new value: drop the old one from every index
             self._remove(kind, id, version)
-        self.versions[(kind, id)] = version
+        if kind == "client":
+            self.clients[id] = client_row(data, version)
+            self._touch("client", id, version)
+            return
+        if kind == "relationship":
+            rel = self.relationships[id] = relationship_row(data, version)
+            self.relationships_by_client.setdefault(rel.client, {})[id] = rel
+            for clients in self._relationship_lists(rel):
+                clients[rel.client] = clients.get(rel.client, 0) + 1
+            self._touch("client", rel.client, version)
+            return
+        fact = parse_fact(kind, data)
+        self.versions[kind][id] = version
         if isinstance(fact, Area):
             self.areas[id] = fact
             self._touch("area", id, version)
@@ -133,20 +261,11 @@ class FactIndex:
             self.grants[id] = fact
             self.grants_by_user.setdefault(fact.user, {})[id] = fact
             self._touch("user", fact.user, version)
-        elif isinstance(fact, Client):
-            self.clients[id] = fact
-            self._touch("client", id, version)
-        elif isinstance(fact, Relationship):
-            self.relationships[id] = fact
-            self.relationships_by_client.setdefault(fact.client, {})[id] = fact
-            for clients in self._relationship_lists(fact):
-                clients[fact.client] = clients.get(fact.client, 0) + 1
-            self._touch("client", fact.client, version)
         else:  # pragma: no cover - MODELS and this list are the same six kinds
             raise TypeError(f"unknown fact {kind}")
 
     def _remove(self, kind: str, id: str, version: int) -> None:
-        self.versions.pop((kind, id), None)
+        self.versions.get(kind, {}).pop(id, None)
         if kind == "area":
             self.areas.pop(id, None)
             self._touch("area", id, version)

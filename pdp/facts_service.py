@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from pdp.bus import BusUnavailable, RedisBus
 from pdp.factindex import FactIndex
@@ -52,11 +52,12 @@ class FactService:
         with self._catch_up_lock:
             store_version = self.store.version()
             snapshot = self._usable_snapshot(store_version)
+            facts: Iterable[StoredFact]
             if snapshot is not None:
                 version, facts = snapshot
                 log.info("facts from the shared snapshot at version %d", version)
             else:
-                version, facts = store_version, list(self.store.all_facts())
+                version, facts = store_version, self.store.all_facts()
             self.index.load(facts, version)
             self.index.apply(self.store.changes_since(version))
             self.loaded = True

@@ -50,8 +50,8 @@ def policy_record(facts: FactIndex, user_id: str, client_id: str, purpose: str,
             {
                 "municipality": rel.municipality,
                 "service": rel.service,
-                "starts_at": to_micros(rel.starts_at),
-                "ends_at": to_micros(rel.ends_at),
+                "starts_at": rel.starts_at,
+                "ends_at": rel.ends_at,
                 "assigned_users": list(rel.assigned_users),
             }
             for rel in relationships.values()

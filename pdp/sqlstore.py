@@ -400,14 +400,11 @@ class SqlFactStore:
         query = sa.select(facts.c.kind, facts.c.id, facts.c.data, facts.c.version).order_by(
             facts.c.kind, facts.c.id
         )
+        # Streamed in chunks: a million facts never sit in memory twice.
         with _available(), self.engine.connect() as conn:
-            rows = conn.execute(query).all()
-        return iter(
-            [
-                StoredFact(kind=r.kind, id=r.id, data=_decode(r.data), version=int(r.version))
-                for r in rows
-            ]
-        )
+            for r in conn.execution_options(yield_per=5000).execute(query):
+                yield StoredFact(kind=r.kind, id=r.id, data=_decode(r.data),
+                                 version=int(r.version))
 
     def version(self) -> int:
         query = sa.select(fact_meta.c.value).where(fact_meta.c.name == FACTS_VERSION)
