@@ -1,8 +1,9 @@
 """HTTP single evaluations, pdp and the Cerbos PDP side by side, driven by wrk (Debian's
 package: a C load generator, not the bottleneck here) at `connections` connections.
 
-pdp runs as `pdp serve` on a SQLite store holding the workload's facts, with the
-decision log on (as it must be); Cerbos with `peers/cerbos/client_record.yaml`, the
+pdp runs as `pdp serve --workers N` on a SQLite store holding the workload's facts,
+with the decision log on (as it must be); between two runs the next waits until pdp has
+worked off what the last left queued; Cerbos with `peers/cerbos/client_record.yaml`, the
 bodies carrying the attributes it needs. Each body is sent once per run in the cold
 runs (no request repeats) and repeatedly in the warm ones.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -29,6 +31,7 @@ from workload import Request
 from pdp.api import parse_batch
 from pdp.factindex import FactIndex
 from pdp.sqlstore import open_store
+from pdp.vocab import ACTIONS, CATEGORIES, SERVICES
 
 TOKEN = "bench-pep"
 LUA = """
@@ -82,15 +85,26 @@ def wrk(url: str, bodies: list[str], connections: int, seconds: float,
     rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
     assert rate is not None, out
     return {"requests_per_s": float(rate.group(1)), "p50_ms": millis("50%"),
-            "p99_ms": millis("99%")}
+            "p75_ms": millis("75%"), "p90_ms": millis("90%"), "p99_ms": millis("99%")}
 
 
 def per_decision(row: dict[str, float], batch: int) -> dict[str, float]:
     return {**row, "decisions_per_s": row["requests_per_s"] * batch}
 
 
+def settle(url: str, body: str, headers: dict[str, str], timeout: float = 120) -> None:
+    """Wait until the server has worked off what the last wrk run left queued: a request
+    that needs no policy query answers within 50 ms twice running."""
+    deadline = time.monotonic() + timeout
+    quick = 0
+    while quick < 2 and time.monotonic() < deadline:
+        started = time.monotonic()
+        httpx.post(url, content=body, headers=headers, timeout=timeout).raise_for_status()
+        quick = quick + 1 if time.monotonic() - started < 0.05 else 0
+
+
 @contextmanager
-def pdp_server(facts: list[dict[str, Any]], port: int) -> Iterator[str]:
+def pdp_server(facts: list[dict[str, Any]], port: int, workers: int = 1) -> Iterator[str]:
     workdir = Path(tempfile.mkdtemp(prefix="pdp-bench-"))
     url = f"sqlite:///{workdir / 'facts.sqlite3'}"
     store = open_store(url)
@@ -101,7 +115,8 @@ def pdp_server(facts: list[dict[str, Any]], port: int) -> Iterator[str]:
     env = {**os.environ, "PDP_DATABASE_URL": url,
            "PDP_API_KEYS": json.dumps({TOKEN: ["pep"]})}
     process = subprocess.Popen([sys.executable, "-m", "pdp", "serve", "--port", str(port),
-                                "--log-level", "warning"], cwd=workdir, env=env,
+                                "--log-level", "warning", "--workers", str(workers)],
+                               cwd=workdir, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -136,39 +151,86 @@ def batches(mix: list[Request], size: int) -> list[list[Request]]:
     return [(mine * (size // len(mine) + 1))[:size] for mine in by_user.values()]
 
 
+def unseen_batches(index: FactIndex, mix: list[Request], size: int, count: int,
+                   seed: int = 8) -> list[list[Request]]:
+    """`count` batches of `size` requests, one user each (the users in id order, round
+    robin), about clients of the user's municipality, none of them in the mix and none
+    repeated: for the cold batch runs."""
+    rng = random.Random(seed)
+    seen = set(mix)
+    clients_of: dict[str, list[str]] = {}
+    for client_id, client in index.clients.items():
+        clients_of.setdefault(client.home_municipality, []).append(client_id)
+    every = sorted(index.clients)
+    users = sorted(index.users)
+    found: list[list[Request]] = []
+    while len(found) < count:
+        user = users[len(found) % len(users)]
+        fact = index.users[user]
+        pool = clients_of.get(fact.municipality) or every
+        purposes = list(fact.tasks) or list(SERVICES)
+        group: list[Request] = []
+        while len(group) < size:
+            request = Request(user, rng.choice(pool), rng.choice(CATEGORIES),
+                              rng.choice(ACTIONS), rng.choice(purposes))
+            if request not in seen:
+                seen.add(request)
+                group.append(request)
+        found.append(group)
+    return found
+
+
 def compare(facts: list[dict[str, Any]], index: FactIndex, mix: list[Request], now_us: int,
             ports: tuple[int, int], connections: int, seconds: float,
-            warm_set: int, batch: int = 100) -> dict[str, dict[str, float]]:
-    """pdp and Cerbos, cold and warm single evaluations and warm batches of `batch`: wrk
-    figures, one after the other (decisions/s = requests/s x batch for batches)."""
+            warm_set: int, batch: int = 100, workers: int = 1) -> dict[str, dict[str, float]]:
+    """pdp and Cerbos, cold and warm single evaluations and batches of `batch`: wrk
+    figures, one after the other (decisions/s = requests/s x batch for batches). Cold:
+    no request is sent twice (singles: the mix; batches: requests not in the mix);
+    warm: a small set sent over and over."""
     workdir = Path(tempfile.mkdtemp(prefix="wrk-"))
     ours = [json.dumps(r.authzen()) for r in mix]
     theirs = [json.dumps(cerbos_peer.check_body(index, r.user, [(r.client, r.category,
                                                                   r.action, r.purpose)],
                                                  now_us)) for r in mix]
-    grouped = batches(mix, batch)
-    our_batches = [json.dumps({"evaluations": [r.authzen() for r in group]})
-                   for group in grouped]
-    their_batches = [json.dumps(cerbos_peer.check_body(
-        index, group[0].user, [(r.client, r.category, r.action, r.purpose) for r in group],
-        now_us)) for group in grouped]
+
+    def bodies(groups: list[list[Request]]) -> tuple[list[str], list[str]]:
+        return ([json.dumps({"evaluations": [r.authzen() for r in group]})
+                 for group in groups],
+                [json.dumps(cerbos_peer.check_body(
+                    index, group[0].user,
+                    [(r.client, r.category, r.action, r.purpose) for r in group], now_us))
+                 for group in groups])
+
+    our_batches, their_batches = bodies(batches(mix, batch))
+    our_cold, their_cold = bodies(unseen_batches(
+        index, mix, batch, max(20, round(seconds * 60))))
     results: dict[str, dict[str, float]] = {}
     try:
-        with pdp_server(facts, ports[0]) as base:
-            url = base + "/access/v1/evaluation"
-            results["pdp, cold (no request repeats)"] = wrk(url, ours, connections, seconds,
+        with pdp_server(facts, ports[0], workers) as base:
+            single = base + "/access/v1/evaluation"
+            probe = ours[0]
+            headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+            settle(single, probe, headers)
+            results["pdp, cold (no request repeats)"] = wrk(single, ours, connections, seconds,
                                                             workdir)
-            results["pdp, warm (requests repeat)"] = wrk(url, ours[:warm_set], connections,
+            settle(single, probe, headers)
+            results["pdp, warm (requests repeat)"] = wrk(single, ours[:warm_set], connections,
                                                          seconds, workdir)
+            settle(single, probe, headers)
+            url = base + "/access/v1/evaluations"
+            results[f"pdp, batches of {batch}, cold"] = per_decision(wrk(
+                url, our_cold, connections, seconds, workdir), batch)
+            settle(single, probe, headers)
             results[f"pdp, batches of {batch}, warm"] = per_decision(wrk(
-                base + "/access/v1/evaluations", our_batches, connections, seconds, workdir),
-                batch)
+                url, our_batches, connections, seconds, workdir), batch)
         with cerbos_peer.Cerbos(ports[1]) as cerbos:
             url = cerbos.url + "/api/check/resources"
             results["Cerbos, cold (no request repeats)"] = wrk(url, theirs, connections,
                                                                seconds, workdir)
             results["Cerbos, warm (requests repeat)"] = wrk(url, theirs[:warm_set],
                                                             connections, seconds, workdir)
+            results[f"Cerbos, batches of {batch}, cold"] = per_decision(wrk(
+                url, their_cold, connections, seconds, workdir), batch)
             results[f"Cerbos, batches of {batch}, warm"] = per_decision(wrk(
                 url, their_batches, connections, seconds, workdir), batch)
     finally:

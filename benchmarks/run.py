@@ -1,15 +1,16 @@
-"""Issue 8's benchmark, in-process part: the seeded workload, pdp's decider warm and
-cold, and raw oso (the same policies, no caches), side by side in one run.
+"""Issue 8's benchmark, all of it in one run: the seeded workload, pdp beside its peers
+(raw oso with the same policies and no caches, cedarpy, the Cerbos PDP), in process and
+over HTTP, resource search, revocation propagation and a cold start with a million facts.
 
     .venv/bin/python benchmarks/run.py              # 100 000 clients, 2 000 users
     .venv/bin/python benchmarks/run.py --tiny       # a small world: CI runs this
 
-Prints a table of p50/p99 per decision and the ratios, and writes `--json`. First it
-checks that each peer gives the same decisions as pdp (raw oso and Cerbos on a sample,
-Cedar on the whole mix). Speed is
-measured here, never asserted. Peers: raw oso, cedarpy and the Cerbos PDP
-(benchmarks/peers/). Still to come (see the README): HTTP figures with a real load
-generator for pdp and Cerbos side by side, batches, the PNG plot.
+First it checks that each peer decides as pdp does (raw oso and Cerbos on a sample,
+Cedar on the whole mix); then it measures and prints the figures, the ratios to each
+peer and the targets met or missed, and writes `--json` and a PNG plot of the latency
+distributions (`--plot`). Speed is measured here, never asserted. Needs wrk (Debian),
+PostgreSQL and Redis (scripts/services starts them) and npm (Cerbos is installed on
+first use into benchmarks/.peers/).
 """
 
 from __future__ import annotations
@@ -18,26 +19,39 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import cold_start
 import http_peers
+import propagation
 from peers import cedar, cerbos_peer
 from workload import NOW, Request, Sizes, describe, fact_index, request_mix, world_facts
 
 from pdp.clock import to_micros
 from pdp.core import decide
 from pdp.decider import Decider
-from pdp.policy_engine import load_policy
+from pdp.factindex import FactIndex
+from pdp.policy_engine import CompiledPolicy, load_policy
+from pdp.search import search_resources
 from pdp.settings import DEFAULT_POLICY_DIR
+
+WARM, SHAPES, COLD = ("pdp warm (memoised)", "pdp cold, answers by shape kept",
+                      "pdp cold, nothing memoised")
+RAW, CEDAR, CERBOS = ("raw oso (same policies, no caches)", "cedarpy (in process, no caches)",
+                      "Cerbos (HTTP round trip, one client)")
 
 
 def free_port() -> int:
@@ -52,7 +66,7 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     def at(q: float) -> float:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e6
 
-    return {"p50_us": at(0.50), "p99_us": at(0.99), "n": len(ordered)}
+    return {"p50_us": at(0.50), "p90_us": at(0.90), "p99_us": at(0.99), "n": len(ordered)}
 
 
 def timed(requests: list[Request], before: Callable[[], None] | None,
@@ -67,45 +81,29 @@ def timed(requests: list[Request], before: Callable[[], None] | None,
     return samples
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tiny", action="store_true", help="a small world, for CI")
-    parser.add_argument("--clients", type=int, default=100_000)
-    parser.add_argument("--users", type=int, default=2_000)
-    parser.add_argument("--requests", type=int, default=20_000)
-    parser.add_argument("--cold-sample", type=int, default=500,
-                        help="requests timed without any memo (each a policy query)")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--seconds", type=float, default=10.0, help="per wrk run")
-    parser.add_argument("--no-http", dest="http", action="store_false",
-                        help="skip the HTTP runs (wrk)")
-    args = parser.parse_args()
-    if args.tiny:
-        args.clients, args.users, args.requests, args.cold_sample = 1_000, 40, 200, 20
-        args.seconds = 1.0
+def machine() -> dict[str, Any]:
+    model = ""
+    with open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory = 0
+    with open("/proc/meminfo") as info:
+        for line in info:
+            if line.startswith("MemTotal"):
+                memory = int(line.split()[1]) // 1024
+    return {"cpus": os.cpu_count(), "cpu": model, "memory_mib": memory,
+            "python": f"{platform.python_implementation()} {platform.python_version()}"}
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, check=False).stdout.strip()
-    print(f"{time.strftime('%Y-%m-%d %H:%M')}, commit {commit}, {os.cpu_count()} CPUs, "
-          f"{platform.python_implementation()} {platform.python_version()}")
-    started = time.perf_counter()
-    facts = world_facts(Sizes(clients=args.clients, users=args.users), args.seed)
-    index = fact_index(facts)
-    print(f"world: {len(facts)} facts ({args.clients} clients, {args.users} users, "
-          f"{len(index.relationships)} relationships) in {time.perf_counter() - started:.1f} s")
-    policy = load_policy(DEFAULT_POLICY_DIR)
-    started = time.perf_counter()
-    mix = request_mix(index, policy, args.requests, args.seed)
-    reasons = describe(index, policy, mix)
-    allowed = reasons.get("allowed", 0)
-    print(f"mix: {len(mix)} distinct requests, {allowed / len(mix):.0%} allowed, "
-          f"{len(reasons) - 1} reasons of denial, in {time.perf_counter() - started:.1f} s")
 
-    # The peers must agree before they are timed.
+# -- in process --------------------------------------------------------------------------
+
+def in_process(policy: CompiledPolicy, index: FactIndex, mix: list[Request], sample_size: int
+               ) -> tuple[dict[str, dict[str, float]], dict[str, list[float]]]:
+    """Agreement checks, then p50/p99 per decision of pdp and each peer; the samples."""
     decider = Decider(policy, index, clock=lambda: NOW, cache_size=10_000_000)
-    sample = mix[:max(1, args.cold_sample)]
+    sample = mix[:max(1, sample_size)]
     for request in sample:
         ours = decider.decide(request.decision_request(), NOW)
         raw = decide(policy, index, request.decision_request(), NOW)
@@ -118,26 +116,20 @@ def main() -> None:
         return cedar.allowed(index, r.user, r.client, r.category, r.action, r.purpose, now_us)
 
     for request in mix:
-        ours = decider.decide(request.decision_request(), NOW)
-        if cedar_allows(request) != ours.decision:
-            raise SystemExit(f"Cedar and pdp disagree on {request}: pdp {ours}")
+        if cedar_allows(request) != decider.decide(request.decision_request(), NOW).decision:
+            raise SystemExit(f"Cedar and pdp disagree on {request}")
     print(f"agreement: cedarpy = pdp on all {len(mix)} requests")
 
-    results: dict[str, dict[str, float]] = {}
+    samples: dict[str, list[float]] = {}
     for request in mix:  # warm: every answer memoised
         decider.decide(request.decision_request(), NOW)
-    results["pdp warm (memoised)"] = percentiles(timed(
-        mix, None, lambda r: decider.decide(r.decision_request(), NOW)))
-    results["pdp cold, answers by shape kept"] = percentiles(timed(
-        mix, lambda: decider.clear(shapes=False),
-        lambda r: decider.decide(r.decision_request(), NOW)))
-    results["pdp cold, nothing memoised"] = percentiles(timed(
-        sample, decider.clear, lambda r: decider.decide(r.decision_request(), NOW)))
-    results["raw oso (same policies, no caches)"] = percentiles(timed(
-        sample, None, lambda r: decide(policy, index, r.decision_request(), NOW)))
-
-    results["cedarpy (in process, no caches)"] = percentiles(timed(mix, None, cedar_allows))
-
+    samples[WARM] = _timed_warm(decider, [r.decision_request() for r in mix])
+    samples[SHAPES] = timed(mix, lambda: decider.clear(shapes=False),
+                            lambda r: decider.decide(r.decision_request(), NOW))
+    samples[COLD] = timed(sample, decider.clear,
+                          lambda r: decider.decide(r.decision_request(), NOW))
+    samples[RAW] = timed(sample, None, lambda r: decide(policy, index, r.decision_request(), NOW))
+    samples[CEDAR] = timed(mix, None, cedar_allows)
     with cerbos_peer.Cerbos(free_port()) as cerbos, httpx.Client(base_url=cerbos.url) as http:
         def cerbos_allows(r: Request) -> bool:
             body = cerbos_peer.check_body(index, r.user, [(r.client, r.category, r.action,
@@ -151,45 +143,295 @@ def main() -> None:
                                                          NOW).decision:
                 raise SystemExit(f"Cerbos and pdp disagree on {request}")
         print(f"agreement: Cerbos = pdp on {len(sample)} requests")
-        results["Cerbos (HTTP round trip, one client)"] = percentiles(timed(
-            sample, None, cerbos_allows))
+        samples[CERBOS] = timed(sample, None, cerbos_allows)
+    return {name: percentiles(values) for name, values in samples.items()}, samples
 
-    raw = results["raw oso (same policies, no caches)"]
-    print(f"{'in process, per decision':40} {'p50 µs':>10} {'p99 µs':>10} {'n':>7} "
-          f"{'p50 vs raw oso':>15}")
-    for name, row in results.items():
-        print(f"{name:40} {row['p50_us']:10.1f} {row['p99_us']:10.1f} {row['n']:7.0f} "
-              f"{raw['p50_us'] / row['p50_us']:14.1f}x")
+
+def _timed_warm(decider: Decider, requests: list[Any]) -> list[float]:
+    """Memoised decisions, the request objects made beforehand (as the API layer has
+    them parsed before it asks)."""
+    samples = []
+    for request in requests:
+        started = time.perf_counter()
+        decider.decide(request, NOW)
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+# -- search ------------------------------------------------------------------------------
+
+def search_user(index: FactIndex, want: int) -> tuple[str, str, int]:
+    """The user and purpose whose related clients (named by a relationship, or open to
+    the municipality's staff for that service) number closest to `want`."""
+    best: tuple[int, str, str, int] | None = None
+    for user_id, user in sorted(index.users.items()):
+        if user.status != "active" or not index.grants_by_user.get(user_id):
+            continue
+        assigned = index.assigned_relationships.get(user_id, {})
+        for purpose in user.tasks:
+            related = set(assigned) | set(index.open_relationships.get(
+                (user.municipality, purpose), {}))
+            distance = abs(len(related) - want)
+            if best is None or distance < best[0]:
+                best = (distance, user_id, purpose, len(related))
+    if best is None:
+        raise SystemExit("no active user with a grant for the search")
+    return best[1], best[2], best[3]
+
+
+def search_figures(policy: CompiledPolicy, index: FactIndex, want: int) -> dict[str, Any]:
+    user, purpose, related = search_user(index, want)
+    category = "name_contact"
+
+    def walk(decider: Decider) -> tuple[int, float, float]:
+        found, after, first = 0, None, 0.0
+        started = time.perf_counter()
+        while True:
+            page = search_resources(decider, user=user, category=category, action="read",
+                                    purpose=purpose, after=after, limit=100, budget=3600,
+                                    now=NOW)
+            if not first:
+                first = time.perf_counter() - started
+            found += len(page.ids)
+            if page.after is None:
+                return found, first * 1000, (time.perf_counter() - started) * 1000
+            after = page.after
+
+    decider = Decider(policy, index, clock=lambda: NOW, cache_size=10_000_000)
+    results, cold_first, cold_all = walk(decider)
+    _, warm_first, warm_all = walk(decider)
+    return {"user": user, "purpose": purpose, "related_clients": related,
+            "results": results, "cold_first_page_ms": cold_first, "cold_all_pages_ms": cold_all,
+            "warm_first_page_ms": warm_first, "warm_all_pages_ms": warm_all,
+            "policy_queries": decider.misses - decider.shape_hits}
+
+
+# -- the summary -------------------------------------------------------------------------
+
+def ratios(results: dict[str, Any]) -> list[tuple[str, float, str]]:
+    """(what, pdp / peer, better when) for every figure that has a peer."""
+    rows: list[tuple[str, float, str]] = []
+    inproc = results["in_process"]
+    for peer in (RAW, CEDAR, CERBOS):
+        for ours in (WARM, SHAPES, COLD):
+            rows.append((f"in process p50: {ours} / {peer.split(' (')[0]}",
+                         inproc[ours]["p50_us"] / inproc[peer]["p50_us"], "lower"))
+    http = results["http"]
+    for kind in ("cold (no request repeats)", "warm (requests repeat)"):
+        ours, theirs = http.get(f"pdp, {kind}"), http.get(f"Cerbos, {kind}")
+        if ours and theirs:
+            rows.append((f"HTTP single, {kind.split(' ')[0]}: requests/s pdp / Cerbos",
+                         ours["requests_per_s"] / theirs["requests_per_s"], "higher"))
+            rows.append((f"HTTP single, {kind.split(' ')[0]}: p99 pdp / Cerbos",
+                         ours["p99_ms"] / theirs["p99_ms"], "lower"))
+    for kind in ("cold", "warm"):
+        ours, theirs = http.get(f"pdp, batches of 100, {kind}"), http.get(
+            f"Cerbos, batches of 100, {kind}")
+        if ours and theirs:
+            rows.append((f"HTTP batches of 100, {kind}: decisions/s pdp / Cerbos",
+                         ours["decisions_per_s"] / theirs["decisions_per_s"], "higher"))
+    return rows
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """(target, what was measured, met) — None where it was not measured."""
+    rows: list[tuple[str, str, bool | None]] = []
+    inproc, http = results["in_process"], results["http"]
+    rows.append(("warm in-process decision p99 < 20 µs", f"{inproc[WARM]['p99_us']:.1f} µs",
+                 inproc[WARM]["p99_us"] < 20))
+    rows.append(("cold in-process decision (nothing memoised) p99 < 1 ms",
+                 f"{inproc[COLD]['p99_us'] / 1000:.2f} ms", inproc[COLD]["p99_us"] < 1000))
+    for kind in ("cold (no request repeats)", "warm (requests repeat)"):
+        ours, theirs = http.get(f"pdp, {kind}"), http.get(f"Cerbos, {kind}")
+        if ours and theirs:
+            rate = ours["requests_per_s"] / theirs["requests_per_s"]
+            p99 = ours["p99_ms"] / theirs["p99_ms"]
+            label = kind.split(" ")[0]
+            rows.append((f"HTTP single, {label}: requests/s ≥ Cerbos's", f"{rate:.2f}x",
+                         rate >= 1))
+            rows.append((f"HTTP single, {label}: p99 ≤ Cerbos's", f"{p99:.2f}x", p99 <= 1))
+    for kind in ("cold", "warm"):
+        ours, theirs = http.get(f"pdp, batches of 100, {kind}"), http.get(
+            f"Cerbos, batches of 100, {kind}")
+        if ours and theirs:
+            rate = ours["decisions_per_s"] / theirs["decisions_per_s"]
+            rows.append((f"HTTP batches of 100, {kind}: decisions/s ≥ 3x Cerbos's",
+                         f"{rate:.2f}x", rate >= 3))
+    prop = results.get("propagation")
+    rows.append(("revocation propagation p99 < 100 ms",
+                 f"{prop['p99']:.1f} ms" if prop else "not run",
+                 prop["p99"] < 100 if prop else None))
+    cold = results.get("cold_start")
+    if cold:
+        rows.append((f"cold start with {cold['facts']:,} facts < 30 s", f"{cold['ready_s']:.1f} s",
+                     cold["ready_s"] < 30))
+        rows.append(("resident memory per replica < 1 GiB",
+                     f"{cold['rss_after_decisions_mib']:.0f} MiB",
+                     cold["rss_after_decisions_mib"] < 1024))
+    else:
+        rows.append(("cold start with 1 000 000 facts < 30 s, < 1 GiB", "not run", None))
+    return rows
+
+
+def plot(path: Path, samples: dict[str, list[float]], http: dict[str, dict[str, float]],
+         title: str) -> None:
+    """Latency distributions: in process (a CDF per system) and over HTTP (wrk's
+    percentiles per run)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5))
+    for name, values in samples.items():
+        ordered = sorted(v * 1e6 for v in values)
+        left.plot(ordered, [(n + 1) / len(ordered) for n in range(len(ordered))], label=name)
+    left.set_xscale("log")
+    left.set_xlabel("latency per decision, µs (log)")
+    left.set_ylabel("fraction of decisions")
+    left.set_title("in process")
+    left.grid(True, which="both", alpha=0.3)
+    left.legend(fontsize=7)
+    quantiles = [50, 75, 90, 99]
+    for name, row in http.items():
+        values = [row.get(f"p{q}_ms", float("nan")) for q in quantiles]
+        right.plot(values, quantiles, marker="o",
+                   linestyle="-" if name.startswith("pdp") else "--", label=name)
+    right.set_xscale("log")
+    right.set_xlabel("latency per request, ms (log)")
+    right.set_ylabel("percentile")
+    right.set_title("HTTP, wrk, 16 connections")
+    right.grid(True, which="both", alpha=0.3)
+    right.legend(fontsize=7)
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="a small world, for CI")
+    parser.add_argument("--clients", type=int, default=100_000)
+    parser.add_argument("--users", type=int, default=2_000)
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--cold-sample", type=int, default=500,
+                        help="requests timed without any memo (each a policy query)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="PNG of the latency distributions (default: beside --json)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per wrk run")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="pdp serve --workers for the HTTP runs (default: one per CPU)")
+    parser.add_argument("--search-clients", type=int, default=1_000,
+                        help="the search is for the user with about this many related clients")
+    parser.add_argument("--propagation-rounds", type=int, default=100)
+    parser.add_argument("--cold-start-facts", type=int, default=1_000_000)
+    parser.add_argument("--no-http", dest="http", action="store_false",
+                        help="skip the HTTP runs (wrk)")
+    parser.add_argument("--no-propagation", dest="propagation", action="store_false",
+                        help="skip the propagation rounds (PostgreSQL and Redis)")
+    parser.add_argument("--no-cold-start", dest="cold_start", action="store_false",
+                        help="skip the cold start with --cold-start-facts facts")
+    args = parser.parse_args()
+    if args.tiny:
+        args.clients, args.users, args.requests, args.cold_sample = 1_000, 40, 200, 20
+        args.seconds, args.search_clients = 1.0, 50
+        args.propagation_rounds, args.cold_start_facts = 3, 5_000
+    if args.plot is None and args.json is not None:
+        args.plot = args.json.with_suffix(".png")
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, check=False).stdout.strip()
+    host = machine()
+    when = datetime.now().strftime("%Y-%m-%d %H:%M")
+    title = (f"{when}, commit {commit}, {host['cpus']} CPUs ({host['cpu']}), "
+             f"{host['memory_mib']} MiB, {host['python']}")
+    print(title)
+    started = time.perf_counter()
+    facts = world_facts(Sizes(clients=args.clients, users=args.users), args.seed)
+    index = fact_index(facts)
+    print(f"world: {len(facts)} facts ({args.clients} clients, {args.users} users, "
+          f"{len(index.relationships)} relationships) in {time.perf_counter() - started:.1f} s")
+    policy = load_policy(DEFAULT_POLICY_DIR)
+    started = time.perf_counter()
+    mix = request_mix(index, policy, args.requests, args.seed)
+    reasons = describe(index, policy, mix)
+    allowed = reasons.get("allowed", 0)
+    print(f"mix: {len(mix)} distinct requests, {allowed / len(mix):.0%} allowed, "
+          f"{len(reasons) - 1} reasons of denial, in {time.perf_counter() - started:.1f} s")
+
+    results: dict[str, Any] = {
+        "date": when, "commit": commit, "machine": host, "clients": args.clients,
+        "users": args.users, "facts": len(facts), "requests": len(mix),
+        "reasons": dict(reasons)}
+    inproc, samples = in_process(policy, index, mix, args.cold_sample)
+    results["in_process"] = inproc
+    print(f"{'in process, per decision':40} {'p50 µs':>10} {'p99 µs':>10} {'n':>7}")
+    for name, row in inproc.items():
+        print(f"{name:40} {row['p50_us']:10.1f} {row['p99_us']:10.1f} {row['n']:7.0f}")
+
     http: dict[str, dict[str, float]] = {}
     if args.http:
-        http = http_peers.compare(facts, index, mix, now_us, (free_port(), free_port()),
-                                  connections=16, seconds=args.seconds,
-                                  warm_set=min(1000, len(mix) // 4))
-        print(f"{'HTTP single evaluations, wrk, 16 connections':46} {'req/s':>9} "
+        http = http_peers.compare(facts, index, mix, to_micros(NOW),
+                                  (free_port(), free_port()), connections=16,
+                                  seconds=args.seconds, warm_set=min(1000, len(mix) // 4),
+                                  workers=args.workers)
+        print(f"{'HTTP, wrk, 16 connections':40} {'req/s':>9} {'decisions/s':>12} "
               f"{'p50 ms':>8} {'p99 ms':>8}")
         for name, row in http.items():
-            print(f"{name:46} {row['requests_per_s']:9.0f} {row['p50_ms']:8.2f} "
-                  f"{row['p99_ms']:8.2f}")
-        for name, row in http.items():
-            if "decisions_per_s" in row:
-                print(f"{name:46} {row['decisions_per_s']:9.0f} decisions/s")
-        for kind in ("cold", "warm"):
-            ours = next(r for n, r in http.items()
-                        if n.startswith("pdp") and kind in n and "batches" not in n)
-            theirs = next(r for n, r in http.items()
-                          if n.startswith("Cerbos") and kind in n and "batches" not in n)
-            print(f"pdp / Cerbos, {kind}: requests/s "
-                  f"{ours['requests_per_s'] / theirs['requests_per_s']:.2f}x, p99 "
-                  f"{ours['p99_ms'] / theirs['p99_ms']:.2f}x (lower is better)")
-        ours_b = next(r for n, r in http.items() if n.startswith("pdp, batches"))
-        theirs_b = next(r for n, r in http.items() if n.startswith("Cerbos, batches"))
-        print(f"pdp / Cerbos, batches: decisions/s "
-              f"{ours_b['decisions_per_s'] / theirs_b['decisions_per_s']:.2f}x")
+            print(f"{name:40} {row['requests_per_s']:9.0f} "
+                  f"{row.get('decisions_per_s', row['requests_per_s']):12.0f} "
+                  f"{row['p50_ms']:8.2f} {row['p99_ms']:8.2f}")
+    results["http"] = http
+
+    search = search_figures(policy, index, args.search_clients)
+    results["search"] = search
+    print(f"search: {search['user']} ({search['purpose']}), {search['related_clients']} "
+          f"related clients, {search['results']} results; first page of 100 "
+          f"{search['cold_first_page_ms']:.1f} ms cold / {search['warm_first_page_ms']:.2f} ms "
+          f"warm, every page {search['cold_all_pages_ms']:.0f} ms cold / "
+          f"{search['warm_all_pages_ms']:.1f} ms warm ({search['policy_queries']} policy "
+          f"queries)")
+
+    if args.propagation:
+        workdir = Path(tempfile.mkdtemp(prefix="pdp-propagation-"))
+        try:
+            prop = propagation.run_mode(True, args.propagation_rounds, workdir, timeout=5,
+                                        pause=0.001, jitter=0.3 if not args.tiny else 0.02,
+                                        extra={}, external=None)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        results["propagation"] = prop
+        print(f"revocation propagation, two replicas through Redis, {prop['rounds']} rounds: "
+              f"p50 {prop['p50']:.1f} ms, p99 {prop['p99']:.1f} ms, max {prop['max']:.1f} ms")
+
+    if args.cold_start:
+        cold = cold_start.run(args.cold_start_facts, args.seed)
+        results["cold_start"] = cold
+        print(f"cold start: {cold['facts']} facts imported in {cold['import_s']:.1f} s; "
+              f"pdp serve ready in {cold['ready_s']:.1f} s, resident "
+              f"{cold['rss_at_ready_mib']:.0f} MiB ({cold['rss_after_decisions_mib']:.0f} MiB "
+              f"after {cold['decisions']} decisions, peak {cold['peak_rss_mib']:.0f} MiB)")
+
+    print("ratios (pdp / peer):")
+    results["ratios"] = {}
+    for what, value, better in ratios(results):
+        results["ratios"][what] = value
+        print(f"  {what:70} {value:10.3g}x  ({better} is better)")
+    print("targets:")
+    results["targets"] = []
+    for target, measured, met in targets(results):
+        results["targets"].append({"target": target, "measured": measured, "met": met})
+        verdict = "met" if met else "not run" if met is None else "MISSED"
+        print(f"  {target:60} {measured:>12}  {verdict}")
     if args.json:
-        args.json.write_text(json.dumps({
-            "commit": commit, "cpus": os.cpu_count(), "clients": args.clients,
-            "users": args.users, "requests": len(mix), "reasons": dict(reasons),
-            "in_process": results, "http": http}, indent=2))
+        args.json.write_text(json.dumps(results, indent=2))
+    if args.plot:
+        plot(args.plot, samples, http, title)
+        print(f"plot: {args.plot}")
 
 
 if __name__ == "__main__":

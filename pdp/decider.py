@@ -72,6 +72,18 @@ class Decider:
         return (facts.stamp("user", user), facts.stamp("agreement", municipality),
                 facts.stamp("area", area), facts.stamp("client", client))
 
+    def is_memoised(self, user: str, client: str, purpose: str,
+                    now: datetime | None = None) -> bool:
+        """Whether `table` would answer from the memo (a few microseconds, no policy
+        query): the service decides such requests on its event loop and the others in a
+        worker thread."""
+        now_us = to_micros(now or self.clock())
+        with self.facts.lock:
+            memo = self._memo.get((user, client, purpose))
+            return (memo is not None and memo.policy_version == self.policy.version
+                    and memo.table.valid_from <= now_us < memo.table.valid_until
+                    and memo.stamps == self._stamps(user, client))
+
     def table(self, user: str, client: str, purpose: str,
               now: datetime | None = None) -> DecisionTable:
         now_us = to_micros(now or self.clock())

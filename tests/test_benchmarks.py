@@ -5,6 +5,7 @@ installed by benchmarks/peers/cerbos_peer.py on first use)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,12 +16,13 @@ ROOT = Path(__file__).parent.parent
 def test_the_workload_benchmark_runs_on_a_tiny_world(tmp_path: Path) -> None:
     out = tmp_path / "run.json"
     done = subprocess.run([sys.executable, "benchmarks/run.py", "--tiny", "--json", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "agreement: raw oso = pdp on 20 requests" in done.stdout
     assert "agreement: cedarpy = pdp on all" in done.stdout
     assert "agreement: Cerbos = pdp on 20 requests" in done.stdout
     result = json.loads(out.read_text())
+    assert result["machine"]["cpus"] == os.cpu_count() and result["date"]
     assert set(result["in_process"]) == {
         "pdp warm (memoised)", "pdp cold, answers by shape kept",
         "pdp cold, nothing memoised", "raw oso (same policies, no caches)",
@@ -28,16 +30,31 @@ def test_the_workload_benchmark_runs_on_a_tiny_world(tmp_path: Path) -> None:
     for row in result["in_process"].values():
         assert 0 < row["p50_us"] <= row["p99_us"]
     assert set(result["http"]) == {
-        "pdp, cold (no request repeats)", "pdp, warm (requests repeat)",
-        "pdp, batches of 100, warm", "Cerbos, cold (no request repeats)",
-        "Cerbos, warm (requests repeat)", "Cerbos, batches of 100, warm"}
+        f"{who}, {what}" for who in ("pdp", "Cerbos")
+        for what in ("cold (no request repeats)", "warm (requests repeat)",
+                     "batches of 100, cold", "batches of 100, warm")}
     for row in result["http"].values():
         assert row["requests_per_s"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"]
-    for name in ("pdp, batches of 100, warm", "Cerbos, batches of 100, warm"):
-        row = result["http"][name]
-        assert row["decisions_per_s"] == row["requests_per_s"] * 100
-    assert "pdp / Cerbos, warm: requests/s" in done.stdout
-    assert "pdp / Cerbos, batches: decisions/s" in done.stdout
+    for who in ("pdp", "Cerbos"):
+        for kind in ("cold", "warm"):
+            row = result["http"][f"{who}, batches of 100, {kind}"]
+            assert row["decisions_per_s"] == row["requests_per_s"] * 100
+    # Search: a user with related clients, every page walked, cold and warm.
+    search = result["search"]
+    assert search["related_clients"] > 0 and 0 < search["results"] <= search["related_clients"]
+    assert search["warm_all_pages_ms"] > 0 and search["cold_all_pages_ms"] > 0
+    # Propagation through Redis and a cold start, measured.
+    assert result["propagation"]["rounds"] == 3 and result["propagation"]["p99"] > 0
+    cold = result["cold_start"]
+    assert cold["facts"] > 4_000 and cold["ready_s"] > 0 and cold["rss_at_ready_mib"] > 0
+    # Ratios to every peer, and every target with a verdict.
+    assert any("cedarpy" in what for what in result["ratios"])
+    assert any("Cerbos" in what for what in result["ratios"])
+    assert {t["met"] for t in result["targets"]} <= {True, False}
+    assert len(result["targets"]) == 11
+    assert "targets:" in done.stdout and "ratios (pdp / peer):" in done.stdout
+    # The plot of the latency distributions.
+    assert (tmp_path / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The mix: about 70 % allowed, and denials of many reasons.
     reasons = result["reasons"]
     assert 0.6 <= reasons["allowed"] / result["requests"] <= 0.8

@@ -70,6 +70,25 @@ def test_second_decision_is_a_cache_hit(policy: Any) -> None:
     assert (decider.misses, decider.hits) == (1, 2)
 
 
+def test_is_memoised_says_whether_a_decision_needs_no_policy_query(policy: Any) -> None:
+    clock = Clock(GRANT_END - timedelta(seconds=1))
+    facts = world()
+    decider = Decider(policy, facts, clock=clock)
+    assert not decider.is_memoised("u1", "c1", "coaching")
+    decider.decide(REQUEST)
+    assert decider.is_memoised("u1", "c1", "coaching")
+    assert not decider.is_memoised("u1", "c1", "guidance")  # another purpose
+    clock.now = GRANT_END  # past the span the answer holds for
+    assert not decider.is_memoised("u1", "c1", "coaching")
+    clock.now = GRANT_END - timedelta(seconds=1)
+    facts.apply([ChangeRecord(20, "client", "c1", {"home_municipality": "749",
+                                                   "protection_order": True})])
+    assert not decider.is_memoised("u1", "c1", "coaching")  # its facts changed
+    misses = decider.misses
+    assert decider.decide(REQUEST).reason == "protection_order"
+    assert decider.misses == misses + 1
+
+
 def test_cached_allow_ends_at_the_grant_end(policy: Any) -> None:
     clock = Clock(GRANT_END - timedelta(microseconds=1))
     decider = Decider(policy, world(), clock=clock)
