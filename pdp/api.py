@@ -376,8 +376,10 @@ def create_app(runtime: Runtime) -> FastAPI:
         return runtime.decider.is_memoised(item.subject.id, item.resource.id,
                                            item.context.purpose or "", now)
 
-    @app.post("/access/v1/evaluation")
-    async def evaluation(request: Request) -> dict[str, Any]:
+    # The two hot endpoints answer a JSONResponse themselves: a dict would first go
+    # through FastAPI's jsonable_encoder (a tenth of a warm request's time).
+    @app.post("/access/v1/evaluation", response_class=JSONResponse)
+    async def evaluation(request: Request) -> JSONResponse:
         caller, item = await pep_request(request, Evaluation)
         await ensure_facts(item.context.min_facts_version)
         now = runtime.decider.clock()
@@ -389,10 +391,10 @@ def create_app(runtime: Runtime) -> FastAPI:
         else:
             result, record = await run_in_threadpool(decide, item, caller, request_id, now)
         await recorded([record])
-        return result
+        return JSONResponse(result)
 
-    @app.post("/access/v1/evaluations")
-    async def evaluations(request: Request) -> dict[str, Any]:
+    @app.post("/access/v1/evaluations", response_class=JSONResponse)
+    async def evaluations(request: Request) -> JSONResponse:
         caller = auth.require(request.headers.get("authorization"), ["pep"])
         request_id = request.headers.get("x-request-id")
         body = await read_json(request, settings.max_body_bytes)
@@ -444,7 +446,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         else:  # some need a policy query: off the event loop
             results, records = await run_in_threadpool(decide_all)
         await recorded(records)
-        return {"evaluations": results}
+        return JSONResponse({"evaluations": results})
 
     # -- search ------------------------------------------------------------------------
 
