@@ -28,7 +28,7 @@ policy-check:  ## load the policies, report syntax errors with file and line
 policy-test:  ## run the YAML policy suites in policies/tests
 	$(VENV)/bin/pdp policy test
 
-bench: install  ## the workload benchmark: pdp beside raw oso and cedarpy (benchmarks/run.py)
+bench: install  ## the whole benchmark: pdp beside raw oso, cedarpy and Cerbos, and the rest (benchmarks/run.py)
 	$(PY) benchmarks/run.py --json benchmarks/last-run.json
 
 clean:  ## remove the venv and local data
