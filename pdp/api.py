@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pdp.api_audit import audit_router
 from pdp.api_lifecycle import lifecycle_router, workflow_error
 from pdp.api_monitoring import monitoring_router
+from pdp.api_policy import policy_router
 from pdp.audit import AuditRecord, AuditUnavailable, new_record_id
 from pdp.auth import MUNICIPALITY_ADMIN, Caller, forbidden
 from pdp.authzen import (
@@ -529,6 +530,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(lifecycle_router(runtime))
     app.include_router(audit_router(runtime))
     app.include_router(monitoring_router(runtime))
+    app.include_router(policy_router(runtime))
 
     # -- facts -------------------------------------------------------------------------
 

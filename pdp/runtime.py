@@ -17,6 +17,7 @@ from pdp.lifecycle import Lifecycle
 from pdp.metrics import Metrics
 from pdp.monitoring import Cases, Monitor, MonitoringConfig, load_config
 from pdp.policy_engine import CompiledPolicy, load_policy
+from pdp.policy_manager import PolicyManager
 from pdp.settings import Settings
 from pdp.sqlstore import open_store
 
@@ -34,6 +35,7 @@ class Runtime:
     audit: AuditLog | None
     cases: Cases
     monitoring: MonitoringConfig
+    policies: PolicyManager
 
     @property
     def policy(self) -> CompiledPolicy:
@@ -70,6 +72,13 @@ def build_runtime(settings: Settings, keys: dict[str, Any]) -> Runtime:
     metrics.facts_version.set(facts.index.version)
     decider = Decider(policy, facts.index, cache_size=settings.decision_cache_size,
                       metrics=metrics)
+
+    def swap(new: CompiledPolicy) -> None:
+        decider.swap_policy(new)
+        metrics.policy_info.clear()
+        metrics.policy_info.labels(new.version).set(1)
+
+    policies = PolicyManager.started(settings.policy_dir, policy, swap)
     lifecycle = Lifecycle(lambda: decider.policy, facts,
                           max_grant_months=settings.max_grant_months,
                           recertification_days=settings.recertification_days,
@@ -84,4 +93,4 @@ def build_runtime(settings: Settings, keys: dict[str, Any]) -> Runtime:
         audit.move_listeners.append(Monitor(monitoring, facts.index, cases))
         audit.start()
     return Runtime(settings, facts, decider, metrics, Authenticator(keys), lifecycle, audit,
-                   cases, monitoring)
+                   cases, monitoring, policies)

@@ -1,0 +1,151 @@
+"""Reloading the policy without a restart, gated by its test suites (issue 9, part 1):
+against a real `pdp serve` whose PDP_POLICY_DIR is a copy of policies/ the test edits."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Server, World, start_server, stop_server
+
+POLICIES = Path(__file__).parent.parent / "policies"
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    copy = tmp_path_factory.mktemp("policy") / "policies"
+    shutil.copytree(POLICIES, copy)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory, policy_dir: Path) -> Iterator[Server]:
+    server = start_server(tmp_path_factory.mktemp("reload"),
+                          env={"PDP_POLICY_DIR": str(policy_dir)})
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def world(live: Server) -> World:
+    with live.client("t-admin") as admin:
+        return World(admin).build()
+
+
+def decide(server: Server, world: World) -> dict[str, Any]:
+    with server.client("t-pep") as pep:
+        response = pep.post("/access/v1/evaluation", json=world.request())
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
+
+
+def reload(server: Server, token: str = "t-policy") -> httpx.Response:
+    with server.client(token) as client:
+        return client.post("/v1/policy/reload", timeout=120)
+
+
+def live_policy(server: Server) -> dict[str, Any]:
+    with server.client("t-auditor") as client:
+        response = client.get("/v1/policy")
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
+
+
+def edit(policy_dir: Path, name: str, old: str, new: str) -> str:
+    """Replace text in a policy file; the file's previous text (to put back)."""
+    path = policy_dir / name
+    before = path.read_text()
+    assert old in before, f"{old!r} not in {name}"
+    path.write_text(before.replace(old, new, 1))
+    return before
+
+
+def test_the_live_policy_is_described(live: Server, world: World) -> None:
+    state = live_policy(live)
+    assert state["version"] == decide(live, world)["context"]["policy_version"]
+    assert {"rules.polar", "data.polar", "lifecycle.polar"} <= set(state["files"])
+    assert state["loaded_at"]
+
+
+def test_only_policy_admins_reload(live: Server) -> None:
+    assert reload(live, "t-pep").status_code == 403
+    assert reload(live, "t-auditor").status_code == 403
+    assert reload(live, None).status_code == 401  # type: ignore[arg-type]
+
+
+def test_a_policy_that_does_not_load_is_refused_and_the_old_one_serves(
+        live: Server, world: World, policy_dir: Path) -> None:
+    version = live_policy(live)["version"]
+    before = edit(policy_dir, "rules.polar", "failing(r, \"user_inactive\") if",
+                  "failing(r, \"user_inactive\") iff")
+    try:
+        response = reload(live)
+    finally:
+        (policy_dir / "rules.polar").write_text(before)
+    assert response.status_code == 409, response.text
+    error = response.json()["error"]
+    assert error["code"] == "policy_rejected"
+    detail = error["details"][0]
+    assert detail["file"].endswith("rules.polar") and detail["line"] > 1
+    made = decide(live, world)
+    assert made["decision"] is True and made["context"]["policy_version"] == version
+    assert live_policy(live)["version"] == version
+
+
+def test_a_policy_that_fails_its_cases_is_refused_and_the_old_one_serves(
+        live: Server, world: World, policy_dir: Path) -> None:
+    version = live_policy(live)["version"]
+    # Coaching no longer needs the service plan: an edit the suites must catch.
+    before = edit(policy_dir, "data.polar", 'task_profile("coaching", "service_needs_plans");',
+                  "")
+    try:
+        response = reload(live)
+    finally:
+        (policy_dir / "data.polar").write_text(before)
+    assert response.status_code == 409, response.text
+    error = response.json()["error"]
+    assert error["code"] == "policy_rejected" and "policy test cases fail" in error["message"]
+    failing = error["details"]
+    assert failing and all({"suite", "case", "file", "expected", "actual"} <= set(f)
+                           for f in failing)
+    assert any(f["actual"]["reason"] == "category_not_necessary" for f in failing)
+    made = decide(live, world)
+    assert made["decision"] is True and made["context"]["policy_version"] == version
+
+
+def test_a_good_policy_goes_live_and_no_old_answer_is_served(
+        live: Server, world: World, policy_dir: Path) -> None:
+    old = live_policy(live)["version"]
+    first = decide(live, world)  # memoised under the old version
+    assert first["context"]["policy_version"] == old
+    path = policy_dir / "data.polar"
+    path.write_text(path.read_text() + "\n# A note from a policy author.\n")
+    response = reload(live)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["changed"] is True and body["version"] != old
+    assert body["suites"]["failed"] == 0 and body["suites"]["passed"] == body["suites"]["total"]
+    assert body["suites"]["total"] > 100
+    made = decide(live, world)
+    assert made["decision"] is True and made["context"]["policy_version"] == body["version"]
+    assert live_policy(live)["version"] == body["version"]
+    with live.client("t-admin") as admin:
+        metrics = admin.get("/metrics").text
+    assert f'pdp_policy_info{{version="{body["version"]}"}} 1.0' in metrics
+    assert f'version="{old}"' not in metrics
+    # The same files again: nothing changes.
+    again = reload(live).json()
+    assert again["changed"] is False and again["version"] == body["version"]
+    # Who put which version in force is in the history.
+    with live.client("t-auditor") as auditor:
+        events = auditor.get("/v1/events", params={"limit": 1000}).json()["events"]
+    activated = [e for e in events if e["type"] == "policy.activated"]
+    assert [e["subject"] for e in activated] == [{"kind": "policy", "id": body["version"]}]
+    assert activated[0]["data"]["previous"] == old and activated[0]["actor"]
