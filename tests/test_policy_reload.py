@@ -58,13 +58,21 @@ def live_policy(server: Server) -> dict[str, Any]:
         return body
 
 
-def edit(policy_dir: Path, name: str, old: str, new: str) -> str:
-    """Replace text in a policy file; the file's previous text (to put back)."""
+def refused(server: Server, policy_dir: Path, name: str, old: str, new: str
+            ) -> dict[str, Any]:
+    """Edit a policy file, ask for a reload, put the file back; the 409's error."""
     path = policy_dir / name
     before = path.read_text()
     assert old in before, f"{old!r} not in {name}"
     path.write_text(before.replace(old, new, 1))
-    return before
+    try:
+        response = reload(server)
+    finally:
+        path.write_text(before)
+    assert response.status_code == 409, response.text
+    error: dict[str, Any] = response.json()["error"]
+    assert error["code"] == "policy_rejected"
+    return error
 
 
 def test_the_live_policy_is_described(live: Server, world: World) -> None:
@@ -83,15 +91,8 @@ def test_only_policy_admins_reload(live: Server) -> None:
 def test_a_policy_that_does_not_load_is_refused_and_the_old_one_serves(
         live: Server, world: World, policy_dir: Path) -> None:
     version = live_policy(live)["version"]
-    before = edit(policy_dir, "rules.polar", "failing(r, \"user_inactive\") if",
-                  "failing(r, \"user_inactive\") iff")
-    try:
-        response = reload(live)
-    finally:
-        (policy_dir / "rules.polar").write_text(before)
-    assert response.status_code == 409, response.text
-    error = response.json()["error"]
-    assert error["code"] == "policy_rejected"
+    error = refused(live, policy_dir, "rules.polar", "failing(r, \"user_inactive\") if",
+                    "failing(r, \"user_inactive\") iff")
     detail = error["details"][0]
     assert detail["file"].endswith("rules.polar") and detail["line"] > 1
     made = decide(live, world)
@@ -103,15 +104,9 @@ def test_a_policy_that_fails_its_cases_is_refused_and_the_old_one_serves(
         live: Server, world: World, policy_dir: Path) -> None:
     version = live_policy(live)["version"]
     # Coaching no longer needs the service plan: an edit the suites must catch.
-    before = edit(policy_dir, "data.polar", 'task_profile("coaching", "service_needs_plans");',
-                  "")
-    try:
-        response = reload(live)
-    finally:
-        (policy_dir / "data.polar").write_text(before)
-    assert response.status_code == 409, response.text
-    error = response.json()["error"]
-    assert error["code"] == "policy_rejected" and "policy test cases fail" in error["message"]
+    error = refused(live, policy_dir, "data.polar",
+                    'task_profile("coaching", "service_needs_plans");', "")
+    assert "policy test cases fail" in error["message"]
     failing = error["details"]
     assert failing and all({"suite", "case", "file", "expected", "actual"} <= set(f)
                            for f in failing)
