@@ -55,6 +55,7 @@ from pdp.errors import (
     invalid,
     validation_details,
 )
+from pdp.explain import explain
 from pdp.facts import COLLECTIONS, Grant, Id, MunicipalityCode, dump_fact, parse_fact
 from pdp.facts_service import FactsBehind
 from pdp.http import JSONResponse, read_json
@@ -449,6 +450,29 @@ def create_app(runtime: Runtime) -> FastAPI:
         await recorded(records)
         return JSONResponse({"evaluations": results})
 
+    # -- explain -----------------------------------------------------------------------
+
+    @app.post("/v1/explain", response_class=JSONResponse)
+    async def explain_route(request: Request) -> JSONResponse:
+        """Every rule with passed or failed and the facts it read (pdp.explain); the
+        explanation shows personal data, so it is recorded like a decision."""
+        caller = auth.require(request.headers.get("authorization"), EXPLAINERS)
+        body = await read_json(request, settings.max_body_bytes)
+        try:
+            item = Evaluation.model_validate(body)
+        except ValidationError as error:
+            raise invalid(error) from None
+        await ensure_facts(item.context.min_facts_version)
+        now = runtime.decider.clock()
+        explained = await run_in_threadpool(explain, runtime.policy, facts.index,
+                                            item.to_request(), now)
+        record = decision_record(item, Decision(
+            explained["decision"], explained["reason"], explained["policy_version"],
+            explained["facts_version"], explained["grant"]), caller,
+            request.headers.get("x-request-id"), now)._replace(record_type="explain")
+        await recorded([record])
+        return JSONResponse({**explained, "explain_id": record.record_id})
+
     # -- search ------------------------------------------------------------------------
 
     async def search(request: Request, kind: str, model: type[SearchModel]) -> dict[str, Any]:
@@ -647,6 +671,10 @@ def create_app(runtime: Runtime) -> FastAPI:
         return {"facts_version": version, "count": len(changes)}
 
     return app
+
+
+# Who may have a decision explained: the policy's authors and the auditors.
+EXPLAINERS = ["policy_admin", "auditor"]
 
 
 def tune_gc() -> None:

@@ -108,62 +108,35 @@ def serve(
                 access_log=False)
 
 
+# The options of one request, shared by `check` and `explain`.
+UserOption = Annotated[str, typer.Option("--user", help="Subject: the user id.")]
+ClientOption = Annotated[str, typer.Option("--client", help="Resource: the client id.")]
+CategoryOption = Annotated[str, typer.Option("--category", help="Data category code.")]
+PurposeOption = Annotated[str, typer.Option("--purpose", help="coaching, guidance or training.")]
+ActionOption = Annotated[str, typer.Option("--action", help="read or write.")]
+UrlOption = Annotated[str | None, typer.Option(
+    "--url", help="Ask a running server (e.g. http://127.0.0.1:8080) instead of the store.")]
+TokenOption = Annotated[str | None, typer.Option(
+    "--token", envvar="PDP_TOKEN", help="Bearer token for --url (or PDP_TOKEN).")]
+
+
 @app.command()
-def check(
-    user: Annotated[str, typer.Option(help="Subject: the user id.")],
-    client: Annotated[str, typer.Option(help="Resource: the client id.")],
-    category: Annotated[str, typer.Option(help="Data category code.")],
-    purpose: Annotated[str, typer.Option(help="coaching, guidance or training.")] = "",
-    action: Annotated[str, typer.Option(help="read or write.")] = "read",
-    url: Annotated[str | None, typer.Option(
-        help="Ask a running server (e.g. http://127.0.0.1:8080) instead of the store.")] = None,
-    token: Annotated[str | None, typer.Option(
-        envvar="PDP_TOKEN", help="Bearer token for --url (or PDP_TOKEN).")] = None,
-) -> None:
+def check(user: UserOption, client: ClientOption, category: CategoryOption,
+          purpose: PurposeOption = "", action: ActionOption = "read", url: UrlOption = None,
+          token: TokenOption = None) -> None:
     """Decide one request and print the decision and reason.
 
     Exit status: 0 allowed, 1 denied, 2 error."""
-    body: dict[str, Any] = {
-        "subject": {"type": "user", "id": user},
-        "action": {"name": action},
-        "resource": {"type": "client_record", "id": client, "properties": {"category": category}},
-        "context": {"purpose": purpose} if purpose else {},
-    }
+    body = _evaluation_body(user, client, category, purpose, action)
     if url:
-        import httpx
-
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        try:
-            response = httpx.post(url.rstrip("/") + "/access/v1/evaluation", json=body,
-                                  headers=headers, timeout=10)
-        except httpx.HTTPError as error:
-            raise _fail(f"{url}: {error}", 2) from None
-        if response.status_code != 200:
-            raise _fail(f"{response.status_code} {response.text}", 2)
-        result = response.json()
+        result = _post(url, "/access/v1/evaluation", body, token)
         decision, context = result["decision"], result["context"]
     else:
-        from pdp.authzen import Evaluation
-        from pdp.core import check_policy, decide
-        from pdp.facts_service import FactService
-        from pdp.policy_engine import PolicyError, load_policy
-        from pdp.sqlstore import open_store
-
-        settings = _settings()
-        try:
-            evaluation = Evaluation.model_validate(body)
-        except ValidationError as error:
-            raise _fail(f"invalid request: {error}", 2) from None
-        try:
-            policy = load_policy(settings.policy_dir)
-            check_policy(policy)
-        except PolicyError as error:
-            raise _fail(f"policy: {error}", 2) from None
-        facts = FactService(open_store(settings.store_url()))
-        facts.load()
         from pdp.clock import utcnow
+        from pdp.core import decide
 
-        made = decide(policy, facts.index, evaluation.to_request(), utcnow())
+        policy, index, evaluation = _local(body)
+        made = decide(policy, index, evaluation.to_request(), utcnow())
         decision = made.decision
         context = {"reason": made.reason, "policy_version": made.policy_version,
                    "facts_version": made.facts_version}
@@ -171,6 +144,75 @@ def check(
     typer.echo(f"policy_version {context['policy_version']} facts_version "
                f"{context['facts_version']}")
     raise typer.Exit(0 if decision else 1)
+
+
+def _evaluation_body(user: str, client: str, category: str, purpose: str,
+                     action: str) -> dict[str, Any]:
+    return {"subject": {"type": "user", "id": user}, "action": {"name": action},
+            "resource": {"type": "client_record", "id": client,
+                         "properties": {"category": category}},
+            "context": {"purpose": purpose} if purpose else {}}
+
+
+def _post(url: str, path: str, body: dict[str, Any], token: str | None) -> Any:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = httpx.post(url.rstrip("/") + path, json=body, headers=headers, timeout=30)
+    except httpx.HTTPError as error:
+        raise _fail(f"{url}: {error}", 2) from None
+    if response.status_code != 200:
+        raise _fail(f"{response.status_code} {response.text}", 2)
+    return response.json()
+
+
+def _local(body: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """The configured policy, the facts of the configured store, the request."""
+    from pdp.authzen import Evaluation
+    from pdp.core import check_policy
+    from pdp.facts_service import FactService
+    from pdp.policy_engine import PolicyError, load_policy
+    from pdp.sqlstore import open_store
+
+    settings = _settings()
+    try:
+        evaluation = Evaluation.model_validate(body)
+    except ValidationError as error:
+        raise _fail(f"invalid request: {error}", 2) from None
+    try:
+        policy = load_policy(settings.policy_dir)
+        check_policy(policy)
+    except PolicyError as error:
+        raise _fail(f"policy: {error}", 2) from None
+    facts = FactService(open_store(settings.store_url()))
+    facts.load()
+    return policy, facts.index, evaluation
+
+
+@app.command()
+def explain(user: UserOption, client: ClientOption, category: CategoryOption,
+            purpose: PurposeOption = "", action: ActionOption = "read", url: UrlOption = None,
+            token: TokenOption = None) -> None:
+    """Explain one decision: every rule in order, passed or failed, and the facts it read.
+
+    Exit status: 0 allowed, 1 denied, 2 error."""
+    body = _evaluation_body(user, client, category, purpose, action)
+    if url:
+        result = _post(url, "/v1/explain", body, token)
+    else:
+        from pdp.clock import utcnow
+        from pdp.explain import explain as explain_decision
+
+        policy, index, evaluation = _local(body)
+        result = explain_decision(policy, index, evaluation.to_request(), utcnow())
+    for rule in result["rules"]:
+        reads = ", ".join(f"{k}={orjson.dumps(v).decode()}" for k, v in rule["reads"].items())
+        typer.echo(f"{'pass' if rule['passed'] else 'FAIL'} {rule['rule']:>2} "
+                   f"{rule['check']:<28} {reads}")
+    typer.echo(f"{'allow' if result['decision'] else 'deny'} {result['reason']} "
+               f"(policy {result['policy_version']}, facts_version {result['facts_version']})")
+    raise typer.Exit(0 if result["decision"] else 1)
 
 
 @facts_app.command("import")

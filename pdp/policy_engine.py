@@ -111,6 +111,15 @@ class CompiledPolicy:
             raise PolicyError(f"evaluation failed: {error}") from error
         return outcomes
 
+    def every(self, rule: str, *args: Any) -> list[dict[str, Any]]:
+        """The bindings of every answer to rule(*args) (variables made by `var`)."""
+        try:
+            with self._lock:
+                return [result["bindings"] for result in
+                        self._polar.query_rule(rule, *args)]  # type: ignore[no-untyped-call]
+        except PolarError as error:
+            raise PolicyError(f"{rule} failed: {error}") from error
+
     def first(self, rule: str, *args: Any) -> dict[str, Any] | None:
         """The bindings of the first answer to rule(*args) (variables made by `var`), or
         None when the rule does not hold."""

@@ -130,8 +130,11 @@ necessary(r, category, grant) if
 
 # 10. Protection order (turvakielto): contact data is not shown.
 permitted(r, category, _necessary_grant, _action, "protection_order", "") if
+    protected(r, category) and cut;
+
+protected(r, category) if
     r.client_protection_order and
-    protected_by_order(category) and cut;
+    protected_by_order(category);
 
 # 11. Powers: the action is among the grant's actions; writing only the user's own
 #     service records. (Any grant that makes the category necessary may give the power.)
@@ -141,9 +144,13 @@ permitted(_r, category, _necessary_grant, action, "action_not_permitted", "") if
 permitted(_r, _category, necessary_grant, action, "allowed", necessary_grant.id) if
     action in necessary_grant.actions and cut;
 permitted(r, category, _necessary_grant, action, "allowed", grant.id) if
-    necessary(r, category, grant) and
-    action in grant.actions and cut;
+    empowered(r, category, action, grant) and cut;
 permitted(_r, _category, _necessary_grant, _action, "action_not_permitted", "");
+
+empowered(r, category, action, grant) if
+    permitted_on(action, category) and
+    necessary(r, category, grant) and
+    action in grant.actions;
 
 permitted_on("read", _category);
 permitted_on("write", category) if writable(category);

@@ -1,0 +1,77 @@
+"""Explain (issue 9, part 2): every rule of DOMAIN.md's order with passed or failed and
+the facts it read — over HTTP against a real server, and from `pdp explain`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import httpx
+
+from tests.conftest import Server, World
+
+ORDER = ["unknown_subject", "user_inactive", "agreement_not_in_force", "no_active_grant",
+         "unknown_resource", "client_outside_area", "client_not_own_municipality",
+         "own_record", "purpose_invalid", "no_active_relationship", "category_not_necessary",
+         "protection_order", "action_not_permitted"]
+
+
+def explained(server: Server, body: dict[str, Any], token: str = "t-auditor") -> httpx.Response:
+    with server.client(token) as client:
+        return client.post("/v1/explain", json=body)
+
+
+def test_an_allow_passes_every_rule(server: Server, world: World) -> None:
+    response = explained(server, world.request("service_needs_plans", "write"))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["decision"] is True and body["reason"] == "allowed"
+    assert body["grant"] == world.grant and body["explain_id"]
+    assert [r["check"] for r in body["rules"]] == ORDER
+    assert [r["rule"] for r in body["rules"]] == [1, 1, 2, 3, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+    assert all(r["passed"] for r in body["rules"])
+    rule2 = body["rules"][2]
+    assert rule2["title"].startswith("Agreement in force")
+    assert set(rule2["reads"]) == {"agreement_status", "now", "agreement_ends_at"}
+    assert rule2["reads"]["agreement_status"] == "in_force"
+
+
+def test_a_deny_lists_every_failing_rule_not_only_the_first(server: Server,
+                                                           admin: httpx.Client) -> None:
+    world = World(admin).build()
+    world.put("users", world.user, {"municipality": world.municipality, "display_name": "T",
+                                    "tasks": ["guidance"], "status": "suspended"})
+    world.put("clients", world.client, {"home_municipality": world.municipality,
+                                        "protection_order": True})
+    body = explained(server, world.request("name_contact", "write")).json()
+    assert body["decision"] is False and body["reason"] == "user_inactive"
+    failed = [r["check"] for r in body["rules"] if not r["passed"]]
+    # suspended (1), coaching not among the tasks (7), contact data under a protection
+    # order (10), and contact data may not be written (11).
+    assert failed == ["user_inactive", "purpose_invalid", "protection_order",
+                      "action_not_permitted"]
+    by_check = {r["check"]: r for r in body["rules"]}
+    assert by_check["user_inactive"]["reads"] == {"user_status": "suspended"}
+    assert by_check["purpose_invalid"]["reads"] == {"purpose": "coaching",
+                                                    "user_tasks": ["guidance"]}
+    assert by_check["protection_order"]["reads"] == {"client_protection_order": True}
+
+
+def test_only_policy_admins_and_auditors_explain(server: Server, world: World) -> None:
+    assert explained(server, world.request(), "t-pep").status_code == 403
+    assert explained(server, world.request(), "t-policy").status_code == 200
+    assert explained(server, {"subject": {}}, "t-auditor").status_code == 400
+
+
+def test_pdp_explain_prints_every_rule(server: Server, world: World) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pdp", "explain", "--user", world.user, "--client",
+         world.client, "--category", "benefits", "--purpose", "coaching", "--url", server.url,
+         "--token", "t-auditor"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr  # denied
+    lines = done.stdout.splitlines()
+    assert len(lines) == len(ORDER) + 1
+    assert lines[10].startswith("FAIL  9 category_not_necessary")
+    assert lines[0].startswith("pass  1 unknown_subject") and "user_known=true" in lines[0]
+    assert lines[-1].startswith("deny category_not_necessary (policy sha256:")
