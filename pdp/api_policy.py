@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
+from pdp.bus import BusUnavailable
 from pdp.errors import ApiError
 from pdp.policy_manager import PolicyRejected
 from pdp.runtime import Runtime
@@ -49,9 +50,19 @@ def policy_router(runtime: Runtime) -> APIRouter:
         except PolicyRejected as error:
             log.warning("policy reload by %s refused: %s", caller.name, error.message)
             raise ApiError(409, POLICY_REJECTED, error.message, error.details) from None
+        notified = None
         if changed:
             log.info("policy %s in force (was %s), by %s", state.policy.version, before,
                      caller.name)
-        return {**state.describe(), "changed": changed}
+            bus = runtime.facts.bus
+            if bus is not None:
+                try:
+                    bus.publish_policy(state.policy.version)
+                    notified = True
+                except BusUnavailable as error:
+                    log.warning("policy %s not announced to the other replicas: %s",
+                                state.policy.version, error)
+                    notified = False
+        return {**state.describe(), "changed": changed, "replicas_notified": notified}
 
     return router

@@ -39,6 +39,7 @@ class RedisBus:
                                            socket_connect_timeout=timeout,
                                            health_check_interval=5)
         self.channel = f"{prefix}:changes"
+        self.policy_channel = f"{prefix}:policy"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.connected = False
@@ -51,6 +52,14 @@ class RedisBus:
                                 "c": [[c.kind, c.id, c.data] for c in changes]})
         try:
             self._redis.publish(self.channel, message)
+        except redis.RedisError as error:
+            raise BusUnavailable(str(error)) from error
+
+    def publish_policy(self, version: str) -> None:
+        """Tell every replica that a policy version went live (each reloads its own
+        policy directory, vetted as the first was). Best effort, as `publish`."""
+        try:
+            self._redis.publish(self.policy_channel, orjson.dumps({"version": version}))
         except redis.RedisError as error:
             raise BusUnavailable(str(error)) from error
 
@@ -77,21 +86,25 @@ class RedisBus:
     # -- listening ----------------------------------------------------------------------
 
     def listen(self, on_changes: Callable[[int, list[ChangeRecord]], None],
-               on_connect: Callable[[], None]) -> None:
-        """Start a thread that delivers published changes; `on_connect` runs on every
-        (re)connection, before messages, so the listener can catch up on what it missed."""
-        self._thread = threading.Thread(target=self._listen, args=(on_changes, on_connect),
+               on_connect: Callable[[], None],
+               on_policy: Callable[[str], None] | None = None) -> None:
+        """Start a thread that delivers published changes (and policy versions gone live,
+        to `on_policy`); `on_connect` runs on every (re)connection, before messages, so
+        the listener can catch up on what it missed."""
+        self._thread = threading.Thread(target=self._listen,
+                                        args=(on_changes, on_connect, on_policy),
                                         name="pdp-bus", daemon=True)
         self._thread.start()
 
     def _listen(self, on_changes: Callable[[int, list[ChangeRecord]], None],
-                on_connect: Callable[[], None]) -> None:
+                on_connect: Callable[[], None],
+                on_policy: Callable[[str], None] | None) -> None:
         backoff = 0.05
         while not self._stop.is_set():
             pubsub = self._redis.pubsub(  # type: ignore[no-untyped-call]
                 ignore_subscribe_messages=True)
             try:
-                pubsub.subscribe(self.channel)
+                pubsub.subscribe(self.channel, self.policy_channel)
                 self.connected = True
                 backoff = 0.05
                 on_connect()
@@ -100,6 +113,11 @@ class RedisBus:
                     if message is None or message["type"] != "message":
                         continue
                     value: Any = orjson.loads(message["data"])
+                    if message["channel"] in (self.policy_channel,
+                                              self.policy_channel.encode()):
+                        if on_policy is not None:
+                            on_policy(str(value["version"]))
+                        continue
                     version = int(value["v"])
                     on_changes(version, [ChangeRecord(version, k, i, d)
                                          for k, i, d in value["c"]])

@@ -11,6 +11,7 @@ the old version is served after a swap (pdp.decider).
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from pdp.clock import utcnow
 from pdp.core import check_policy
 from pdp.policy_engine import CompiledPolicy, PolicyError, load_policy
 from pdp.policy_tests import Report, SuiteError, load_suites, run_suites
+
+log = logging.getLogger(__name__)
 
 
 class PolicyRejected(Exception):
@@ -114,3 +117,20 @@ class PolicyManager:
             else:
                 self.state = PolicyState(self.state.policy, self.state.loaded_at, report)
             return self.state, changed
+
+    def follow(self, version: str) -> None:
+        """Another replica put `version` in force: reload this replica's policy
+        directory (vetted the same way) unless it is in force here already."""
+        if version == self.state.policy.version:
+            return
+        try:
+            state, _ = self.reload()
+        except PolicyRejected as error:
+            log.error("policy %s is in force elsewhere, but here it is refused: %s",
+                      version, error.message)
+            return
+        if state.policy.version != version:
+            log.error("policy %s is in force elsewhere, but this replica's files are "
+                      "version %s", version, state.policy.version)
+        else:
+            log.info("policy %s in force (following another replica)", version)

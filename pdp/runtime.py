@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -65,8 +66,6 @@ def build_runtime(settings: Settings, keys: dict[str, Any]) -> Runtime:
     bus = RedisBus(settings.redis_url, settings.redis_prefix) if settings.redis_url else None
     facts = FactService(store, bus, staleness_bound=settings.staleness_bound_seconds)
     facts.load()
-    if bus is not None:
-        bus.listen(facts.on_bus_changes, facts.on_bus_connect)
     metrics = Metrics()
     metrics.policy_info.labels(policy.version).set(1)
     metrics.facts_version.set(facts.index.version)
@@ -79,6 +78,13 @@ def build_runtime(settings: Settings, keys: dict[str, Any]) -> Runtime:
         metrics.policy_info.labels(new.version).set(1)
 
     policies = PolicyManager.started(settings.policy_dir, policy, swap)
+    if bus is not None:
+        # Another replica put a policy version in force: follow it, off the bus thread.
+        def follow(version: str) -> None:
+            threading.Thread(target=policies.follow, args=(version,), name="pdp-policy",
+                             daemon=True).start()
+
+        bus.listen(facts.on_bus_changes, facts.on_bus_connect, follow)
     lifecycle = Lifecycle(lambda: decider.policy, facts,
                           max_grant_months=settings.max_grant_months,
                           recertification_days=settings.recertification_days,

@@ -4,6 +4,7 @@ against a real `pdp serve` whose PDP_POLICY_DIR is a copy of policies/ the test 
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ import httpx
 import pytest
 
 from tests.conftest import Server, World, start_server, stop_server
+from tests.pg import PG_HOST, PG_PORT, fresh_database
+from tests.test_scaleout import RedisServer, Replicas, wait_bus
 
 POLICIES = Path(__file__).parent.parent / "policies"
 
@@ -144,3 +147,38 @@ def test_a_good_policy_goes_live_and_no_old_answer_is_served(
     activated = [e for e in events if e["type"] == "policy.activated"]
     assert [e["subject"] for e in activated] == [{"kind": "policy", "id": body["version"]}]
     assert activated[0]["data"]["previous"] == old and activated[0]["actor"]
+
+
+def test_a_reload_puts_the_version_in_force_on_every_replica(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Two replicas on one PostgreSQL and Redis, one policy directory: a reload sent to
+    A is followed by B through the bus, and B decides with the new version."""
+    shared = tmp_path_factory.mktemp("shared-policy") / "policies"
+    shutil.copytree(POLICIES, shared)
+    with fresh_database("pdp_policy") as name:
+        bus = RedisServer(tmp_path_factory.mktemp("redis"))
+        bus.start()
+        group = Replicas(f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}", bus,
+                         tmp_path_factory)
+        try:
+            env = {"PDP_POLICY_DIR": str(shared)}
+            a, b = group.start("a", env=env), group.start("b", env=env)
+            wait_bus([a, b], "connected")
+            with a.client("t-admin") as admin:
+                world = World(admin).build()
+            old = live_policy(b)["version"]
+            path = shared / "data.polar"
+            path.write_text(path.read_text() + "\n# Edited for both replicas.\n")
+            response = reload(a)
+            assert response.status_code == 200, response.text
+            new = response.json()["version"]
+            assert new != old and response.json()["replicas_notified"] is True
+            deadline = time.monotonic() + 15
+            while live_policy(b)["version"] != new and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert live_policy(b)["version"] == new
+            assert decide(b, world)["context"]["policy_version"] == new
+            assert decide(a, world)["context"]["policy_version"] == new
+        finally:
+            group.stop_all()
+            bus.kill()
