@@ -306,8 +306,12 @@ def create_app(runtime: Runtime) -> FastAPI:
     def decide(evaluation: Evaluation, caller: Caller, request_id: str | None,
                now: datetime) -> tuple[dict[str, Any], AuditRecord]:
         started = time.perf_counter()
-        made: Decision = runtime.decider.decide(evaluation.to_request(), now)
+        asked = evaluation.to_request()
+        made: Decision = runtime.decider.decide(asked, now)
         metrics.decision_seconds.observe(time.perf_counter() - started)
+        shadow = runtime.candidates.current
+        if shadow is not None:
+            shadow.offer(asked, now, made)
         metrics.decision_counter(made.decision, made.reason, evaluation.context.purpose).inc()
         record = decision_record(evaluation, made, caller, request_id, now)
         return {

@@ -7,17 +7,29 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from pdp.auth import Caller
 from pdp.bus import BusUnavailable
-from pdp.errors import ApiError
+from pdp.errors import NOT_FOUND, ApiError, bad_request
+from pdp.http import parse_body, read_json
 from pdp.policy_manager import PolicyRejected
 from pdp.runtime import Runtime
+from pdp.shadow import CandidateError
 from pdp.store import Event
 
 log = logging.getLogger(__name__)
 
 POLICY_REJECTED = "policy_rejected"
+
+
+class Upload(BaseModel):
+    """A candidate policy: the text of every *.polar file, by file name."""
+
+    model_config = ConfigDict(extra="forbid")
+    files: dict[str, str] = Field(min_length=1, max_length=50)
+
 READERS = ["policy_admin", "auditor"]
 RELOADERS = ["policy_admin"]
 
@@ -26,15 +38,16 @@ def policy_router(runtime: Runtime) -> APIRouter:
     router = APIRouter()
     auth = runtime.auth
     policies = runtime.policies
+    candidates = runtime.candidates
 
     @router.get("/v1/policy")
     async def policy(request: Request) -> dict[str, Any]:
         auth.require(request.headers.get("authorization"), READERS)
         return policies.state.describe()
 
-    @router.post("/v1/policy/reload")
-    async def reload(request: Request) -> dict[str, Any]:
-        caller = auth.require(request.headers.get("authorization"), RELOADERS)
+    async def put_in_force(caller: Caller) -> dict[str, Any]:
+        """Vet the policy directory and put it in force here and, through the bus, on
+        every replica; 409 policy_rejected (and nothing changes) if it may not go live."""
         before = policies.state.policy.version
 
         def record(version: str, files: list[str]) -> None:
@@ -64,5 +77,52 @@ def policy_router(runtime: Runtime) -> APIRouter:
                                 state.policy.version, error)
                     notified = False
         return {**state.describe(), "changed": changed, "replicas_notified": notified}
+
+    @router.post("/v1/policy/reload")
+    async def reload(request: Request) -> dict[str, Any]:
+        return await put_in_force(auth.require(request.headers.get("authorization"),
+                                               RELOADERS))
+
+    # -- a candidate in shadow -----------------------------------------------------------
+
+    @router.post("/v1/policy/candidates", status_code=201)
+    async def upload(request: Request) -> dict[str, Any]:
+        caller = auth.require(request.headers.get("authorization"), RELOADERS)
+        body = parse_body(Upload, await read_json(request, runtime.settings.max_body_bytes))
+        try:
+            shadow = await run_in_threadpool(candidates.upload, body.files, caller.name)
+        except CandidateError as error:
+            raise bad_request(error.message, field="files") from None
+        except PolicyRejected as error:
+            raise ApiError(409, POLICY_REJECTED, error.message, error.details) from None
+        log.info("candidate policy %s in shadow, by %s", shadow.version, caller.name)
+        return shadow.describe()
+
+    @router.get("/v1/policy/candidates")
+    async def candidate(request: Request) -> dict[str, Any]:
+        auth.require(request.headers.get("authorization"), READERS)
+        shadow = candidates.current
+        if shadow is not None:
+            await run_in_threadpool(shadow.settle, 1.0)
+        return {"candidate": None if shadow is None else shadow.describe()}
+
+    @router.post("/v1/policy/candidates/{version}/promote")
+    async def promote(version: str, request: Request) -> dict[str, Any]:
+        caller = auth.require(request.headers.get("authorization"), RELOADERS)
+        try:
+            shadow = candidates.take(version)
+        except CandidateError as error:
+            raise ApiError(error.status, NOT_FOUND, error.message) from None
+        await run_in_threadpool(candidates.write_files, shadow)
+        return await put_in_force(caller)
+
+    @router.delete("/v1/policy/candidates/{version}")
+    async def discard(version: str, request: Request) -> dict[str, Any]:
+        auth.require(request.headers.get("authorization"), RELOADERS)
+        try:
+            shadow = candidates.take(version)
+        except CandidateError as error:
+            raise ApiError(error.status, NOT_FOUND, error.message) from None
+        return {"discarded": shadow.version}
 
     return router

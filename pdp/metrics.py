@@ -50,6 +50,16 @@ class Metrics:
         self.search_candidates = Counter(
             "pdp_search_candidates", "Candidates a search asked the policy (or its memo) "
             "about, by kind.", ["kind"], registry=r)
+        self.shadow_divergences = Counter(
+            "pdp_policy_shadow_divergences", "Live decisions a candidate policy in shadow "
+            "decided otherwise (decision or reason), by active and candidate version.",
+            ["active", "candidate"], registry=r)
+        self.shadow_evaluations = Counter(
+            "pdp_policy_shadow_evaluations", "Live decisions also decided by a candidate "
+            "policy in shadow.", registry=r)
+        self.shadow_dropped = Counter(
+            "pdp_policy_shadow_dropped", "Live decisions not shadowed: the shadow queue "
+            "was full.", registry=r)
         self.policy_queries = Counter(
             "pdp_policy_queries", "Policy engine queries (decision-cache misses).", registry=r)
         self.cache_requests = Counter(

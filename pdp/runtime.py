@@ -20,6 +20,7 @@ from pdp.monitoring import Cases, Monitor, MonitoringConfig, load_config
 from pdp.policy_engine import CompiledPolicy, load_policy
 from pdp.policy_manager import PolicyManager
 from pdp.settings import Settings
+from pdp.shadow import Candidates
 from pdp.sqlstore import open_store
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class Runtime:
     cases: Cases
     monitoring: MonitoringConfig
     policies: PolicyManager
+    candidates: Candidates
 
     @property
     def policy(self) -> CompiledPolicy:
@@ -98,5 +100,7 @@ def build_runtime(settings: Settings, keys: dict[str, Any]) -> Runtime:
         audit.listeners.append(lambda records: count_records(metrics, records))
         audit.move_listeners.append(Monitor(monitoring, facts.index, cases))
         audit.start()
+    candidates = Candidates(settings.policy_dir, facts.index, metrics,
+                            settings.shadow_sample_rate, settings.shadow_queue_size)
     return Runtime(settings, facts, decider, metrics, Authenticator(keys), lifecycle, audit,
-                   cases, monitoring, policies)
+                   cases, monitoring, policies, candidates)

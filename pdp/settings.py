@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     search_page_budget_seconds: float = Field(default=0.25, gt=0, le=60)
     max_facts_batch: int = 5000
     decision_cache_size: int = 100_000
+    # A candidate policy in shadow: the share of live decisions it also decides, and how
+    # many may wait for it (more are dropped and counted).
+    shadow_sample_rate: float = Field(default=1.0, ge=0, le=1)
+    shadow_queue_size: int = Field(default=10_000, ge=1, le=1_000_000)
     min_facts_wait_seconds: float = 1.0
     poll_interval_seconds: float = Field(default=0.25, gt=0, le=10)
     staleness_bound_seconds: float = Field(default=1.0, gt=0, le=3600)

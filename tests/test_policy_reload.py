@@ -182,3 +182,76 @@ def test_a_reload_puts_the_version_in_force_on_every_replica(
         finally:
             group.stop_all()
             bus.kill()
+
+
+def candidate_files(policy_dir: Path, name: str = "", old: str = "", new: str = ""
+                    ) -> dict[str, str]:
+    files = {p.name: p.read_text() for p in policy_dir.glob("*.polar")}
+    if name:
+        assert old in files[name]
+        files[name] = files[name].replace(old, new, 1)
+    return files
+
+
+def test_a_candidate_in_shadow_counts_where_it_would_decide_otherwise(
+        live: Server, policy_dir: Path) -> None:
+    with live.client("t-policy") as author:
+        # A candidate that fails a case never gets into shadow.
+        refused = author.post("/v1/policy/candidates", json={"files": candidate_files(
+            policy_dir, "data.polar", 'task_profile("coaching", "service_needs_plans");',
+            "")})
+        assert refused.status_code == 409
+        assert refused.json()["error"]["code"] == "policy_rejected"
+        assert author.post("/v1/policy/candidates",
+                           json={"files": {"../x.polar": "f(1);"}}).status_code == 400
+        # Health data hidden under a protection order too: the suites still pass.
+        files = candidate_files(policy_dir, "data.polar", 'protected_by_order("name_contact");',
+                                'protected_by_order("name_contact");\n'
+                                'protected_by_order("health_work_capacity");')
+        uploaded = author.post("/v1/policy/candidates", json={"files": files})
+        assert uploaded.status_code == 201, uploaded.text
+        candidate = uploaded.json()["version"]
+        active = live_policy(live)["version"]
+        assert candidate != active
+
+        with live.client("t-admin") as admin:
+            world = World(admin).build()
+            world.put("grants", world.grant, world.grant_data(
+                scopes=["name_contact", "service_needs_plans", "health_work_capacity"]))
+            world.put("clients", world.client, {"home_municipality": world.municipality,
+                                                "protection_order": True})
+        with live.client("t-pep") as pep:
+            health = pep.post("/access/v1/evaluation",
+                              json=world.request("health_work_capacity")).json()
+            contact = pep.post("/access/v1/evaluation",
+                               json=world.request("name_contact")).json()
+        assert health["decision"] is True  # the active policy allows it
+        assert contact["context"]["reason"] == "protection_order"
+
+        shadow = author.get("/v1/policy/candidates").json()["candidate"]
+        assert shadow["version"] == candidate and shadow["evaluated"] >= 2
+        assert shadow["diverged"] == 1 and shadow["dropped"] == 0
+        example = shadow["examples"][0]
+        assert example["category"] == "health_work_capacity" and example["user"] == world.user
+        assert example["active"] == {"decision": True, "reason": "allowed",
+                                     "policy_version": active}
+        assert example["candidate"] == {"decision": False, "reason": "protection_order"}
+        metrics = author.get("/metrics").text
+        assert (f'pdp_policy_shadow_divergences_total{{active="{active}",'
+                f'candidate="{candidate}"}} 1.0') in metrics
+
+        # Discarded, it is gone; uploaded again and promoted, it is in force.
+        assert author.delete(f"/v1/policy/candidates/{candidate}").json() == {
+            "discarded": candidate}
+        assert author.get("/v1/policy/candidates").json() == {"candidate": None}
+        assert author.delete(f"/v1/policy/candidates/{candidate}").status_code == 404
+        assert author.post("/v1/policy/candidates", json={"files": files}).status_code == 201
+        promoted = author.post(f"/v1/policy/candidates/{candidate}/promote")
+        assert promoted.status_code == 200, promoted.text
+        assert promoted.json()["version"] == candidate and promoted.json()["changed"] is True
+    assert 'protected_by_order("health_work_capacity")' in (policy_dir / "data.polar").read_text()
+    with live.client("t-pep") as pep:
+        after = pep.post("/access/v1/evaluation",
+                         json=world.request("health_work_capacity")).json()
+    assert after["context"]["reason"] == "protection_order"
+    assert after["context"]["policy_version"] == candidate

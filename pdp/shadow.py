@@ -1,0 +1,193 @@
+"""A candidate policy in shadow: live decisions are also decided with it, off the hot path,
+and where it would decide otherwise is counted and kept as examples (issue 9, part 3).
+
+`Candidates` holds at most one candidate. `upload` vets it like a reload (it must load
+and pass every case of the live policy's suites) and starts its `Shadow`; the hot path
+only calls `Shadow.offer` — a sampled, non-blocking put into a bounded queue (a full
+queue drops and counts) — and a worker thread decides the request with the candidate's
+own memoised decider and compares decision and reason. `promote` writes the candidate's
+files into the policy directory for a reload to put them in force; `discard` drops it.
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import re
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pdp.clock import utcnow
+from pdp.core import Decision, DecisionRequest
+from pdp.decider import Decider
+from pdp.factindex import FactIndex
+from pdp.metrics import Metrics
+from pdp.policy_engine import CompiledPolicy
+from pdp.policy_manager import vet
+
+FILE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}\.polar$")
+MAX_FILE_BYTES = 512 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Divergence:
+    request: DecisionRequest
+    at: datetime
+    active: Decision
+    candidate: Decision
+
+    def describe(self) -> dict[str, Any]:
+        r = self.request
+        return {"user": r.user, "client": r.client, "category": r.category,
+                "action": r.action, "purpose": r.purpose, "at": self.at.isoformat(),
+                "active": {"decision": self.active.decision, "reason": self.active.reason,
+                           "policy_version": self.active.policy_version},
+                "candidate": {"decision": self.candidate.decision,
+                              "reason": self.candidate.reason}}
+
+
+@dataclass
+class Shadow:
+    """One candidate evaluated beside the active policy."""
+
+    policy: CompiledPolicy
+    files: dict[str, str]
+    facts: FactIndex
+    metrics: Metrics
+    sample_rate: float = 1.0
+    queue_size: int = 10_000
+    keep_examples: int = 20
+    uploaded_at: datetime = field(default_factory=utcnow)
+    uploaded_by: str = ""
+    queued: int = 0
+    evaluated: int = 0
+    diverged: int = 0
+    dropped: int = 0
+    examples: deque[Divergence] = field(init=False)
+    _queue: queue.Queue[tuple[DecisionRequest, datetime, Decision] | None] = field(init=False)
+    _decider: Decider = field(init=False)
+    _thread: threading.Thread = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.examples = deque(maxlen=self.keep_examples)
+        self._queue = queue.Queue(maxsize=self.queue_size)
+        self._decider = Decider(self.policy, self.facts)
+        self._thread = threading.Thread(target=self._work, name="pdp-shadow", daemon=True)
+        self._thread.start()
+
+    @property
+    def version(self) -> str:
+        return self.policy.version
+
+    def offer(self, request: DecisionRequest, now: datetime, made: Decision) -> None:
+        """On the hot path: never blocks, never raises."""
+        if self.sample_rate < 1.0 and random.random() >= self.sample_rate:
+            return
+        try:
+            self._queue.put_nowait((request, now, made))
+            self.queued += 1
+        except queue.Full:
+            self.dropped += 1
+            self.metrics.shadow_dropped.inc()
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            request, now, made = item
+            theirs = self._decider.decide(request, now)
+            self.evaluated += 1
+            self.metrics.shadow_evaluations.inc()
+            if (theirs.decision, theirs.reason) != (made.decision, made.reason):
+                self.diverged += 1
+                self.metrics.shadow_divergences.labels(made.policy_version,
+                                                       self.version).inc()
+                self.examples.append(Divergence(request, now, made, theirs))
+
+    def settle(self, timeout: float = 10.0) -> None:
+        """Wait (up to `timeout`) until what was offered so far is evaluated."""
+        deadline = time.monotonic() + timeout
+        while self.evaluated < self.queued and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self._queue.put(None)
+
+    def describe(self) -> dict[str, Any]:
+        return {"version": self.version, "files": sorted(self.files),
+                "uploaded_at": self.uploaded_at.isoformat(), "uploaded_by": self.uploaded_by,
+                "sample_rate": self.sample_rate, "evaluated": self.evaluated,
+                "diverged": self.diverged, "dropped": self.dropped,
+                "examples": [d.describe() for d in self.examples]}
+
+
+class CandidateError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Candidates:
+    """At most one candidate in shadow, for one process."""
+
+    policy_dir: Path
+    facts: FactIndex
+    metrics: Metrics
+    sample_rate: float = 1.0
+    queue_size: int = 10_000
+    current: Shadow | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def upload(self, files: dict[str, str], by: str) -> Shadow:
+        """Vet the files (with the live policy's suites) and put them in shadow, in place
+        of any candidate before. Raises CandidateError (400) for bad names or sizes and
+        PolicyRejected when the candidate does not load or fails a case."""
+        if not files:
+            raise CandidateError(400, "files: at least one *.polar file")
+        for name, text in files.items():
+            if not FILE_NAME.match(name):
+                raise CandidateError(400, f"files: {name!r} is not a *.polar file name")
+            if len(text.encode()) > MAX_FILE_BYTES:
+                raise CandidateError(400, f"files: {name} is larger than {MAX_FILE_BYTES} bytes")
+        with tempfile.TemporaryDirectory(prefix="pdp-candidate-") as work:
+            for name, text in files.items():
+                (Path(work) / name).write_text(text, encoding="utf-8")
+            policy, _ = vet(Path(work), self.policy_dir / "tests")
+        shadow = Shadow(policy, dict(files), self.facts, self.metrics, self.sample_rate,
+                        self.queue_size, uploaded_by=by)
+        with self._lock:
+            old, self.current = self.current, shadow
+        if old is not None:
+            old.stop()
+        return shadow
+
+    def take(self, version: str) -> Shadow:
+        """Remove the candidate `version` from shadow; CandidateError (404) if it is not
+        the one in shadow."""
+        with self._lock:
+            if self.current is None or self.current.version != version:
+                raise CandidateError(404, f"no candidate {version!r} in shadow")
+            shadow, self.current = self.current, None
+        shadow.stop()
+        return shadow
+
+    def write_files(self, shadow: Shadow) -> None:
+        """Make the candidate's files the policy directory's *.polar files."""
+        for path in self.policy_dir.glob("*.polar"):
+            if path.name not in shadow.files:
+                path.unlink()
+        for name, text in shadow.files.items():
+            (self.policy_dir / name).write_text(text, encoding="utf-8")
+
+
+Offer = Callable[[DecisionRequest, datetime, Decision], None]
