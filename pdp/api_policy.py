@@ -4,9 +4,11 @@ restart, gated by the policy test suites (pdp.policy_manager)."""
 from __future__ import annotations
 
 import logging
+from importlib import resources
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -18,10 +20,13 @@ from pdp.policy_manager import PolicyRejected
 from pdp.runtime import Runtime
 from pdp.shadow import CandidateError
 from pdp.store import Event
+from pdp.vocab import ACTIONS, CATEGORIES, SERVICES
 
 log = logging.getLogger(__name__)
 
 POLICY_REJECTED = "policy_rejected"
+PLAYGROUND = (resources.files("pdp") / "static" / "playground.html").read_text(encoding="utf-8")
+CHOICES = 1000  # users and clients offered to pick from (any id may be typed)
 
 
 class Upload(BaseModel):
@@ -82,6 +87,45 @@ def policy_router(runtime: Runtime) -> APIRouter:
     async def reload(request: Request) -> dict[str, Any]:
         return await put_in_force(auth.require(request.headers.get("authorization"),
                                                RELOADERS))
+
+    # -- the playground ------------------------------------------------------------------
+
+    @router.get("/playground", include_in_schema=False)
+    async def playground() -> HTMLResponse:
+        # The page holds no data: every call it makes carries the token typed into it.
+        return HTMLResponse(PLAYGROUND)
+
+    @router.get("/v1/playground/choices")
+    async def choices(request: Request) -> dict[str, Any]:
+        auth.require(request.headers.get("authorization"), RELOADERS)
+        index = runtime.facts.index
+        with index.lock:
+            users = [{"id": user_id, "municipality": user.municipality}
+                     for user_id, user in sorted(index.users.items())[:CHOICES]]
+            clients = [{"id": client_id, "home": client.home_municipality}
+                       for client_id, client in sorted(index.clients.items())[:CHOICES]]
+        return {"users": users, "clients": clients, "categories": list(CATEGORIES),
+                "actions": list(ACTIONS), "purposes": ["", *SERVICES]}
+
+    @router.get("/v1/policy/files")
+    async def live_files(request: Request) -> dict[str, Any]:
+        auth.require(request.headers.get("authorization"), RELOADERS)
+        policy = policies.state.policy
+        return {"version": policy.version, "files": dict(policy.sources)}
+
+    @router.post("/v1/policy/test")
+    async def test_files(request: Request) -> dict[str, Any]:
+        """Run the live policy's suites on the files given; nothing changes."""
+        auth.require(request.headers.get("authorization"), RELOADERS)
+        body = parse_body(Upload, await read_json(request, runtime.settings.max_body_bytes))
+        try:
+            policy, report = await run_in_threadpool(candidates.vet, body.files)
+        except CandidateError as error:
+            raise bad_request(error.message, field="files") from None
+        except PolicyRejected as error:
+            return {"ok": False, "message": error.message, "details": error.details}
+        return {"ok": True, "version": policy.version,
+                "message": f"{report.passed} of {report.total} cases pass", "details": []}
 
     # -- a candidate in shadow -----------------------------------------------------------
 

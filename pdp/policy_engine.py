@@ -88,9 +88,12 @@ def _location(error: Exception, files: Sequence[Path]) -> tuple[str | None, int 
 class CompiledPolicy:
     """A loaded, checked policy. Immutable after construction; safe to share across threads."""
 
-    def __init__(self, files: Sequence[Path], version: str, polar: Polar) -> None:
+    def __init__(self, files: Sequence[Path], version: str, polar: Polar,
+                 sources: Mapping[str, str] | None = None) -> None:
         self.files = tuple(files)
         self.version = version
+        # The text of each file as loaded, by file name.
+        self.sources: Mapping[str, str] = dict(sources or {})
         self._polar = polar
         self._lock = threading.Lock()
 
@@ -162,4 +165,5 @@ def load_policy(directory: Path | str) -> CompiledPolicy:
     warnings = _ALLOW_WARNING.sub("", printed.getvalue()).strip()
     if warnings:
         log.warning("policy: %s", warnings)
-    return CompiledPolicy(files, policy_version(files), polar)
+    sources = {path.name: path.read_text(encoding="utf-8") for path in files}
+    return CompiledPolicy(files, policy_version(files), polar, sources)

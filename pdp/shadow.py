@@ -31,6 +31,7 @@ from pdp.factindex import FactIndex
 from pdp.metrics import Metrics
 from pdp.policy_engine import CompiledPolicy
 from pdp.policy_manager import vet
+from pdp.policy_tests import Report
 
 FILE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}\.polar$")
 MAX_FILE_BYTES = 512 * 1024
@@ -148,10 +149,10 @@ class Candidates:
     current: Shadow | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def upload(self, files: dict[str, str], by: str) -> Shadow:
-        """Vet the files (with the live policy's suites) and put them in shadow, in place
-        of any candidate before. Raises CandidateError (400) for bad names or sizes and
-        PolicyRejected when the candidate does not load or fails a case."""
+    def vet(self, files: dict[str, str]) -> tuple[CompiledPolicy, Report]:
+        """Load the files as a policy and run the live policy's suites on it. Raises
+        CandidateError (400) for bad names or sizes and PolicyRejected when it does not
+        load or fails a case."""
         if not files:
             raise CandidateError(400, "files: at least one *.polar file")
         for name, text in files.items():
@@ -162,7 +163,12 @@ class Candidates:
         with tempfile.TemporaryDirectory(prefix="pdp-candidate-") as work:
             for name, text in files.items():
                 (Path(work) / name).write_text(text, encoding="utf-8")
-            policy, _ = vet(Path(work), self.policy_dir / "tests")
+            return vet(Path(work), self.policy_dir / "tests")
+
+    def upload(self, files: dict[str, str], by: str) -> Shadow:
+        """Vet the files (`vet`) and put them in shadow, in place of any candidate
+        before."""
+        policy, _ = self.vet(files)
         shadow = Shadow(policy, dict(files), self.facts, self.metrics, self.sample_rate,
                         self.queue_size, uploaded_by=by)
         with self._lock:
