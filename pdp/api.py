@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pdp.api_audit import audit_router
 from pdp.api_lifecycle import lifecycle_router, workflow_error
 from pdp.api_monitoring import monitoring_router
-from pdp.api_policy import policy_router
+from pdp.api_policy import policy_router, watch_policy
 from pdp.audit import AuditRecord, AuditUnavailable, new_record_id
 from pdp.auth import MUNICIPALITY_ADMIN, Caller, forbidden
 from pdp.authzen import (
@@ -153,6 +153,9 @@ def create_app(runtime: Runtime) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         tune_gc()
         tasks = [asyncio.create_task(_poll_store())]
+        if settings.policy_watch_seconds > 0:
+            tasks.append(asyncio.create_task(
+                watch_policy(runtime, settings.policy_watch_seconds)))
         if settings.webhooks:
             dispatcher = WebhookDispatcher(facts.store, settings.webhooks,
                                            poll_seconds=settings.poll_interval_seconds)

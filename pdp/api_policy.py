@@ -3,6 +3,7 @@ restart, gated by the policy test suites (pdp.policy_manager)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from importlib import resources
 from typing import Any
@@ -12,10 +13,10 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from pdp.auth import Caller
 from pdp.bus import BusUnavailable
 from pdp.errors import NOT_FOUND, ApiError, bad_request
 from pdp.http import parse_body, read_json
+from pdp.policy_engine import policy_files, policy_version
 from pdp.policy_manager import PolicyRejected
 from pdp.runtime import Runtime
 from pdp.shadow import CandidateError
@@ -39,6 +40,62 @@ READERS = ["policy_admin", "auditor"]
 RELOADERS = ["policy_admin"]
 
 
+async def put_in_force(runtime: Runtime, actor: str) -> dict[str, Any]:
+    """Vet the policy directory and put it in force here and, through the bus, on every
+    replica; 409 policy_rejected (and nothing changes) if it may not go live."""
+    policies = runtime.policies
+    before = policies.state.policy.version
+
+    def record(version: str, files: list[str]) -> None:
+        # Who put which policy in force is part of the history (written before the swap:
+        # if it cannot be written, the policy does not change).
+        runtime.facts.write([], [Event("policy.activated", "policy", version, "", actor,
+                                       None, {"version": version, "previous": before,
+                                              "files": files})])
+
+    try:
+        state, changed = await run_in_threadpool(policies.reload, record)
+    except PolicyRejected as error:
+        log.warning("policy reload by %s refused: %s", actor, error.message)
+        raise ApiError(409, POLICY_REJECTED, error.message, error.details) from None
+    notified = None
+    if changed:
+        log.info("policy %s in force (was %s), by %s", state.policy.version, before, actor)
+        bus = runtime.facts.bus
+        if bus is not None:
+            try:
+                bus.publish_policy(state.policy.version)
+                notified = True
+            except BusUnavailable as error:
+                log.warning("policy %s not announced to the other replicas: %s",
+                            state.policy.version, error)
+                notified = False
+    return {**state.describe(), "changed": changed, "replicas_notified": notified}
+
+
+async def watch_policy(runtime: Runtime, every: float) -> None:
+    """PDP_POLICY_WATCH_SECONDS: when the policy files change on disk, put them in force
+    as a reload would (vetted by the suites; a refused version is logged once and the
+    old one keeps serving)."""
+    directory = runtime.policies.policy_dir
+    refused = ""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            on_disk = await run_in_threadpool(
+                lambda: policy_version(policy_files(directory)))
+            if on_disk in (runtime.policies.state.policy.version, refused):
+                continue
+            try:
+                await put_in_force(runtime, "policy watch")
+            except ApiError as error:
+                refused = on_disk
+                log.error("policy files changed (%s) but are refused: %s", on_disk,
+                          error.message)
+        except Exception:  # keep watching whatever happens
+            log.exception("watching the policy files failed")
+
+
 def policy_router(runtime: Runtime) -> APIRouter:
     router = APIRouter()
     auth = runtime.auth
@@ -50,43 +107,10 @@ def policy_router(runtime: Runtime) -> APIRouter:
         auth.require(request.headers.get("authorization"), READERS)
         return policies.state.describe()
 
-    async def put_in_force(caller: Caller) -> dict[str, Any]:
-        """Vet the policy directory and put it in force here and, through the bus, on
-        every replica; 409 policy_rejected (and nothing changes) if it may not go live."""
-        before = policies.state.policy.version
-
-        def record(version: str, files: list[str]) -> None:
-            # Who put which policy in force is part of the history (written before the
-            # swap: if it cannot be written, the policy does not change).
-            runtime.facts.write([], [Event("policy.activated", "policy", version, "",
-                                           caller.name, None,
-                                           {"version": version, "previous": before,
-                                            "files": files})])
-
-        try:
-            state, changed = await run_in_threadpool(policies.reload, record)
-        except PolicyRejected as error:
-            log.warning("policy reload by %s refused: %s", caller.name, error.message)
-            raise ApiError(409, POLICY_REJECTED, error.message, error.details) from None
-        notified = None
-        if changed:
-            log.info("policy %s in force (was %s), by %s", state.policy.version, before,
-                     caller.name)
-            bus = runtime.facts.bus
-            if bus is not None:
-                try:
-                    bus.publish_policy(state.policy.version)
-                    notified = True
-                except BusUnavailable as error:
-                    log.warning("policy %s not announced to the other replicas: %s",
-                                state.policy.version, error)
-                    notified = False
-        return {**state.describe(), "changed": changed, "replicas_notified": notified}
-
     @router.post("/v1/policy/reload")
     async def reload(request: Request) -> dict[str, Any]:
-        return await put_in_force(auth.require(request.headers.get("authorization"),
-                                               RELOADERS))
+        caller = auth.require(request.headers.get("authorization"), RELOADERS)
+        return await put_in_force(runtime, caller.name)
 
     # -- the playground ------------------------------------------------------------------
 
@@ -158,7 +182,7 @@ def policy_router(runtime: Runtime) -> APIRouter:
         except CandidateError as error:
             raise ApiError(error.status, NOT_FOUND, error.message) from None
         await run_in_threadpool(candidates.write_files, shadow)
-        return await put_in_force(caller)
+        return await put_in_force(runtime, caller.name)
 
     @router.delete("/v1/policy/candidates/{version}")
     async def discard(version: str, request: Request) -> dict[str, Any]:

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     api_keys: dict[str, Any] | None = None
     policy_dir: Path = DEFAULT_POLICY_DIR
+    # Watch the policy files and put a changed version in force (vetted by its suites)
+    # every this many seconds; 0: only on POST /v1/policy/reload.
+    policy_watch_seconds: float = Field(default=0, ge=0, le=3600)
 
     max_body_bytes: int = 1024 * 1024
     max_batch_body_bytes: int = 4 * 1024 * 1024

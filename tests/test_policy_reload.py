@@ -255,3 +255,28 @@ def test_a_candidate_in_shadow_counts_where_it_would_decide_otherwise(
                          json=world.request("health_work_capacity")).json()
     assert after["context"]["reason"] == "protection_order"
     assert after["context"]["policy_version"] == candidate
+
+
+def test_watched_policy_files_go_live_when_they_pass(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    watched = tmp_path_factory.mktemp("watched") / "policies"
+    shutil.copytree(POLICIES, watched)
+    server = start_server(tmp_path_factory.mktemp("watch"), env={
+        "PDP_POLICY_DIR": str(watched), "PDP_POLICY_WATCH_SECONDS": "0.2"})
+    try:
+        old = live_policy(server)["version"]
+        data = watched / "data.polar"
+        data.write_text(data.read_text() + "\n# Watched.\n")
+        deadline = time.monotonic() + 20
+        while live_policy(server)["version"] == old and time.monotonic() < deadline:
+            time.sleep(0.1)
+        new = live_policy(server)
+        assert new["version"] != old and new["suites"]["failed"] == 0
+        # A broken edit is refused: the version in force stays.
+        rules = watched / "rules.polar"
+        rules.write_text(rules.read_text().replace("failing(r,", "failing(r;", 1))
+        time.sleep(2)
+        assert live_policy(server)["version"] == new["version"]
+        assert "refused" in server.log.read_text()
+    finally:
+        stop_server(server)
