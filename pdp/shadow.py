@@ -11,6 +11,7 @@ files into the policy directory for a reload to put them in force; `discard` dro
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import random
 import re
@@ -75,6 +76,7 @@ class Shadow:
     _queue: queue.Queue[tuple[DecisionRequest, datetime, Decision] | None] = field(init=False)
     _decider: Decider = field(init=False)
     _thread: threading.Thread = field(init=False)
+    _stopped: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self.examples = deque(maxlen=self.keep_examples)
@@ -89,7 +91,7 @@ class Shadow:
 
     def offer(self, request: DecisionRequest, now: datetime, made: Decision) -> None:
         """On the hot path: never blocks, never raises."""
-        if self.sample_rate < 1.0 and random.random() >= self.sample_rate:
+        if self._stopped or (self.sample_rate < 1.0 and random.random() >= self.sample_rate):
             return
         try:
             self._queue.put_nowait((request, now, made))
@@ -101,7 +103,7 @@ class Shadow:
     def _work(self) -> None:
         while True:
             item = self._queue.get()
-            if item is None:
+            if item is None or self._stopped:
                 return
             request, now, made = item
             theirs = self._decider.decide(request, now)
@@ -120,7 +122,10 @@ class Shadow:
             time.sleep(0.01)
 
     def stop(self) -> None:
-        self._queue.put(None)
+        """Stop evaluating (what is still queued is dropped); never blocks."""
+        self._stopped = True
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(None)  # wakes the worker if it waits on an empty queue
 
     def describe(self) -> dict[str, Any]:
         return {"version": self.version, "files": sorted(self.files),
