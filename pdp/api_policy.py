@@ -1,5 +1,6 @@
-"""HTTP routes of the policy authors' workflow: what is live, and reloading it without a
-restart, gated by the policy test suites (pdp.policy_manager)."""
+"""HTTP routes of the policy authors' workflow: what is live and reloading it without a
+restart, gated by the policy test suites (pdp.policy_manager); watching the policy files;
+a candidate in shadow (pdp.shadow); the playground page and the calls it makes."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ class Upload(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     files: dict[str, str] = Field(min_length=1, max_length=50)
+
 
 READERS = ["policy_admin", "auditor"]
 RELOADERS = ["policy_admin"]
