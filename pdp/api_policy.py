@@ -172,8 +172,6 @@ def policy_router(runtime: Runtime) -> APIRouter:
     async def candidate(request: Request) -> dict[str, Any]:
         auth.require(request.headers.get("authorization"), READERS)
         shadow = candidates.current
-        if shadow is not None:
-            await run_in_threadpool(shadow.settle, 1.0)
         return {"candidate": None if shadow is None else shadow.describe()}
 
     @router.post("/v1/policy/candidates/{version}/promote")

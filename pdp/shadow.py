@@ -17,9 +17,7 @@ import random
 import re
 import tempfile
 import threading
-import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -115,12 +113,6 @@ class Shadow:
                                                        self.version).inc()
                 self.examples.append(Divergence(request, now, made, theirs))
 
-    def settle(self, timeout: float = 10.0) -> None:
-        """Wait (up to `timeout`) until what was offered so far is evaluated."""
-        deadline = time.monotonic() + timeout
-        while self.evaluated < self.queued and time.monotonic() < deadline:
-            time.sleep(0.01)
-
     def stop(self) -> None:
         """Stop evaluating (what is still queued is dropped); never blocks."""
         self._stopped = True
@@ -200,5 +192,3 @@ class Candidates:
         for name, text in shadow.files.items():
             (self.policy_dir / name).write_text(text, encoding="utf-8")
 
-
-Offer = Callable[[DecisionRequest, datetime, Decision], None]

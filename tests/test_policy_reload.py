@@ -228,7 +228,12 @@ def test_a_candidate_in_shadow_counts_where_it_would_decide_otherwise(
         assert health["decision"] is True  # the active policy allows it
         assert contact["context"]["reason"] == "protection_order"
 
+        # The shadow decides off the hot path: wait until it has seen both.
+        deadline = time.monotonic() + 10
         shadow = author.get("/v1/policy/candidates").json()["candidate"]
+        while shadow["evaluated"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            shadow = author.get("/v1/policy/candidates").json()["candidate"]
         assert shadow["version"] == candidate and shadow["evaluated"] >= 2
         assert shadow["diverged"] == 1 and shadow["dropped"] == 0
         example = shadow["examples"][0]
