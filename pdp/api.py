@@ -307,11 +307,13 @@ def create_app(runtime: Runtime) -> FastAPI:
             raise ApiError(503, UNAVAILABLE, str(error), headers={"Retry-After": "1"}) from None
 
     def decide(evaluation: Evaluation, caller: Caller, request_id: str | None,
-               now: datetime) -> tuple[dict[str, Any], AuditRecord]:
-        started = time.perf_counter()
+               now: datetime, made: Decision | None = None
+               ) -> tuple[dict[str, Any], AuditRecord]:
+        """The answer and record of one evaluation; `made`: its memoised decision if the
+        caller has it already (Decider.memoised), else it is decided here."""
         asked = evaluation.to_request()
-        made: Decision = runtime.decider.decide(asked, now)
-        metrics.decision_seconds.observe(time.perf_counter() - started)
+        if made is None:
+            made = runtime.decider.decide(asked, now)
         shadow = runtime.candidates.current
         if shadow is not None:
             shadow.offer(asked, now, made)
@@ -381,10 +383,6 @@ def create_app(runtime: Runtime) -> FastAPI:
         except ValidationError as error:
             raise invalid(error) from None
 
-    def memoised(item: Evaluation, now: datetime) -> bool:
-        return runtime.decider.is_memoised(item.subject.id, item.resource.id,
-                                           item.context.purpose or "", now)
-
     # The two hot endpoints answer a JSONResponse themselves: a dict would first go
     # through FastAPI's jsonable_encoder (a tenth of a warm request's time).
     @app.post("/access/v1/evaluation", response_class=JSONResponse)
@@ -395,8 +393,9 @@ def create_app(runtime: Runtime) -> FastAPI:
         request_id = request.headers.get("x-request-id")
         # A memoised answer takes microseconds: on the event loop. A policy query takes
         # milliseconds: in a worker thread, so that the loop keeps serving meanwhile.
-        if memoised(item, now):
-            result, record = decide(item, caller, request_id, now)
+        made = runtime.decider.memoised(item.to_request(), now)
+        if made is not None:
+            result, record = decide(item, caller, request_id, now, made)
         else:
             result, record = await run_in_threadpool(decide, item, caller, request_id, now)
         await recorded([record])
@@ -432,12 +431,17 @@ def create_app(runtime: Runtime) -> FastAPI:
         semantic = envelope.options.evaluations_semantic
         now = runtime.decider.clock()
 
+        # The memoised answers, looked up once; a batch with none missing is decided on
+        # the event loop, one that needs policy queries in a worker thread.
+        quick = [runtime.decider.memoised(item.to_request(), now)
+                 if isinstance(item, Evaluation) else None for item in items]
+
         def decide_all() -> tuple[list[dict[str, Any]], list[AuditRecord]]:
             results: list[dict[str, Any]] = []
             records: list[AuditRecord] = []
-            for item in items:
+            for item, made in zip(items, quick, strict=True):
                 if isinstance(item, Evaluation):
-                    result, record = decide(item, caller, request_id, now)
+                    result, record = decide(item, caller, request_id, now, made)
                 else:
                     record = invalid_record(item[0], caller, request_id, now)
                     result = {"decision": False, "context": {"decision_id": record.record_id,
@@ -450,9 +454,10 @@ def create_app(runtime: Runtime) -> FastAPI:
                     break
             return results, records
 
-        if all(memoised(item, now) for item in items if isinstance(item, Evaluation)):
+        if all(made is not None for item, made in zip(items, quick, strict=True)
+               if isinstance(item, Evaluation)):
             results, records = decide_all()
-        else:  # some need a policy query: off the event loop
+        else:
             results, records = await run_in_threadpool(decide_all)
         await recorded(records)
         return JSONResponse({"evaluations": results})

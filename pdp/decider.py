@@ -15,6 +15,7 @@ a caseload, a client after an unrelated change — needs no policy query.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -72,17 +73,34 @@ class Decider:
         return (facts.stamp("user", user), facts.stamp("agreement", municipality),
                 facts.stamp("area", area), facts.stamp("client", client))
 
-    def is_memoised(self, user: str, client: str, purpose: str,
-                    now: datetime | None = None) -> bool:
-        """Whether `table` would answer from the memo (a few microseconds, no policy
-        query): the service decides such requests on its event loop and the others in a
-        worker thread."""
+    def _hit(self, policy: CompiledPolicy, key: tuple[str, str, str], stamps: Stamps,
+             now_us: int) -> DecisionTable | None:
+        """The memoised table, if it is still the answer (hold `facts.lock`)."""
+        memo = self._memo.get(key)
+        if (memo is not None and memo.policy_version == policy.version
+                and memo.stamps == stamps
+                and memo.table.valid_from <= now_us < memo.table.valid_until):
+            self.hits += 1
+            if self.metrics:
+                self.metrics.cache_hits.inc()
+            return memo.table.at_version(self.facts.version)
+        return None
+
+    def memoised(self, request: DecisionRequest, now: datetime | None = None
+                 ) -> Decision | None:
+        """The decision if it is memoised (microseconds, no policy query), else None: the
+        service decides such requests on its event loop and the others in a thread."""
+        started = time.perf_counter()
         now_us = to_micros(now or self.clock())
         with self.facts.lock:
-            memo = self._memo.get((user, client, purpose))
-            return (memo is not None and memo.policy_version == self.policy.version
-                    and memo.table.valid_from <= now_us < memo.table.valid_until
-                    and memo.stamps == self._stamps(user, client))
+            table = self._hit(self.policy, (request.user, request.client, request.purpose),
+                              self._stamps(request.user, request.client), now_us)
+        if table is None:
+            return None
+        made = table.pick(request.category, request.action)
+        if self.metrics:
+            self.metrics.decision_seconds.observe(time.perf_counter() - started)
+        return made
 
     def table(self, user: str, client: str, purpose: str,
               now: datetime | None = None) -> DecisionTable:
@@ -92,14 +110,9 @@ class Decider:
         with self.facts.lock:
             version = self.facts.version
             stamps = self._stamps(user, client)
-            memo = self._memo.get(key)
-            if (memo is not None and memo.policy_version == policy.version
-                    and memo.stamps == stamps
-                    and memo.table.valid_from <= now_us < memo.table.valid_until):
-                self.hits += 1
-                if self.metrics:
-                    self.metrics.cache_hits.inc()
-                return memo.table.at_version(version)
+            hit = self._hit(policy, key, stamps, now_us)
+            if hit is not None:
+                return hit
             record = policy_record(self.facts, user, client, purpose, now_us)
         self.misses += 1
         if self.metrics:
@@ -140,8 +153,12 @@ class Decider:
                 for key, (reason, grant) in outcomes.items()}
 
     def decide(self, request: DecisionRequest, now: datetime | None = None) -> Decision:
+        started = time.perf_counter()
         table = self.table(request.user, request.client, request.purpose, now)
-        return table.pick(request.category, request.action)
+        made = table.pick(request.category, request.action)
+        if self.metrics:
+            self.metrics.decision_seconds.observe(time.perf_counter() - started)
+        return made
 
     def clear(self, *, shapes: bool = True) -> None:
         """Forget the memoised tables (and, unless told otherwise, the answers by shape)."""

@@ -70,23 +70,29 @@ def test_second_decision_is_a_cache_hit(policy: Any) -> None:
     assert (decider.misses, decider.hits) == (1, 2)
 
 
-def test_is_memoised_says_whether_a_decision_needs_no_policy_query(policy: Any) -> None:
+def test_memoised_answers_only_what_needs_no_policy_query(policy: Any) -> None:
     clock = Clock(GRANT_END - timedelta(seconds=1))
     facts = world()
     decider = Decider(policy, facts, clock=clock)
-    assert not decider.is_memoised("u1", "c1", "coaching")
+    assert decider.memoised(REQUEST) is None
     decider.decide(REQUEST)
-    assert decider.is_memoised("u1", "c1", "coaching")
-    assert not decider.is_memoised("u1", "c1", "guidance")  # another purpose
+    hit = decider.memoised(REQUEST)
+    assert hit is not None and hit.decision is True and hit.grant == "g1"
+    # another category and action of the same user x client x purpose: the same table
+    other = decider.memoised(DecisionRequest("u1", "c1", "benefits", "write", "coaching"))
+    assert other is not None and other.reason == "category_not_necessary"
+    assert decider.memoised(DecisionRequest("u1", "c1", "name_contact", "read",
+                                            "guidance")) is None  # another purpose
     clock.now = GRANT_END  # past the span the answer holds for
-    assert not decider.is_memoised("u1", "c1", "coaching")
+    assert decider.memoised(REQUEST) is None
     clock.now = GRANT_END - timedelta(seconds=1)
     facts.apply([ChangeRecord(20, "client", "c1", {"home_municipality": "749",
                                                    "protection_order": True})])
-    assert not decider.is_memoised("u1", "c1", "coaching")  # its facts changed
+    assert decider.memoised(REQUEST) is None  # its facts changed
     misses = decider.misses
     assert decider.decide(REQUEST).reason == "protection_order"
     assert decider.misses == misses + 1
+    assert decider.memoised(REQUEST) == decider.decide(REQUEST)
 
 
 def test_cached_allow_ends_at_the_grant_end(policy: Any) -> None:
