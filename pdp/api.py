@@ -374,9 +374,11 @@ def create_app(runtime: Runtime) -> FastAPI:
             raise ApiError(503, AUDIT_UNAVAILABLE, f"the decision log is unavailable: {error}",
                            headers={"Retry-After": "1"}) from None
 
-    async def pep_request(request: Request, model: type[Shape]) -> tuple[Caller, Shape]:
-        """The calling PEP and its request body, validated (401/403/400 otherwise)."""
-        caller = auth.require(request.headers.get("authorization"), ["pep"])
+    async def pep_request(request: Request, model: type[Shape],
+                          roles: Sequence[str] = ("pep",)) -> tuple[Caller, Shape]:
+        """The caller (a PEP unless told otherwise) and its request body, validated
+        (401/403/400 otherwise)."""
+        caller = auth.require(request.headers.get("authorization"), roles)
         body = await read_json(request, settings.max_body_bytes)
         try:
             return caller, model.model_validate(body)
@@ -468,12 +470,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     async def explain_route(request: Request) -> JSONResponse:
         """Every rule with passed or failed and the facts it read (pdp.explain); the
         explanation shows personal data, so it is recorded like a decision."""
-        caller = auth.require(request.headers.get("authorization"), EXPLAINERS)
-        body = await read_json(request, settings.max_body_bytes)
-        try:
-            item = Evaluation.model_validate(body)
-        except ValidationError as error:
-            raise invalid(error) from None
+        caller, item = await pep_request(request, Evaluation, EXPLAINERS)
         await ensure_facts(item.context.min_facts_version)
         now = runtime.decider.clock()
         explained = await run_in_threadpool(explain, runtime.policy, facts.index,

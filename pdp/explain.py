@@ -19,17 +19,19 @@ from typing import Any
 from pdp.clock import to_micros
 from pdp.core import DecisionRequest, decide
 from pdp.factindex import FactIndex
-from pdp.policy_coverage import Clause, clauses
+from pdp.policy_coverage import CALL, Clause, clauses
 from pdp.policy_engine import CompiledPolicy, var
 from pdp.policy_input import policy_record
 
 _HEADING = re.compile(r"^#\s*(\d+)\.\s*(.*)$")
 _FIELD = re.compile(r"\br\.([a-z_]+)")
-_CALL = re.compile(r"\b([a-z_][A-Za-z0-9_]*)\s*\(")
 _REASON = re.compile(r'^failing\(\s*_?r\s*,\s*"([a-z_]+)"')
 # The rules asked per category and action (rules 9-11) and the reason each one gives.
 CATEGORY_RULES = (("necessary", "category_not_necessary"), ("protected", "protection_order"),
                   ("empowered", "action_not_permitted"))
+
+
+_INFOS: dict[str, list[RuleInfo]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +43,15 @@ class RuleInfo:
 
 
 def rule_infos(policy: CompiledPolicy) -> list[RuleInfo]:
-    """The rules of the policy in their order, from its source."""
-    sources = {path.name: path.read_text(encoding="utf-8") for path in policy.files}
+    """The rules of the policy in their order, from its source as loaded (worked out
+    once per policy version)."""
+    found = _INFOS.get(policy.version)
+    if found is None:
+        found = _INFOS[policy.version] = _rule_infos(dict(policy.sources))
+    return found
+
+
+def _rule_infos(sources: dict[str, str]) -> list[RuleInfo]:
     every = [c for name, text in sources.items() for c in clauses(name, text)]
     by_name: dict[str, list[Clause]] = {}
     for clause in every:
@@ -59,7 +68,7 @@ def rule_infos(policy: CompiledPolicy) -> list[RuleInfo]:
             text = todo.pop(0)
             for field in _FIELD.findall(text):
                 seen.setdefault(field)
-            for name in _CALL.findall(text):
+            for name in CALL.findall(text):
                 if name not in done and name in by_name:
                     done.add(name)
                     todo += [body(c) for c in by_name[name]]

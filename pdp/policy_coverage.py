@@ -29,7 +29,7 @@ from pdp.policy_engine import DECISION_RULE, CompiledPolicy, PolicyError, load_p
 from pdp.policy_input import Record, policy_record, record_shape
 from pdp.policy_tests import Case, Suite
 
-_CALL = re.compile(r"\b([a-z_][A-Za-z0-9_]*)\s*\(")
+CALL = re.compile(r"\b([a-z_][A-Za-z0-9_]*)\s*\(")
 _EXEMPT = re.compile(r"#\s*coverage-exempt:\s*(\S.*)$")
 _NOT_RULES = frozenset({"forall", "print"})
 
@@ -85,7 +85,7 @@ def clauses(file: str, source: str) -> list[Clause]:
             elif char == ";" and depth == 0:
                 break
             j += 1
-        match = _CALL.match(source, start)
+        match = CALL.match(source, start)
         if match is None or head_end < 0:
             raise ValueError(f"{file}:{source.count(chr(10), 0, start) + 1}: not a clause")
         found.append(Clause(file, source.count("\n", 0, start) + 1, start, j, match.group(1),
@@ -112,7 +112,7 @@ def reachable(all_clauses: Iterable[Clause], sources: dict[str, str],
     for clause in all_clauses:
         body = clause.text(sources[clause.file])[clause.head_end - clause.start:]
         calls.setdefault(clause.name, set()).update(
-            name for name in _CALL.findall(body) if name not in _NOT_RULES)
+            name for name in CALL.findall(body) if name not in _NOT_RULES)
     seen, todo = set(), [root]
     while todo:
         name = todo.pop()
