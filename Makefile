@@ -2,13 +2,19 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help install serve demo test lint typecheck policy-test policy-check bench clean
+.PHONY: help install lock audit serve demo test lint typecheck policy-test policy-check bench clean
 
 help:  ## list the tasks
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-install:  ## create .venv and install the project with its dev tools
+install:  ## create .venv and install exactly requirements.lock (hashes checked), then the project
 	scripts/setup
+
+lock:  ## upgrade: re-resolve requirements.lock to the newest releases (uv), reinstall, run the tests
+	scripts/lock
+
+audit: install  ## pip-audit against requirements.lock: fails on a known vulnerability that has a fix
+	$(PY) scripts/audit_deps.py
 
 demo: install  ## run the service with demo data on http://127.0.0.1:8080
 	$(VENV)/bin/pdp serve --demo

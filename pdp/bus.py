@@ -101,7 +101,7 @@ class RedisBus:
                 on_policy: Callable[[str], None] | None) -> None:
         backoff = 0.05
         while not self._stop.is_set():
-            pubsub = self._redis.pubsub(  # type: ignore[no-untyped-call]
+            pubsub = self._redis.pubsub(
                 ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(self.channel, self.policy_channel)
