@@ -81,18 +81,35 @@ class EvaluationsEnvelope(_Open):
     options: EvaluationsOptions = Field(default_factory=EvaluationsOptions)
 
 
+# The members of an item's own object that fall back to the default's when missing
+# (AuthZEN 1.0: the required identifiers); nothing else is merged.
+FALLBACK_FIELDS: dict[str, tuple[str, ...]] = {
+    "subject": ("type", "id"),
+    "action": ("name",),
+    "resource": ("type", "id"),
+    "context": (),
+}
+
+
 def merge_item(defaults: EvaluationsEnvelope, item: dict[str, Any]) -> dict[str, Any]:
-    """An item's own members win over the request's defaults, one level deep."""
+    """One batch item with the request's defaults (API.md "Decisions", AuthZEN 1.0 and its
+    certification case c-3-2-7): an item that has `subject`, `action`, `resource` or
+    `context` uses its own value whole; only a missing `type`/`id` of subject or resource,
+    or `name` of action, is taken from the default's. An item with
+    `"context": {"x": 1}` has no purpose; an item's `resource.properties` replace the
+    default's properties."""
     merged: dict[str, Any] = dict(item)
-    for key in ("subject", "action", "resource", "context"):
+    for key, fallback in FALLBACK_FIELDS.items():
         default = getattr(defaults, key)
-        own = item.get(key)
         if default is None:
             continue
-        if own is None and key not in item:
+        if key not in item:
             merged[key] = default
-        elif isinstance(own, dict):
-            merged[key] = {**default, **own}
+            continue
+        own = item[key]
+        if isinstance(own, dict):
+            merged[key] = {**{name: default[name] for name in fallback
+                              if name in default and name not in own}, **own}
     return merged
 
 

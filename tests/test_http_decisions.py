@@ -68,6 +68,39 @@ def test_batch_defaults_are_merged_and_items_win(pep: httpx.Client, world: World
     assert [r["decision"] for r in results] == [True, False, False, False]
 
 
+def test_an_items_own_object_replaces_the_default_whole(pep: httpx.Client,
+                                                        world: World) -> None:
+    """AuthZEN 1.0, certification case c-3-2-7: an item's subject, action, resource or
+    context replaces the default whole; only a missing type/id (subject, resource) or
+    name (action) falls back. Merged one level deep, an item's context without a purpose
+    kept the default's purpose and was allowed."""
+    base = world.request()
+    results = _batch(pep, {
+        "subject": {**base["subject"], "properties": {"department": "youth"}},
+        "action": base["action"], "resource": base["resource"],
+        "context": base["context"],
+        "evaluations": [
+            {},  # every default
+            {"context": {"x": 1}},  # no purpose of its own: the default's is not merged in
+            {"context": {}},
+            {"resource": {"properties": {"owner": world.municipality}}},  # no category
+            {"resource": {"id": "no-such-client"}},  # type and properties? type only
+            {"subject": {"id": world.user}, "action": {}},  # type and name fall back
+            {"subject": {"type": "user"}},  # the id falls back
+            {"action": {"name": "read", "properties": {"why": "x"}}},
+        ]})
+    reasons = [r["context"].get("reason") for r in results]
+    assert reasons[:3] == ["allowed", "purpose_invalid", "purpose_invalid"]
+    assert [r["decision"] for r in results[:3]] == [True, False, False]
+    # properties replaced whole: without its category the item is invalid, alone
+    assert results[3]["decision"] is False
+    assert results[3]["context"]["error"]["code"] == "invalid_request"
+    assert "properties" in results[3]["context"]["error"]["message"]
+    # the type falls back, the properties do not: invalid too, not unknown_resource
+    assert results[4]["context"]["error"]["code"] == "invalid_request"
+    assert reasons[5:] == ["allowed", "allowed", "allowed"]
+
+
 def test_batch_semantics(pep: httpx.Client, world: World) -> None:
     allow = world.request()
     deny = world.request(category="benefits")
