@@ -145,12 +145,14 @@ def policy_router(runtime: Runtime) -> APIRouter:
         auth.require(request.headers.get("authorization"), RELOADERS)
         body = parse_body(Upload, await read_json(request, runtime.settings.max_body_bytes))
         try:
-            policy, report = await run_in_threadpool(candidates.vet, body.files)
+            version, report = await run_in_threadpool(candidates.test, body.files)
         except CandidateError as error:
             raise bad_request(error.message, field="files") from None
         except PolicyRejected as error:
+            if error.unsafe:  # outside the safe subset: nothing of it ran
+                raise ApiError(400, POLICY_REJECTED, error.message, error.details) from None
             return {"ok": False, "message": error.message, "details": error.details}
-        return {"ok": True, "version": policy.version,
+        return {"ok": True, "version": version,
                 "message": f"{report.passed} of {report.total} cases pass", "details": []}
 
     # -- a candidate in shadow -----------------------------------------------------------

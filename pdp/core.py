@@ -13,7 +13,7 @@ from datetime import datetime
 
 from pdp.clock import to_micros
 from pdp.factindex import FactIndex
-from pdp.policy_engine import CompiledPolicy, Outcome, PolicyError
+from pdp.policy_engine import Evaluator, Outcome, PolicyError
 from pdp.policy_input import Record, policy_record, time_window
 from pdp.vocab import ACTIONS, CATEGORIES, REASONS
 
@@ -85,7 +85,7 @@ def _table(outcomes: list[Outcome]) -> dict[tuple[str, str], tuple[str, str]]:
     return table
 
 
-def evaluate_outcomes(policy: CompiledPolicy, record: Record) -> Outcomes | None:
+def evaluate_outcomes(policy: Evaluator, record: Record) -> Outcomes | None:
     """Every category x action outcome of one record; None if the policy failed."""
     try:
         return _table(policy.evaluate(record))
@@ -93,7 +93,7 @@ def evaluate_outcomes(policy: CompiledPolicy, record: Record) -> Outcomes | None
         return None
 
 
-def table_for(policy: CompiledPolicy, record: Record, outcomes: Outcomes | None,
+def table_for(policy: Evaluator, record: Record, outcomes: Outcomes | None,
               facts_version: int) -> DecisionTable:
     """The decision table of a record from its outcomes, valid while now stays in the
     record's time window (a failed policy: an empty window, never reused)."""
@@ -103,12 +103,12 @@ def table_for(policy: CompiledPolicy, record: Record, outcomes: Outcomes | None,
     return DecisionTable(outcomes, policy.version, facts_version, start, end)
 
 
-def evaluate_record(policy: CompiledPolicy, record: Record, facts_version: int) -> DecisionTable:
+def evaluate_record(policy: Evaluator, record: Record, facts_version: int) -> DecisionTable:
     """Ask the policy about one shaped record (see pdp.policy_input)."""
     return table_for(policy, record, evaluate_outcomes(policy, record), facts_version)
 
 
-def decide_all(policy: CompiledPolicy, facts: FactIndex, user: str, client: str,
+def decide_all(policy: Evaluator, facts: FactIndex, user: str, client: str,
                purpose: str, now: datetime) -> DecisionTable:
     """One policy query for all categories and actions of a user x client x purpose."""
     with facts.lock:
@@ -117,14 +117,14 @@ def decide_all(policy: CompiledPolicy, facts: FactIndex, user: str, client: str,
     return evaluate_record(policy, record, facts_version)
 
 
-def decide(policy: CompiledPolicy, facts: FactIndex, request: DecisionRequest,
+def decide(policy: Evaluator, facts: FactIndex, request: DecisionRequest,
            now: datetime) -> Decision:
     """The decision for one request at `now`."""
     table = decide_all(policy, facts, request.user, request.client, request.purpose, now)
     return table.pick(request.category, request.action)
 
 
-def check_policy(policy: CompiledPolicy) -> None:
+def check_policy(policy: Evaluator) -> None:
     """Raise PolicyError unless the policy answers every category and action with a
     known reason (run once, on load, before a policy is put to use)."""
     empty = FactIndex()

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Generic, TypeVar
 
 from pdp.clock import to_micros, utcnow
 from pdp.core import (
@@ -31,7 +32,7 @@ from pdp.core import (
 )
 from pdp.factindex import FactIndex
 from pdp.metrics import Metrics
-from pdp.policy_engine import CompiledPolicy
+from pdp.policy_engine import Evaluator
 from pdp.policy_input import Record, policy_record, record_shape
 
 Stamps = tuple[int, int, int, int]
@@ -44,8 +45,11 @@ class _Memo:
     table: DecisionTable
 
 
-class Decider:
-    def __init__(self, policy: CompiledPolicy, facts: FactIndex, *, cache_size: int = 100_000,
+P = TypeVar("P", bound=Evaluator)
+
+
+class Decider(Generic[P]):
+    def __init__(self, policy: P, facts: FactIndex, *, cache_size: int = 100_000,
                  clock: Callable[[], datetime] = utcnow, metrics: Metrics | None = None) -> None:
         self.policy = policy
         self.facts = facts
@@ -60,7 +64,7 @@ class Decider:
         self.hits = 0
         self.misses = 0
 
-    def swap_policy(self, policy: CompiledPolicy) -> None:
+    def swap_policy(self, policy: P) -> None:
         """Use a new compiled policy from the next decision on (atomic)."""
         self.policy = policy
 
@@ -73,7 +77,7 @@ class Decider:
         return (facts.stamp("user", user), facts.stamp("agreement", municipality),
                 facts.stamp("area", area), facts.stamp("client", client))
 
-    def _hit(self, policy: CompiledPolicy, key: tuple[str, str, str], stamps: Stamps,
+    def _hit(self, policy: Evaluator, key: tuple[str, str, str], stamps: Stamps,
              now_us: int) -> DecisionTable | None:
         """The memoised table, if it is still the answer (hold `facts.lock`)."""
         memo = self._memo.get(key)
@@ -127,7 +131,7 @@ class Decider:
             self._memo[key] = _Memo(policy.version, stamps, table)
         return table
 
-    def _outcomes(self, policy: CompiledPolicy, record: Record) -> Outcomes | None:
+    def _outcomes(self, policy: Evaluator, record: Record) -> Outcomes | None:
         """The outcomes of a record: the policy's answer for its shape (asked once per
         shape and policy version), with the grant ids renamed back."""
         key, shape, back = record_shape(record)

@@ -3,6 +3,17 @@
 Compile once, evaluate many: `load_policy(directory)` reads the `*.polar` files, checks
 them and returns an immutable `CompiledPolicy`; a new policy version is a new object that
 callers swap in whole. The policy version is a content hash of the policy files.
+
+A policy is input too, so nothing of it runs unvetted (README "Security"):
+- its text is read once and vetted against the safe subset (`pdp.policy_vet`) before that
+  same text is given to oso;
+- every query runs through `_GuardedQuery`: the Polar VM never gets to call into Python
+  (no attribute lookup on a host object, no method call, no constructor, no class check,
+  no debugger) — the inputs are plain dictionaries, lists, strings and numbers that the
+  VM reads by itself, so a legitimate policy never asks; one that asks fails the query,
+  and the decision fails closed;
+- inline queries (`?=`), which oso would run at load, are refused;
+- each query has a time budget (`set_query_timeout`, oso's POLAR_TIMEOUT_MS).
 """
 
 from __future__ import annotations
@@ -11,15 +22,21 @@ import contextlib
 import hashlib
 import io
 import logging
+import os
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from polar import Polar, Variable
 from polar.exceptions import OsoError as PolarError
+from polar.ffi import PolarSource
+from polar.predicate import Predicate
+from polar.query import Query
+
+from pdp.policy_vet import UnsafePolicy, vet_sources
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +49,11 @@ _LOCATION = re.compile(r"at line (\d+), column (\d+)(?: of file (\S+?))?:?$", re
 
 
 class PolicyError(Exception):
-    """The policy could not be loaded or does not answer; names the file and line if known."""
+    """The policy could not be loaded or does not answer; names the file and line if known,
+    and for a policy outside the safe subset the construct refused."""
 
     def __init__(self, message: str, file: str | None = None, line: int | None = None,
-                 column: int | None = None) -> None:
+                 column: int | None = None, construct: str | None = None) -> None:
         where = ""
         if file is not None:
             where = f"{file}:{line}:{column}: " if line is not None else f"{file}: "
@@ -44,6 +62,71 @@ class PolicyError(Exception):
         self.file = file
         self.line = line
         self.column = column
+        self.construct = construct
+
+
+class PolicyEscape(PolicyError):
+    """A query asked to call into the host: refused, the query fails (fail closed)."""
+
+
+class Evaluator(Protocol):
+    """What decides with a policy: this module's CompiledPolicy, or a candidate in
+    pdp.policy_sandbox's separate process."""
+
+    @property
+    def version(self) -> str: ...
+
+    def evaluate(self, record: Mapping[str, Any]) -> list[Outcome]: ...
+
+
+class _GuardedQuery(Query):
+    """oso's query loop with every way into Python refused (see the module doc)."""
+
+    def _refuse(self, what: str) -> None:
+        raise PolicyEscape(f"the policy asked the host for {what}; refused")
+
+    def handle_make_external(self, data: Any) -> None:
+        self._refuse("a new object")
+
+    def handle_external_call(self, data: Any) -> None:
+        self._refuse(f"the attribute or method {str(data.get('attribute'))[:64]!r}")
+
+    def handle_external_op(self, data: Any) -> None:
+        self._refuse("an operation on a host object")
+
+    def handle_external_isa(self, data: Any) -> None:
+        self._refuse("a class check")
+
+    def handle_external_isa_with_path(self, data: Any) -> None:
+        self._refuse("a class check")
+
+    def handle_external_is_subspecializer(self, data: Any) -> None:
+        self._refuse("a class comparison")
+
+    def handle_external_is_subclass(self, data: Any) -> None:
+        self._refuse("a class comparison")
+
+    def handle_next_external(self, data: Any) -> None:
+        self._refuse("iteration over a host object")
+
+    def handle_debug(self, data: Any) -> None:
+        self._refuse("the debugger")
+
+
+def set_query_timeout(milliseconds: int) -> None:
+    """Every Polar query started from now on in this process gives up after this long
+    (oso reads POLAR_TIMEOUT_MS when it starts a query; its own default is 30 s)."""
+    os.environ["POLAR_TIMEOUT_MS"] = str(int(milliseconds))
+
+
+def _query(polar: Polar, name: str, args: Sequence[Any]
+           ) -> Generator[dict[str, Any], None, None]:
+    """query_rule(name, *args) through the guarded loop; yields each result's bindings."""
+    host = polar.host.copy()
+    term = host.to_polar(Predicate(name, args))  # type: ignore[no-untyped-call]
+    ffi_query = polar.ffi_polar.new_query_from_term(term)  # type: ignore[no-untyped-call]
+    for result in _GuardedQuery(ffi_query, host=host).run():  # type: ignore[no-untyped-call]
+        yield result["bindings"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,13 +151,9 @@ def policy_files(directory: Path) -> list[Path]:
 
 
 def policy_version(files: Sequence[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode())
-        digest.update(b"\0")
-        digest.update(path.read_bytes())
-        digest.update(b"\0")
-    return "sha256:" + digest.hexdigest()[:16]
+    """The version of the policy in these files: a hash of their names and texts."""
+    return sources_version({path.name: path.read_bytes().decode("utf-8", "replace")
+                            for path in files})
 
 
 def _location(error: Exception, files: Sequence[Path]) -> tuple[str | None, int | None, int | None]:
@@ -101,14 +180,13 @@ class CompiledPolicy:
         """Every category x action outcome for one user x client x purpose record."""
         try:
             with self._lock:
-                results = self._polar.query_rule(  # type: ignore[no-untyped-call]
-                    DECISION_RULE, dict(record), Variable("category"), Variable("action"),
-                    Variable("reason"), Variable("grant"),
-                )
+                results = _query(self._polar, DECISION_RULE, (
+                    dict(record), Variable("category"), Variable("action"),
+                    Variable("reason"), Variable("grant")))
                 outcomes = [
                     Outcome(_bound(b["category"]), _bound(b["action"]), b["reason"],
                             b["grant"])
-                    for b in (result["bindings"] for result in results)
+                    for b in results
                 ]
         except PolarError as error:
             raise PolicyError(f"evaluation failed: {error}") from error
@@ -118,8 +196,7 @@ class CompiledPolicy:
         """The bindings of every answer to rule(*args) (variables made by `var`)."""
         try:
             with self._lock:
-                return [result["bindings"] for result in
-                        self._polar.query_rule(rule, *args)]  # type: ignore[no-untyped-call]
+                return list(_query(self._polar, rule, args))
         except PolarError as error:
             raise PolicyError(f"{rule} failed: {error}") from error
 
@@ -128,16 +205,13 @@ class CompiledPolicy:
         None when the rule does not hold."""
         try:
             with self._lock:
-                query = self._polar.query_rule(rule, *args)  # type: ignore[no-untyped-call]
+                query = _query(self._polar, rule, args)
                 try:
-                    result = next(query, None)
+                    bindings = next(query, None)
                 finally:
                     query.close()
         except PolarError as error:
             raise PolicyError(f"{rule} failed: {error}") from error
-        if result is None:
-            return None
-        bindings: dict[str, Any] = result["bindings"]
         return bindings
 
 
@@ -146,17 +220,56 @@ def var(name: str) -> Any:
     return Variable(name)
 
 
-def load_policy(directory: Path | str) -> CompiledPolicy:
-    """Load and check the policy in `directory`; raise PolicyError naming file and line."""
+def read_policy(directory: Path | str) -> dict[str, str]:
+    """The text of each *.polar file of a policy directory, by file name."""
     directory = Path(directory)
     files = policy_files(directory)
     if not files:
         raise PolicyError("no *.polar files", file=str(directory))
+    try:
+        return {path.name: path.read_bytes().decode("utf-8") for path in files}
+    except UnicodeDecodeError as error:
+        raise PolicyError(f"not UTF-8 text: {error}", file=str(directory)) from None
+
+
+def sources_version(sources: Mapping[str, str]) -> str:
+    """The policy version of these texts (as `policy_version` of the same files)."""
+    digest = hashlib.sha256()
+    for name in sorted(sources):
+        digest.update(name.encode())
+        digest.update(b"\0")
+        digest.update(sources[name].encode("utf-8"))
+        digest.update(b"\0")
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def load_policy(directory: Path | str) -> CompiledPolicy:
+    """Load and check the policy in `directory`; raise PolicyError naming file and line."""
+    directory = Path(directory)
+    return compile_sources(read_policy(directory), directory)
+
+
+def compile_sources(sources: Mapping[str, str], directory: Path | str = ".") -> CompiledPolicy:
+    """Vet the texts (file name -> text) against the safe subset, then load exactly them
+    into a fresh engine; raise PolicyError naming file, line and what is wrong."""
+    directory = Path(directory)
+    ordered = sorted(sources.items())
+    try:
+        vet_sources(ordered)
+    except UnsafePolicy as unsafe:
+        first = unsafe.violations[0]
+        raise PolicyError(f"outside the safe subset of Polar: {first.construct}",
+                          file=str(directory / first.file), line=first.line,
+                          column=first.column, construct=first.construct) from None
+    files = [directory / name for name, _ in ordered]
     polar = Polar()
     printed = io.StringIO()
     try:
         with contextlib.redirect_stdout(printed):
-            polar.load_files([str(p) for p in files])
+            polar.ffi_polar.load([PolarSource(text, str(path))
+                                  for path, (_, text) in zip(files, ordered, strict=True)])
+        if polar.ffi_polar.next_inline_query() is not None:  # type: ignore[no-untyped-call]
+            raise PolicyError("an inline query (?=) — refused, it would run at load")
     except PolarError as error:
         file, line, column = _location(error, files)
         first_line = str(error).split("\n", 1)[0]
@@ -165,5 +278,4 @@ def load_policy(directory: Path | str) -> CompiledPolicy:
     warnings = _ALLOW_WARNING.sub("", printed.getvalue()).strip()
     if warnings:
         log.warning("policy: %s", warnings)
-    sources = {path.name: path.read_text(encoding="utf-8") for path in files}
-    return CompiledPolicy(files, policy_version(files), polar, sources)
+    return CompiledPolicy(files, sources_version(sources), polar, dict(ordered))

@@ -21,7 +21,7 @@ from typing import Any
 
 from pdp.clock import utcnow
 from pdp.core import check_policy
-from pdp.policy_engine import CompiledPolicy, PolicyError, load_policy
+from pdp.policy_engine import CompiledPolicy, Evaluator, PolicyError, load_policy
 from pdp.policy_tests import Report, SuiteError, load_suites, run_suites
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,11 @@ class PolicyRejected(Exception):
         super().__init__(message)
         self.message = message
         self.details = details
+
+    @property
+    def unsafe(self) -> bool:
+        """Refused for a construct outside the safe subset of Polar (nothing of it ran)."""
+        return any("construct" in detail for detail in self.details)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,18 +67,36 @@ def _report_details(report: Report) -> list[dict[str, Any]]:
             for r in report.results if not r.passed]
 
 
+def refused_load(error: PolicyError) -> PolicyRejected:
+    """The refusal of a policy that does not load (or is outside the safe subset)."""
+    detail: dict[str, Any] = {"message": error.message}
+    if error.file is not None:
+        detail.update(file=error.file, line=error.line, column=error.column)
+    if error.construct is not None:
+        detail.update(construct=error.construct)
+    return PolicyRejected(f"the policy does not load: {error}", [detail])
+
+
 def vet(policy_dir: Path, suites_dir: Path | None = None) -> tuple[CompiledPolicy, Report]:
     """Load, check and test a policy directory; PolicyRejected unless all is well."""
     try:
         policy = load_policy(policy_dir)
+    except PolicyError as error:
+        raise refused_load(error) from None
+    return policy, vet_policy(policy, suites_dir or policy_dir / "tests")
+
+
+def vet_policy(policy: Evaluator, suites_dir: Path, failure: Callable[[], str] = str
+               ) -> Report:
+    """Check that a loaded policy answers everything and passes every case of the suites
+    in `suites_dir`; PolicyRejected unless all is well. `failure()` says why queries
+    failed, when the policy can tell (a sandboxed candidate out of time)."""
+    try:
         check_policy(policy)
     except PolicyError as error:
-        detail: dict[str, Any] = {"message": error.message}
-        if error.file is not None:
-            detail.update(file=error.file, line=error.line, column=error.column)
-        raise PolicyRejected(f"the policy does not load: {error}", [detail]) from None
+        raise refused_load(error) from None
     try:
-        suites = load_suites(suites_dir or policy_dir / "tests")
+        suites = load_suites(suites_dir)
     except SuiteError as error:
         raise PolicyRejected(f"the policy's test suites do not load: {error}",
                              [{"message": str(error)}]) from None
@@ -81,9 +104,10 @@ def vet(policy_dir: Path, suites_dir: Path | None = None) -> tuple[CompiledPolic
     if report.total == 0:
         raise PolicyRejected("the policy has no test cases", [])
     if not report.ok:
-        raise PolicyRejected(f"{report.failed} of {report.total} policy test cases fail",
-                             _report_details(report))
-    return policy, report
+        why = failure()
+        raise PolicyRejected(f"{report.failed} of {report.total} policy test cases fail"
+                             + (f" ({why})" if why else ""), _report_details(report))
+    return report
 
 
 @dataclass

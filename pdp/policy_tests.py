@@ -52,7 +52,7 @@ from pydantic import (
 from pdp.core import DecisionRequest, decide
 from pdp.factindex import FactIndex
 from pdp.facts import COLLECTIONS, Fact, dump_fact, parse_fact
-from pdp.policy_engine import CompiledPolicy
+from pdp.policy_engine import Evaluator
 from pdp.store import ChangeRecord
 from pdp.vocab import REASONS, Action, Category
 
@@ -410,7 +410,7 @@ class Report:
         return self.failed == 0
 
 
-def run_case(policy: CompiledPolicy, suite: Suite, case: Case) -> CaseResult:
+def run_case(policy: Evaluator, suite: Suite, case: Case) -> CaseResult:
     decision = decide(policy, case.fact_index(), case.request, case.now)
     passed = (decision.decision == case.expect_decision
               and decision.reason == case.expect_reason)
@@ -418,7 +418,7 @@ def run_case(policy: CompiledPolicy, suite: Suite, case: Case) -> CaseResult:
                       case.expect_reason, decision.decision, decision.reason, decision.grant)
 
 
-def run_suites(policy: CompiledPolicy, suites: Iterable[Suite]) -> Report:
+def run_suites(policy: Evaluator, suites: Iterable[Suite]) -> Report:
     results = [run_case(policy, suite, case) for suite in suites for case in suite.cases]
     return Report(tuple(results), policy.version)
 

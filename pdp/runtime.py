@@ -17,8 +17,9 @@ from pdp.facts_service import FactService
 from pdp.lifecycle import Lifecycle
 from pdp.metrics import Metrics
 from pdp.monitoring import Cases, Monitor, MonitoringConfig, load_config
-from pdp.policy_engine import CompiledPolicy, load_policy
+from pdp.policy_engine import CompiledPolicy, load_policy, set_query_timeout
 from pdp.policy_manager import PolicyManager
+from pdp.policy_sandbox import SandboxLimits
 from pdp.settings import Settings
 from pdp.shadow import Candidates
 from pdp.sqlstore import open_store
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 class Runtime:
     settings: Settings
     facts: FactService
-    decider: Decider
+    decider: Decider[CompiledPolicy]
     metrics: Metrics
     auth: Authenticator
     lifecycle: Lifecycle
@@ -57,6 +58,7 @@ def count_records(metrics: Metrics, records: list[AuditRecord]) -> None:
 
 
 def load_checked_policy(settings: Settings) -> CompiledPolicy:
+    set_query_timeout(settings.policy_query_timeout_ms)
     policy = load_policy(settings.policy_dir)
     check_policy(policy)
     return policy
@@ -101,6 +103,9 @@ def build_runtime(settings: Settings, keys: dict[str, Any]) -> Runtime:
         audit.move_listeners.append(Monitor(monitoring, facts.index, cases))
         audit.start()
     candidates = Candidates(settings.policy_dir, facts.index, metrics,
-                            settings.shadow_sample_rate, settings.shadow_queue_size)
+                            settings.shadow_sample_rate, settings.shadow_queue_size,
+                            SandboxLimits(settings.sandbox_query_ms, settings.sandbox_cpu_seconds,
+                                          settings.sandbox_memory_mb * 1024 * 1024),
+                            settings.candidate_budget_seconds)
     return Runtime(settings, facts, decider, metrics, Authenticator(keys), lifecycle, audit,
                    cases, monitoring, policies, candidates)

@@ -39,6 +39,7 @@ from datetime import datetime
 import orjson
 
 from pdp.decider import Decider
+from pdp.policy_engine import Evaluator
 from pdp.vocab import ACTIONS
 
 Kind = str  # "resource", "subject" or "action"
@@ -80,7 +81,7 @@ def decode_token(token: str, fingerprint: str) -> str:
     return str(data["a"])
 
 
-def resource_candidates(decider: Decider, user: str, purpose: str) -> list[str]:
+def resource_candidates(decider: Decider[Evaluator], user: str, purpose: str) -> list[str]:
     """The clients of the relationships that could be the user's active one: those of
     the user's municipality for the purpose that name no user, and those naming the
     user. In id order."""
@@ -93,7 +94,7 @@ def resource_candidates(decider: Decider, user: str, purpose: str) -> list[str]:
                        *facts.assigned_relationships.get(user, ())})
 
 
-def subject_candidates(decider: Decider, client: str) -> list[str]:
+def subject_candidates(decider: Decider[Evaluator], client: str) -> list[str]:
     """The users a relationship of the client could be the active one of: those it
     names, or every user of its municipality if it names none. In id order."""
     facts = decider.facts
@@ -130,7 +131,7 @@ def _walk(candidates: Iterable[str], allowed: Callable[[str], bool], after: str 
     return Page(ids, None, examined)
 
 
-def search_resources(decider: Decider, *, user: str, category: str, action: str,
+def search_resources(decider: Decider[Evaluator], *, user: str, category: str, action: str,
                      purpose: str, after: str | None, limit: int, budget: float,
                      now: datetime) -> Page:
     def allowed(client: str) -> bool:
@@ -139,7 +140,7 @@ def search_resources(decider: Decider, *, user: str, category: str, action: str,
     return _walk(resource_candidates(decider, user, purpose), allowed, after, limit, budget)
 
 
-def search_subjects(decider: Decider, *, client: str, category: str, action: str,
+def search_subjects(decider: Decider[Evaluator], *, client: str, category: str, action: str,
                     purpose: str, after: str | None, limit: int, budget: float,
                     now: datetime) -> Page:
     def allowed(user: str) -> bool:
@@ -148,7 +149,7 @@ def search_subjects(decider: Decider, *, client: str, category: str, action: str
     return _walk(subject_candidates(decider, client), allowed, after, limit, budget)
 
 
-def search_actions(decider: Decider, *, user: str, client: str, category: str,
+def search_actions(decider: Decider[Evaluator], *, user: str, client: str, category: str,
                    purpose: str, after: str | None, limit: int, budget: float,
                    now: datetime) -> Page:
     table = decider.table(user, client, purpose, now)

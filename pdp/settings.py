@@ -53,6 +53,14 @@ class Settings(BaseSettings):
     # many may wait for it (more are dropped and counted).
     shadow_sample_rate: float = Field(default=1.0, ge=0, le=1)
     shadow_queue_size: int = Field(default=10_000, ge=1, le=1_000_000)
+    # Time budget of every Polar query of the live policy (oso's POLAR_TIMEOUT_MS).
+    policy_query_timeout_ms: int = Field(default=5_000, ge=100, le=60_000)
+    # Candidate policies (tested or in shadow) run in a sandbox process
+    # (pdp.policy_sandbox): its limits, and the time all of one suite run may take.
+    sandbox_query_ms: int = Field(default=2_000, ge=50, le=60_000)
+    sandbox_cpu_seconds: int = Field(default=300, ge=1, le=86_400)
+    sandbox_memory_mb: int = Field(default=1024, ge=256, le=65_536)
+    candidate_budget_seconds: float = Field(default=60.0, gt=0, le=3600)
     min_facts_wait_seconds: float = 1.0
     poll_interval_seconds: float = Field(default=0.25, gt=0, le=10)
     staleness_bound_seconds: float = Field(default=1.0, gt=0, le=3600)

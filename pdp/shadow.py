@@ -15,7 +15,6 @@ import contextlib
 import queue
 import random
 import re
-import tempfile
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -28,8 +27,9 @@ from pdp.core import Decision, DecisionRequest
 from pdp.decider import Decider
 from pdp.factindex import FactIndex
 from pdp.metrics import Metrics
-from pdp.policy_engine import CompiledPolicy
-from pdp.policy_manager import vet
+from pdp.policy_engine import PolicyError
+from pdp.policy_manager import refused_load, vet_policy
+from pdp.policy_sandbox import SandboxedPolicy, SandboxLimits
 from pdp.policy_tests import Report
 
 FILE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}\.polar$")
@@ -57,7 +57,7 @@ class Divergence:
 class Shadow:
     """One candidate evaluated beside the active policy."""
 
-    policy: CompiledPolicy
+    policy: SandboxedPolicy
     files: dict[str, str]
     facts: FactIndex
     metrics: Metrics
@@ -72,7 +72,7 @@ class Shadow:
     dropped: int = 0
     examples: deque[Divergence] = field(init=False)
     _queue: queue.Queue[tuple[DecisionRequest, datetime, Decision] | None] = field(init=False)
-    _decider: Decider = field(init=False)
+    _decider: Decider[SandboxedPolicy] = field(init=False)
     _thread: threading.Thread = field(init=False)
     _stopped: bool = field(init=False, default=False)
 
@@ -102,6 +102,7 @@ class Shadow:
         while True:
             item = self._queue.get()
             if item is None or self._stopped:
+                self.policy.close()
                 return
             request, now, made = item
             theirs = self._decider.decide(request, now)
@@ -143,13 +144,16 @@ class Candidates:
     metrics: Metrics
     sample_rate: float = 1.0
     queue_size: int = 10_000
+    limits: SandboxLimits = field(default_factory=SandboxLimits)
+    budget_seconds: float = 60.0
     current: Shadow | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def vet(self, files: dict[str, str]) -> tuple[CompiledPolicy, Report]:
-        """Load the files as a policy and run the live policy's suites on it. Raises
-        CandidateError (400) for bad names or sizes and PolicyRejected when it does not
-        load or fails a case."""
+    def vet(self, files: dict[str, str]) -> tuple[SandboxedPolicy, Report]:
+        """Load the files as a policy in a sandbox process and run the live policy's
+        suites on it, all within the candidate time budget. Raises CandidateError (400)
+        for bad names or sizes and PolicyRejected when it does not load (or is outside
+        the safe subset of Polar) or fails a case. The caller closes the policy."""
         if not files:
             raise CandidateError(400, "files: at least one *.polar file")
         for name, text in files.items():
@@ -157,10 +161,24 @@ class Candidates:
                 raise CandidateError(400, f"files: {name!r} is not a *.polar file name")
             if len(text.encode()) > MAX_FILE_BYTES:
                 raise CandidateError(400, f"files: {name} is larger than {MAX_FILE_BYTES} bytes")
-        with tempfile.TemporaryDirectory(prefix="pdp-candidate-") as work:
-            for name, text in files.items():
-                (Path(work) / name).write_text(text, encoding="utf-8")
-            return vet(Path(work), self.policy_dir / "tests")
+        try:
+            policy = SandboxedPolicy(files, self.limits)
+        except PolicyError as error:
+            raise refused_load(error) from None
+        try:
+            with policy.budget(self.budget_seconds):
+                report = vet_policy(policy, self.policy_dir / "tests",
+                                    lambda: policy.failure)
+        except BaseException:
+            policy.close()
+            raise
+        return policy, report
+
+    def test(self, files: dict[str, str]) -> tuple[str, Report]:
+        """`vet` and nothing more: (version, report); the sandbox is stopped after."""
+        policy, report = self.vet(files)
+        policy.close()
+        return policy.version, report
 
     def upload(self, files: dict[str, str], by: str) -> Shadow:
         """Vet the files (`vet`) and put them in shadow, in place of any candidate

@@ -170,7 +170,7 @@ def test_new_policy_version_is_not_served_from_cache(policy: Any, tmp_path: Path
 
 def test_a_policy_that_fails_denies(tmp_path: Path) -> None:
     (tmp_path / "broken.polar").write_text(
-        'decision(r, c, a, "allowed", "g") if category(c) and action(a) and r.no_such_field;\n'
+        'decision(r, c, a, "allowed", "g") if category(c) and action(a) and r.user_id.status;\n'
         'category("name_contact"); action("read");\n')
     broken = load_policy(tmp_path)
     decision = decide(broken, world(), REQUEST, T0)

@@ -85,3 +85,24 @@ def test_without_a_policy_admin_token_the_page_shows_nothing(browser: Browser,
     expect(page.locator("#error")).to_contain_text("forbidden")
     assert page.locator("#users option").count() == 0
     page.close()
+
+
+def test_the_page_refuses_a_candidate_that_would_run_code(browser: Browser, server: Server,
+                                                          tmp_path: Path) -> None:
+    """The escape of tests/test_policy_vet.py typed into the playground: refused with its
+    file, line and construct, and nothing of it ran."""
+    from tests.test_policy_vet import RCE
+
+    out = tmp_path / "rce.txt"
+    page = opened(browser, server, "t-policy")
+    page.select_option("#file", "rules.polar")
+    source = page.input_value("#source")
+    page.fill("#source", source + "\n" + RCE.format(out=out))
+    page.click("#test")
+    expect(page.locator("#error")).to_contain_text("policy_rejected")
+    expect(page.locator("#error")).to_contain_text("outside the safe subset")
+    expect(page.locator("#error")).to_contain_text("rules.polar:")
+    expect(page.locator("#error")).to_contain_text("__class__")
+    assert "PASSED" not in page.locator("#suites").inner_text()
+    assert not out.exists()
+    page.close()

@@ -10,7 +10,8 @@ from typing import Any
 from pdp.core import Decision, DecisionRequest
 from pdp.factindex import FactIndex
 from pdp.metrics import Metrics
-from pdp.policy_engine import load_policy
+from pdp.policy_engine import read_policy
+from pdp.policy_sandbox import SandboxedPolicy
 from pdp.settings import DEFAULT_POLICY_DIR
 from pdp.shadow import Shadow
 
@@ -18,7 +19,7 @@ REQUEST = DecisionRequest("u", "c", "name_contact", "read", "coaching")
 
 
 def test_a_full_queue_drops_and_counts_and_stop_never_blocks() -> None:
-    shadow = Shadow(load_policy(DEFAULT_POLICY_DIR), {}, FactIndex(), Metrics(),
+    shadow = Shadow(SandboxedPolicy(read_policy(DEFAULT_POLICY_DIR)), {}, FactIndex(), Metrics(),
                     queue_size=1)
     release = threading.Event()
     answered = Decision(False, "unknown_subject", "v", 0)
