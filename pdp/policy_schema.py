@@ -9,6 +9,8 @@ pdp/lifecycle.py) gives exactly the fields listed here for its input
 
 from __future__ import annotations
 
+from typing import Any
+
 # decision(r, ...) in rules.polar: one user x client x purpose (pdp.policy_input).
 DECISION_RECORD = (
     "now", "user_known", "user_id", "user_status", "user_municipality", "user_tasks",
@@ -42,3 +44,11 @@ INPUTS: dict[str, tuple[str, ...]] = {
 
 # Every field a policy may look up.
 FIELDS: frozenset[str] = frozenset(name for fields in INPUTS.values() for name in fields)
+
+
+def policy_input(fields: tuple[str, ...], record: dict[str, Any]) -> dict[str, Any]:
+    """`record`, checked to hold exactly `fields` in order (for the inputs built off the
+    hot path; the decision record is checked by tests/test_policy_vet.py instead)."""
+    if tuple(record) != fields:
+        raise ValueError(f"a policy input with fields {tuple(record)}, not {fields}")
+    return record

@@ -17,10 +17,10 @@ import pdp.policy_engine as engine
 from pdp.clock import to_micros
 from pdp.factindex import FactIndex
 from pdp.policy_engine import PolicyError, PolicyEscape, compile_sources, read_policy
-from pdp.policy_input import grant_record, policy_record
+from pdp.policy_input import policy_record
 from pdp.policy_manager import PolicyRejected, vet_policy
 from pdp.policy_sandbox import SandboxedPolicy, SandboxLimits
-from pdp.policy_schema import DECISION_RECORD, FIELDS, GRANT, RELATIONSHIP
+from pdp.policy_schema import DECISION_RECORD, FIELDS, GRANT, RELATIONSHIP, RIGHT, policy_input
 from pdp.policy_vet import violations_in
 from pdp.settings import DEFAULT_POLICY_DIR
 from tests.conftest import Server, start_server, stop_server
@@ -112,17 +112,18 @@ def test_the_project_policies_and_ordinary_polar_pass() -> None:
 
 
 def test_the_allow_list_is_the_inputs_fields_and_no_python_attribute() -> None:
-    facts = FactIndex()
-    record = policy_record(facts, "u", "c", "coaching", 0)
+    from tests.test_decider import world
+
+    record = policy_record(world(), "u1", "c1", "coaching", 0)
     assert tuple(record) == DECISION_RECORD
-    from pdp.facts import Grant
-    grant = Grant.model_validate({
-        "user": "u", "scopes": ["name_contact"], "actions": ["read"],
-        "valid_from": "2026-01-01T00:00:00+02:00", "valid_until": "2026-06-01T00:00:00+02:00",
-        "status": "active", "legal_basis": "x"})
-    assert tuple(grant_record("g", grant)) == GRANT
-    assert {"municipality", "service", "starts_at", "ends_at", "assigned_users"} == set(
-        RELATIONSHIP)
+    assert record["grants"] and record["relationships"]
+    for grant in record["grants"]:
+        assert tuple(grant) == GRANT
+    for relationship in record["relationships"]:
+        assert tuple(relationship) == RELATIONSHIP
+    # The lifecycle's inputs are checked where they are built (policy_input).
+    with pytest.raises(ValueError):
+        policy_input(RIGHT, {"state": "active", "scopes": [], "extra": 1})
     # No allowed field is an attribute of a value the policy can hold.
     for kind in (str, int, float, bool, list, dict, tuple, type(None)):
         assert not FIELDS & set(dir(kind)), kind
