@@ -23,13 +23,14 @@ from pdp.facts import Agreement, Grant, Id, Text, User, dump_fact, parse_fact, r
 from pdp.facts_service import FactService
 from pdp.policy_engine import CompiledPolicy, var
 from pdp.policy_input import grant_record
-from pdp.store import Change, Conflict, Event
+from pdp.store import Change, Conflict, Event, IdTaken
 from pdp.vocab import Action, Category
 
 Reason = Annotated[str, StringConstraints(min_length=1, max_length=1000)]
 RevokeReason = Literal["task_ended", "employment_ended", "misuse", "agreement_ended", "other"]
 Step = Literal["approve", "activate", "suspend", "restore", "revoke", "recertify"]
 TERMINAL_STATES = ("revoked", "expired")
+ID_TAKEN = "id_taken"
 GRANT_STATES = ("applied", "approved", "active", "recertification_due", "suspended",
                 "revoked", "expired")
 
@@ -179,25 +180,41 @@ class Lifecycle:
     # -- steps -------------------------------------------------------------------------
 
     def apply_for(self, application: Application, actor: str) -> tuple[str, Grant, int]:
-        """A new right in state `applied`; returns its id, the right and facts_version."""
-        grant_id = application.id or f"g-{secrets.token_hex(8)}"
+        """A new right in state `applied`; returns its id, the right and facts_version.
 
+        The id is the application's or one made here. An id that a right has or ever had
+        (deleted, or another municipality's) is refused with one and the same answer
+        (`id_taken`), and only once everything else about the application is right: an
+        application that fails for another reason fails alike whether its id is free or
+        not, so nobody learns from it which ids exist."""
+        for _attempt in range(3):
+            grant_id = application.id or f"g-{secrets.token_hex(8)}"
+            try:
+                version = self._commit(self._application_plan(application, grant_id, actor))
+            except WorkflowError as error:
+                if error.code == ID_TAKEN and application.id is None:
+                    continue  # a made id that was taken: make another
+                raise
+            return grant_id, self._grant(grant_id), version
+        raise _id_taken()
+
+    def _application_plan(self, application: Application, grant_id: str,
+                          actor: str) -> Callable[[datetime], Plan]:
         def plan(now: datetime) -> Plan:
-            if self.facts.index.fact_version("grant", grant_id):
-                raise WorkflowError(409, "conflict", f"grant {grant_id!r} exists already")
             grant = Grant(user=application.user, scopes=application.scopes,
                           actions=application.actions, valid_from=application.valid_from,
                           valid_until=application.valid_until, status="applied",
                           legal_basis=application.legal_basis,
                           justification=application.justification)
             self._check_limits(grant, now)
+            if self.facts.index.fact_version("grant", grant_id):
+                raise _id_taken()  # a deleted right's id: the store refuses it (IdTaken)
             result = Plan()
             self._put_grant(result, grant_id, grant, "grant.applied", actor,
                             application.justification, expected=0, previous=None)
             return result
 
-        version = self._commit(plan)
-        return grant_id, self._grant(grant_id), version
+        return plan
 
     def step(self, grant_id: str, step: Step, body: _Body, actor: str) -> tuple[Grant, int]:
         """approve, activate, suspend, restore, revoke or recertify one right."""
@@ -438,6 +455,8 @@ class Lifecycle:
                 return self.facts.write(planned.changes, planned.events)
             except Conflict:
                 continue
+            except IdTaken:
+                raise _id_taken() from None
         raise WorkflowError(409, "conflict", "the right changed meanwhile; try again")
 
     def _grant(self, grant_id: str) -> Grant:
@@ -492,6 +511,14 @@ def _past(step: str) -> str:
     return {"approve": "approved", "activate": "activated", "suspend": "suspended",
             "restore": "restored", "revoke": "revoked", "recertify": "recertified",
             "apply": "applied"}.get(step, step)
+
+
+def _id_taken() -> WorkflowError:
+    """The one answer for an id that cannot be used, whoever had it and whether it still
+    exists: it names neither."""
+    return WorkflowError(409, ID_TAKEN, "this id cannot be used: the ids of rights are "
+                         "never reused; give another, or none to have one made",
+                         [{"field": "id", "message": "taken"}])
 
 
 def _not_narrower(field_name: str, message: str) -> WorkflowError:

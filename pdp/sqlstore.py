@@ -13,6 +13,8 @@ be a plain "update, insert if nothing was updated" without racing another writer
 same lock makes conditional changes (`Change.expected_version`) exact: the fact's version
 is read after it, so no other writer can change the fact in between. Events are inserted
 after it too, so their autoincrement ids grow in commit order (the outbox relies on it).
+The id of a right (kind `grant`) is noted in `taken_ids` when first written and is never
+written again once the right is deleted (`IdTaken`): no right inherits another's history.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pdp.store import (
     ChangeRecord,
     Conflict,
     Event,
+    IdTaken,
     NotFound,
     StoredEvent,
     StoredFact,
@@ -151,6 +154,19 @@ cursors = sa.Table(
     metadata,
     sa.Column("name", sa.String(CURSOR_NAME_LENGTH), primary_key=True),
     sa.Column("value", sa.BigInteger(), nullable=False),
+)
+
+
+# Kinds whose ids are never used again once taken: a deleted right's id stays taken, so
+# that no right ever inherits another's history (events are kept by subject id).
+NEVER_REUSED = frozenset({"grant"})
+
+taken_ids = sa.Table(
+    "taken_ids",
+    metadata,
+    sa.Column("kind", sa.String(KIND_LENGTH), primary_key=True),
+    sa.Column("id", sa.String(ID_LENGTH), primary_key=True),
+    sa.Column("first_version", sa.BigInteger(), nullable=False),
 )
 
 
@@ -289,6 +305,17 @@ def _upsert(conn: Connection, rows: list[dict[str, Any]]) -> None:
         set_={"data": insert.excluded.data, "version": insert.excluded.version}), rows)
 
 
+def _take_id(conn: Connection, kind: str, fact_id: str, version: int, live: bool) -> None:
+    """Note that `fact_id` is taken for good; IdTaken if a fact of `kind` that is gone had
+    it (a live fact is being changed, which is no new use of its id)."""
+    key = (taken_ids.c.kind == kind) & (taken_ids.c.id == fact_id)
+    if conn.execute(sa.select(taken_ids.c.first_version).where(key)).first() is not None:
+        if not live:
+            raise IdTaken(kind, fact_id)
+        return
+    conn.execute(sa.insert(taken_ids).values(kind=kind, id=fact_id, first_version=version))
+
+
 class SqlFactStore:
     """`FactStore` on a SQL database named by a SQLAlchemy URL.
 
@@ -351,16 +378,19 @@ class SqlFactStore:
             run: list[dict[str, Any]] = []
             for seq, (change, data) in enumerate(encoded):
                 row = {"kind": change.kind, "id": change.id, "data": data, "version": version}
-                if data is not None and change.expected_version is None:
+                never_reused = change.kind in NEVER_REUSED and data is not None
+                if data is not None and change.expected_version is None and not never_reused:
                     run.append(row)
                 else:
                     _upsert(conn, run)
                     run = []
                     key = (facts.c.kind == change.kind) & (facts.c.id == change.id)
-                    if change.expected_version is not None:
-                        current = conn.execute(sa.select(facts.c.version).where(key)).scalar()
-                        if (0 if current is None else int(current)) != change.expected_version:
-                            raise Conflict(change.kind, change.id)
+                    current = conn.execute(sa.select(facts.c.version).where(key)).scalar()
+                    if change.expected_version is not None and (
+                            0 if current is None else int(current)) != change.expected_version:
+                        raise Conflict(change.kind, change.id)
+                    if never_reused:
+                        _take_id(conn, change.kind, change.id, version, live=current is not None)
                     if data is None:
                         if conn.execute(sa.delete(facts).where(key)).rowcount == 0:
                             raise NotFound(change.kind, change.id)

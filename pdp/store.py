@@ -81,6 +81,17 @@ class Conflict(Exception):
         self.id = id
 
 
+class IdTaken(Exception):
+    """A write would give a right (grant) an id that is or once was another's: the ids of
+    rights are never used again, so that no history joins two rights. Nothing was
+    written."""
+
+    def __init__(self, kind: str, id: str) -> None:
+        super().__init__(f"{kind} id {id!r} is taken")
+        self.kind = kind
+        self.id = id
+
+
 class NotFound(Exception):
     """A delete named a fact that does not exist; nothing was written."""
 
@@ -95,7 +106,9 @@ class FactStore(Protocol):
         """Commit all changes and events atomically under one new facts_version; return it.
 
         A delete of a fact that does not exist raises NotFound, a failed condition
-        Conflict; then nothing is written. `changes` may be empty if `events` is not.
+        Conflict, a grant written under the id of a deleted grant IdTaken (the ids of
+        rights are never reused); then nothing is written.
+        `changes` may be empty if `events` is not.
         """
 
     def get(self, kind: str, id: str) -> StoredFact | None: ...

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -687,6 +688,84 @@ def test_municipality_admin_cannot_see_or_touch_another_municipality(
     assert events_after(other, start, municipality="844") == seen
     assert other.get("/v1/events", params={"after": start,
                                            "municipality": "749"}).status_code in (403, 404)
+
+
+def test_ids_of_rights_are_never_reused_nor_their_history_shown(
+        api: Api, admin: httpx.Client) -> None:
+    """A deleted right's id stays taken. Before, the authority deleted 844's right and 749
+    applied under its id: 749's admin then read 844's history of that id."""
+    theirs = World(admin, "844").build()
+    ours = bare_world(admin)
+    taken = new_id(theirs, "their")
+    apply(api, theirs, taken)
+    take(api, taken, "approve")
+    take(api, taken, "activate")
+    assert admin.delete(f"/v1/grants/{taken}").status_code == 200
+    assert_error(api("t-admin").get(f"/v1/grants/{taken}"), 404, "not_found")
+
+    reused = post_application(api, ours, taken, token="t-m749")
+    error = assert_error(reused, 409, "id_taken")
+    assert taken not in error["message"] and "844" not in reused.text
+    assert_error(api("t-admin").get(f"/v1/grants/{taken}"), 404, "not_found")
+    assert_error(api("t-m749").get(f"/v1/grants/{taken}/history"), 404, "not_found")
+    kept = history(api, taken)
+    assert [e["type"] for e in kept] == ["grant.applied", "grant.approved",
+                                         "grant.activated", "grant.deleted"]
+    assert {e["municipality"] for e in kept} == {"844"}
+    # nor by the authority, nor through the facts API, nor in a batch
+    assert_error(post_application(api, ours, taken), 409, "id_taken")
+    assert_error(admin.put(f"/v1/grants/{taken}", json=ours.grant_data()), 409, "id_taken")
+    batch = admin.post("/v1/facts:batch", json={"facts": [
+        {"kind": "grant", "id": taken, "data": ours.grant_data()}]})
+    assert_error(batch, 409, "id_taken")
+    assert_error(api("t-admin").get(f"/v1/grants/{taken}"), 404, "not_found")
+    assert len(history(api, taken)) == 4
+
+    # No existence oracle: another municipality's live right, its deleted one and one of
+    # our own get one and the same answer; an application that fails for another reason
+    # fails alike under a taken id and a free one.
+    own_deleted = right_in(api, ours, "applied")
+    assert admin.delete(f"/v1/grants/{own_deleted}").status_code == 200
+    answers = [post_application(api, ours, grant_id, token="t-m749")
+               for grant_id in (taken, theirs.grant, own_deleted)]
+    assert {(a.status_code, a.text) for a in answers} == {(reused.status_code, reused.text)}
+    free = new_id(ours, "free")
+    for changes in ({"scopes": ["name_contact", "benefits"]},
+                    {"valid_until": iso(utcnow() - timedelta(seconds=1))}):
+        refused = [post_application(api, ours, grant_id, token="t-m749", **changes)
+                   for grant_id in (free, taken, theirs.grant)]
+        assert refused[0].status_code == 400, refused[0].text
+        assert {(r.status_code, r.text) for r in refused} == {
+            (refused[0].status_code, refused[0].text)}
+    assert_not_stored(api, free)
+
+    # a right without an id of its own gets a fresh one
+    made = api("t-m749").post("/v1/grant-applications", json=application(ours.user))
+    assert made.status_code == 201, made.text
+    assert made.json()["id"] not in (taken, own_deleted)
+
+
+def test_a_history_shows_a_municipality_only_its_own_events(
+        api: Api, admin: httpx.Client, server: Server) -> None:
+    """A store written before ids were kept may hold one id's events of two
+    municipalities: a municipality admin sees only its own."""
+    ours = World(admin, "749").build()
+    db = sqlite3.connect(server.log.parent / "facts.sqlite3", timeout=10,
+                         isolation_level=None)
+    try:
+        db.execute("INSERT INTO events (at, facts_version, type, subject_kind, subject_id, "
+                   "municipality, actor, reason, data) VALUES "
+                   "('2025-01-01 00:00:00.000000', 1, 'grant.applied', 'grant', ?, '844', "
+                   "'someone', 'their secret reason', '{}')", (ours.grant,))
+    finally:
+        db.close()
+    seen = api("t-m749").get(f"/v1/grants/{ours.grant}/history")
+    assert seen.status_code == 200, seen.text
+    assert {e["municipality"] for e in seen.json()["history"]} == {"749"}
+    assert "their secret reason" not in seen.text
+    assert "their secret reason" in api("t-grants").get(
+        f"/v1/grants/{ours.grant}/history").text
+    assert_error(api("t-m844").get(f"/v1/grants/{ours.grant}/history"), 404, "not_found")
 
 
 def test_municipality_admin_acts_for_its_own_municipality(api: Api,

@@ -25,6 +25,7 @@ from pdp.store import (
     Conflict,
     Event,
     FactStore,
+    IdTaken,
     NotFound,
     StoredEvent,
     StoredFact,
@@ -34,8 +35,8 @@ from tests.pg import PG_ADMIN_DB, PG_HOST, PG_PORT, fresh_database, pg_connect
 
 PG_TABLES = ("events", "cursors", "fact_changes", "facts", "fact_meta", "audit_records",
              "audit_head", "audit_prunes", "audit_holds", "monitoring_cases", "audit_segments",
-             "alembic_version")
-HEAD = "0005"  # the newest migration
+             "taken_ids", "alembic_version")
+HEAD = "0006"  # the newest migration
 
 Opener = Callable[[str], SqlFactStore]
 
@@ -516,11 +517,34 @@ def test_conditional_writes(store: SqlFactStore) -> None:
         store.apply([Change("grant", "g1", None, expected_version=v1)])
     v3 = store.apply([Change("grant", "g1", None, expected_version=v2)])
     assert store.get("grant", "g1") is None
-    v4 = store.apply([Change("grant", "g1", {"s": 3}, expected_version=0)])  # gone: new again
-    assert (v3, v4) == (v2 + 1, v2 + 2)
+    v4 = store.apply([Change("user", "u9", {"s": 3}, expected_version=0)])
+    store.apply([Change("user", "u9", None, expected_version=v4)])
+    v5 = store.apply([Change("user", "u9", {"s": 4}, expected_version=0)])  # gone: new again
+    assert (v3, v4, v5) == (v2 + 1, v2 + 2, v2 + 4)
     # Unconditional changes in the same batch still apply as before.
-    v5 = store.apply([put("user", "u1", n=1), Change("grant", "g1", {"s": 4}, expected_version=v4)])
-    assert store.get("grant", "g1") == StoredFact("grant", "g1", {"s": 4}, v5)
+    v6 = store.apply([put("user", "u1", n=1), Change("user", "u9", {"s": 5}, expected_version=v5)])
+    assert store.get("user", "u9") == StoredFact("user", "u9", {"s": 5}, v6)
+
+
+def test_the_id_of_a_deleted_grant_is_never_used_again(store: SqlFactStore) -> None:
+    v1 = store.apply([put("grant", "g1", s=1), put("grant", "g2", s=1)])
+    v2 = store.apply([put("grant", "g1", s=2)])  # a live right changes: no new use
+    store.apply([delete("grant", "g1")])
+    before = snapshot(store)
+    for changes in ([Change("grant", "g1", {"s": 3}, expected_version=0)],
+                    [put("grant", "g1", s=3)],
+                    [put("user", "u1", n=1), put("grant", "g1", s=3)],
+                    [delete("grant", "g2"), put("grant", "g2", s=9)]):
+        with pytest.raises(IdTaken) as raised:
+            store.apply(changes, [ev("grant.applied", "g1", subject_kind="grant")])
+        assert (raised.value.kind, raised.value.id) == ("grant", changes[-1].id)
+        assert snapshot(store) == before  # nothing written, no version used
+    assert store.get("grant", "g2") == StoredFact("grant", "g2", {"s": 1}, v1)
+    assert v2 == v1 + 1
+    # other kinds come back as before
+    store.apply([put("user", "u1", n=1)])
+    store.apply([delete("user", "u1")])
+    store.apply([put("user", "u1", n=2)])
 
 
 def test_a_negative_expected_version_is_refused(store: SqlFactStore) -> None:
@@ -700,8 +724,15 @@ def test_migrating_from_0001_keeps_the_data(store_url: str, opener: Opener) -> N
     old = SqlFactStore(store_url)
     try:
         upgrade(old.engine, "0001")
-        v1 = old.apply([put("user", "u1", n=1), put("grant", "g1", s=1)])
-        v2 = old.apply([put("user", "u1", n=2), delete("grant", "g1")])
+        v1 = old.apply([put("user", "u1", n=1)])
+        v2 = old.apply([put("user", "u1", n=2)])
+        # A grant put at v1 and deleted at v2, as the store of 0001 wrote them (today's
+        # store writes a grant's id in taken_ids too, which 0001 does not have).
+        with write_transaction(old.engine) as conn:
+            conn.execute(sa.text(
+                "INSERT INTO fact_changes (version, seq, kind, id, data, changed_at) "
+                "VALUES (:v1, 1, 'grant', 'g1', :data, :at), (:v2, 1, 'grant', 'g1', NULL, :at)"),
+                {"v1": v1, "v2": v2, "data": '{"s":1}', "at": datetime.now(UTC)})
         with old.engine.connect() as conn:
             assert "events" not in sa.inspect(conn).get_table_names()
         before = (old.version(), list(old.all_facts()), old.changes_since(0))
@@ -724,6 +755,9 @@ def test_migrating_from_0001_keeps_the_data(store_url: str, opener: Opener) -> N
     v3 = store.apply([Change("user", "u1", {"n": 3}, expected_version=v2)], [ev("e", "u1")])
     assert v3 == v2 + 1
     assert [e.facts_version for e in store.events_of("user", "u1")] == [v3]
+    # the grant deleted before the ids of rights were kept: its id is taken all the same
+    with pytest.raises(IdTaken):
+        store.apply([put("grant", "g1", s=2)])
 
 
 # --- unavailability --------------------------------------------------------------------
