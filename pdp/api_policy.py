@@ -14,8 +14,9 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from pdp.audit import AuditUnavailable, read_record
 from pdp.bus import BusUnavailable
-from pdp.errors import NOT_FOUND, ApiError, bad_request
+from pdp.errors import AUDIT_UNAVAILABLE, NOT_FOUND, ApiError, bad_request
 from pdp.http import parse_body, read_json
 from pdp.policy_engine import policy_files, policy_version
 from pdp.policy_manager import PolicyRejected
@@ -29,6 +30,15 @@ log = logging.getLogger(__name__)
 POLICY_REJECTED = "policy_rejected"
 PLAYGROUND = (resources.files("pdp") / "static" / "playground.html").read_text(encoding="utf-8")
 CHOICES = 1000  # users and clients offered to pick from (any id may be typed)
+
+
+def real_justification(value: str | None) -> str:
+    """A justification given in the query: real text of 3 to 1000 characters, else 400."""
+    text = (value or "").strip()
+    if not 3 <= len(text) <= 1000 or len(value or "") > 1000:
+        raise bad_request("a justification of 3 to 1000 characters, not blank, is required",
+                          field="justification")
+    return value or ""
 
 
 class Upload(BaseModel):
@@ -175,6 +185,28 @@ def policy_router(runtime: Runtime) -> APIRouter:
         auth.require(request.headers.get("authorization"), READERS)
         shadow = candidates.current
         return {"candidate": None if shadow is None else shadow.describe()}
+
+    @router.get("/v1/policy/candidates/{version}/examples")
+    async def examples(version: str, request: Request) -> dict[str, Any]:
+        """Where the candidate decided otherwise: who asked about whose record. Personal
+        data, so read like the decision log: with a justification, and recorded."""
+        caller = auth.require(request.headers.get("authorization"), READERS)
+        justification = real_justification(request.query_params.get("justification"))
+        shadow = candidates.current
+        if shadow is None or shadow.version != version:
+            raise ApiError(404, NOT_FOUND, f"no candidate {version!r} in shadow")
+        found = shadow.described_examples()
+        if runtime.audit is None:
+            raise ApiError(503, AUDIT_UNAVAILABLE, "the decision log is off")
+        record = read_record(caller.name, request.headers.get("x-request-id"),
+                             "shadow_examples", {"version": version}, justification,
+                             len(found))
+        try:
+            await run_in_threadpool(runtime.audit.write, [record])
+        except AuditUnavailable as error:
+            raise ApiError(503, AUDIT_UNAVAILABLE, str(error),
+                           headers={"Retry-After": "1"}) from None
+        return {"version": version, "examples": found}
 
     @router.post("/v1/policy/candidates/{version}/promote")
     async def promote(version: str, request: Request) -> dict[str, Any]:

@@ -45,6 +45,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import PoolProxiedConnection
 
+from pdp.clock import to_micros, utcnow
 from pdp.sqlstore import write_transaction
 
 log = logging.getLogger(__name__)
@@ -785,3 +786,15 @@ def _csv_line(values: Sequence[Any]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer).writerow(["" if v is None else v for v in values])
     return buffer.getvalue()
+
+
+def read_record(caller: str, request_id: str | None, what: str, question: dict[str, Any],
+                justification: str | None, answered: int) -> AuditRecord:
+    """The record of one read of the log (or of other personal data the service keeps,
+    such as a shadow's examples): who read what, asking what, why, and how much came."""
+    return AuditRecord(
+        "audit_read", new_record_id(), to_micros(utcnow()), request_id=request_id,
+        caller=caller, client_id=question.get("client"), user_id=question.get("user"),
+        details=orjson.dumps({"read": what, "question": question,
+                              "justification": justification,
+                              "answered": answered}).decode())

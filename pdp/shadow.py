@@ -125,7 +125,12 @@ class Shadow:
                 "uploaded_at": self.uploaded_at.isoformat(), "uploaded_by": self.uploaded_by,
                 "sample_rate": self.sample_rate, "evaluated": self.evaluated,
                 "diverged": self.diverged, "dropped": self.dropped,
-                "examples": [d.describe() for d in self.examples]}
+                # The examples are personal data (who, whose record): read them with
+                # `examples()`, justified and recorded (GET .../{version}/examples).
+                "examples_held": len(self.examples)}
+
+    def described_examples(self) -> list[dict[str, Any]]:
+        return [d.describe() for d in list(self.examples)]
 
 
 class CandidateError(Exception):

@@ -236,7 +236,27 @@ def test_a_candidate_in_shadow_counts_where_it_would_decide_otherwise(
             shadow = author.get("/v1/policy/candidates").json()["candidate"]
         assert shadow["version"] == candidate and shadow["evaluated"] >= 2
         assert shadow["diverged"] == 1 and shadow["dropped"] == 0
-        example = shadow["examples"][0]
+        assert shadow["examples_held"] == 1 and "examples" not in shadow
+        # The examples are personal data: no justification, no read; a read is recorded.
+        where = f"/v1/policy/candidates/{candidate}/examples"
+        for blank in ("", "   ", "\t\n"):
+            refused = author.get(where, params={"justification": blank})
+            assert refused.status_code == 400, refused.text
+        assert author.get(where).status_code == 400
+        with live.client("t-pep") as pep:
+            assert pep.get(where, params={"justification": "x" * 5}).status_code == 403
+        read = author.get(where, params={"justification": "why the candidate differs"})
+        assert read.status_code == 200, read.text
+        example = read.json()["examples"][0]
+        with live.client("t-auditor") as auditor:
+            reads = auditor.get("/v1/audit/decisions", params={
+                "record_type": "audit_read", "justification": "checking shadow reads"}).json()
+        shadow_reads = [r for r in reads["records"]
+                        if r["details"]["read"] == "shadow_examples"]
+        assert len(shadow_reads) == 1
+        assert shadow_reads[0]["details"]["justification"] == "why the candidate differs"
+        assert shadow_reads[0]["details"]["answered"] == 1
+        assert shadow_reads[0]["caller"]
         assert example["category"] == "health_work_capacity" and example["user"] == world.user
         assert example["active"] == {"decision": True, "reason": "allowed",
                                      "policy_version": active}
