@@ -14,7 +14,14 @@ from fastapi import APIRouter, Query, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 from starlette.concurrency import run_in_threadpool
 
-from pdp.audit import AuditLog, AuditRecord, AuditUnavailable, Verification, new_record_id
+from pdp.audit import (
+    AuditLog,
+    AuditRecord,
+    AuditUnavailable,
+    Verification,
+    hold_json,
+    new_record_id,
+)
 from pdp.auth import MUNICIPALITY_ADMIN, Caller
 from pdp.clock import from_micros, to_micros
 from pdp.errors import AUDIT_UNAVAILABLE, NOT_FOUND, ApiError, bad_request
@@ -36,6 +43,12 @@ class HoldRequest(BaseModel):
     municipality: MunicipalityCode | None = None
     from_: AwareDatetime | None = Field(default=None, alias="from")
     until: AwareDatetime | None = None
+
+
+class HoldRelease(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Annotated[str, StringConstraints(min_length=3, max_length=1000)]
 
 
 def _cursor(seq: int) -> str:
@@ -76,6 +89,7 @@ def audit_router(runtime: Runtime) -> APIRouter:
     router = APIRouter()
     auth = runtime.auth
     index = runtime.facts.index
+    store = runtime.facts.store  # the event log: holds placed and released are events
     limit_bytes = runtime.settings.max_body_bytes
 
     def log_of() -> AuditLog:
@@ -226,11 +240,13 @@ def audit_router(runtime: Runtime) -> APIRouter:
         if not (hold.client or hold.user or hold.municipality or hold.from_ or hold.until):
             raise bad_request("name a client, user, municipality or time range to hold",
                               field="client")
+        if not hold.reason.strip():
+            raise bad_request("a hold needs a reason", field="reason")
         stored = await call(log_of().add_hold, reason=hold.reason, created_by=caller.name,
                             now_us=to_micros(datetime.now(UTC)), client=hold.client,
                             user=hold.user, municipality=hold.municipality,
                             from_us=_time(hold.from_, "from"),
-                            until_us=_time(hold.until, "until"))
+                            until_us=_time(hold.until, "until"), events=store)
         return hold_json(stored)
 
     @router.get("/v1/audit/holds")
@@ -239,21 +255,25 @@ def audit_router(runtime: Runtime) -> APIRouter:
         return {"holds": [hold_json(h) for h in await call(log_of().holds)]}
 
     @router.delete("/v1/audit/holds/{hold_id}")
-    async def release_hold(hold_id: str, request: Request) -> dict[str, Any]:
-        auth.require(request.headers.get("authorization"), AUDITORS)
-        if not await call(log_of().release_hold, hold_id, to_micros(datetime.now(UTC))):
+    async def release_hold(
+        hold_id: str, request: Request,
+        reason: Annotated[str | None, Query(max_length=1000)] = None,
+    ) -> dict[str, Any]:
+        """Release a legal hold: with a reason (`?reason=` or a JSON body
+        `{"reason": ...}`), recorded with who released it, and an event."""
+        caller = auth.require(request.headers.get("authorization"), AUDITORS)
+        has_body = (request.headers.get("content-length") not in (None, "0")
+                    or "transfer-encoding" in request.headers)
+        if reason is None and has_body:
+            reason = parse_body(HoldRelease, await read_json(request, limit_bytes)).reason
+        if reason is None or len(reason.strip()) < 3:
+            raise bad_request("releasing a legal hold needs a reason (at least 3 characters "
+                              "that are not all blank)", field="reason")
+        released = await call(log_of().release_hold, hold_id,
+                              now_us=to_micros(datetime.now(UTC)), by=caller.name,
+                              reason=reason, events=store)
+        if released is None:
             raise ApiError(404, NOT_FOUND, f"no active hold {hold_id!r}")
-        return {"id": hold_id, "released": True}
+        return {**hold_json(released), "released": True}
 
     return router
-
-
-def hold_json(hold: dict[str, Any]) -> dict[str, Any]:
-    def when(us: int | None) -> str | None:
-        return from_micros(us).isoformat() if us is not None else None
-
-    return {"id": hold["id"], "client": hold["client_id"], "user": hold["user_id"],
-            "municipality": hold["municipality"], "from": when(hold["from_us"]),
-            "until": when(hold["until_us"]), "reason": hold["reason"],
-            "created_by": hold["created_by"], "created_at": when(hold["created_us"]),
-            "released_at": when(hold["released_us"])}

@@ -45,8 +45,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import PoolProxiedConnection
 
-from pdp.clock import to_micros, utcnow
+from pdp.clock import from_micros, to_micros, utcnow
 from pdp.sqlstore import write_transaction
+from pdp.store import Event, FactStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,8 @@ holds_table = sa.Table(
     sa.Column("created_by", sa.String(200), nullable=False),
     sa.Column("created_us", sa.BigInteger(), nullable=False),
     sa.Column("released_us", sa.BigInteger()),
+    sa.Column("released_by", sa.String(200)),
+    sa.Column("release_reason", sa.Text()),
 )
 
 
@@ -513,21 +516,65 @@ class AuditLog:
 
     def add_hold(self, *, reason: str, created_by: str, now_us: int, client: str | None = None,
                  user: str | None = None, municipality: str | None = None,
-                 from_us: int | None = None, until_us: int | None = None) -> dict[str, Any]:
-        hold = {"id": f"hold-{secrets.token_hex(8)}", "client_id": client, "user_id": user,
-                "municipality": municipality, "from_us": from_us, "until_us": until_us,
-                "reason": reason, "created_by": created_by, "created_us": now_us,
-                "released_us": None}
-        with self._writing() as conn:
+                 from_us: int | None = None, until_us: int | None = None,
+                 events: FactStore | None = None) -> dict[str, Any]:
+        """A legal hold; with `events`, placed in one transaction with its event
+        (`audit_hold.placed`) in the event log."""
+        hold: dict[str, Any] = {
+            "id": f"hold-{secrets.token_hex(8)}", "client_id": client, "user_id": user,
+            "municipality": municipality, "from_us": from_us, "until_us": until_us,
+            "reason": reason, "created_by": created_by, "created_us": now_us,
+            "released_us": None, "released_by": None, "release_reason": None}
+        if events is None:
+            with self._writing() as conn:
+                conn.execute(holds_table.insert(), [hold])
+            return hold
+        event = Event("audit_hold.placed", "audit_hold", hold["id"], municipality or "",
+                      created_by, reason, {"hold": hold_json(hold)})
+
+        def place(conn: Connection) -> None:
             conn.execute(holds_table.insert(), [hold])
+
+        self._with_event(events, event, place)
         return hold
 
-    def release_hold(self, hold_id: str, now_us: int) -> bool:
-        with self._writing() as conn:
-            done = conn.execute(holds_table.update().where(
-                holds_table.c.id == hold_id, holds_table.c.released_us.is_(None))
-                .values(released_us=now_us))
-        return bool(done.rowcount)
+    def release_hold(self, hold_id: str, *, now_us: int, by: str, reason: str,
+                     events: FactStore) -> dict[str, Any] | None:
+        """Release an active hold, noting who and why, in one transaction with its event
+        (`audit_hold.released`) in the event log; None if no active hold has that id."""
+        if not reason.strip():
+            raise ValueError("releasing a legal hold needs a reason")
+        t = holds_table
+        with self._reading(drain=False) as conn:
+            row = conn.execute(sa.select(t).where(t.c.id == hold_id,
+                                                  t.c.released_us.is_(None))).first()
+        if row is None:
+            return None
+        released = {**_plain(row), "released_us": now_us, "released_by": by,
+                    "release_reason": reason}
+
+        def mark(conn: Connection) -> None:
+            done = conn.execute(t.update().where(t.c.id == hold_id, t.c.released_us.is_(None))
+                                .values(released_us=now_us, released_by=by,
+                                        release_reason=reason))
+            if not done.rowcount:
+                raise _HoldGone(hold_id)  # released meanwhile: no event either
+
+        event = Event("audit_hold.released", "audit_hold", hold_id,
+                      released["municipality"] or "", by, reason, {"hold": hold_json(released)})
+        try:
+            self._with_event(events, event, mark)
+        except _HoldGone:
+            return None
+        return released
+
+    @staticmethod
+    def _with_event(events: FactStore, event: Event, within: Callable[[Connection], None],
+                    ) -> None:
+        try:
+            events.apply([], [event], within=within)
+        except StoreUnavailable as error:
+            raise AuditUnavailable(str(error)) from error
 
     def holds(self) -> list[dict[str, Any]]:
         with self._reading() as conn:
@@ -614,6 +661,24 @@ class AuditLog:
     def ping(self) -> None:
         with self._reading(drain=False) as conn:
             conn.execute(sa.select(head_table.c.seq))
+
+
+class _HoldGone(Exception):
+    """The hold was released by someone else meanwhile."""
+
+
+def hold_json(hold: dict[str, Any]) -> dict[str, Any]:
+    """A legal hold as the auditor (and the event log) sees it."""
+    def when(us: int | None) -> str | None:
+        return from_micros(us).isoformat() if us is not None else None
+
+    return {"id": hold["id"], "client": hold["client_id"], "user": hold["user_id"],
+            "municipality": hold["municipality"], "from": when(hold["from_us"]),
+            "until": when(hold["until_us"]), "reason": hold["reason"],
+            "created_by": hold["created_by"], "created_at": when(hold["created_us"]),
+            "released_at": when(hold["released_us"]),
+            "released_by": hold.get("released_by"),
+            "release_reason": hold.get("release_reason")}
 
 
 def _plain(row: Any) -> dict[str, Any]:

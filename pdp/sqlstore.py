@@ -19,7 +19,7 @@ written again once the right is deleted (`IdTaken`): no right inherits another's
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -334,7 +334,8 @@ class SqlFactStore:
         """Bring the schema to the newest revision (a no-op when it is already there)."""
         upgrade(self.engine)
 
-    def apply(self, changes: Sequence[Change], events: Sequence[Event] = ()) -> int:
+    def apply(self, changes: Sequence[Change], events: Sequence[Event] = (),
+              within: Callable[[Connection], None] | None = None) -> int:
         if not changes and not events:
             raise ValueError("apply: no changes and no events")
         encoded: list[tuple[Change, str | None]] = []
@@ -407,6 +408,8 @@ class SqlFactStore:
                     }
                 )
             _upsert(conn, run)
+            if within is not None:
+                within(conn)
             if log:
                 conn.execute(sa.insert(fact_changes), log)
             if event_rows:

@@ -7,7 +7,7 @@ all of its changes land under one new `facts_version`, or none does.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -102,8 +102,14 @@ class NotFound(Exception):
 
 
 class FactStore(Protocol):
-    def apply(self, changes: Sequence[Change], events: Sequence[Event] = ()) -> int:
+    def apply(self, changes: Sequence[Change], events: Sequence[Event] = (),
+              within: Callable[[Any], None] | None = None) -> int:
         """Commit all changes and events atomically under one new facts_version; return it.
+
+        `within`, when given, is called with the store's connection inside the same
+        transaction, so that a change of the store's other tables (a legal hold released)
+        and the event that records it commit together or not at all; whatever it raises
+        rolls everything back and is raised.
 
         A delete of a fact that does not exist raises NotFound, a failed condition
         Conflict, a grant written under the id of a deleted grant IdTaken (the ids of

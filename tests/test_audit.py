@@ -647,7 +647,8 @@ def test_audit_reads_need_the_auditor_role(log_server: Server, world: World) -> 
                                                         "reason": "role check"})
             assert hold.status_code == (201 if status == 200 else status), hold.text
             if status == 200:
-                released = client.delete(f"/v1/audit/holds/{hold.json()['id']}")
+                released = client.delete(f"/v1/audit/holds/{hold.json()['id']}",
+                                         params={"reason": "role check done"})
                 assert released.status_code == 200, released.text
 
 
@@ -919,9 +920,11 @@ def test_deleting_a_held_record_from_a_pruned_log_is_detected(retention: Retenti
 def test_a_released_hold_no_longer_protects(retention: Retention) -> None:
     held = retention.held.client
     retention.prune()
-    released = retention.auditor.delete(f"/v1/audit/holds/{retention.hold_id}")
+    released = retention.auditor.delete(f"/v1/audit/holds/{retention.hold_id}",
+                                        params={"reason": "the case is closed"})
     assert released.status_code == 200, released.text
-    again = retention.auditor.delete(f"/v1/audit/holds/{retention.hold_id}")
+    again = retention.auditor.delete(f"/v1/audit/holds/{retention.hold_id}",
+                                     params={"reason": "the case is closed"})
     assert again.status_code == 404 and again.json()["error"]["code"] == "not_found"
     listed = retention.auditor.get("/v1/audit/holds").json()["holds"]
     assert [h["released_at"] is not None for h in listed] == [True]
@@ -931,6 +934,65 @@ def test_a_released_hold_no_longer_protects(retention: Retention) -> None:
                                            later["context"]["decision_id"]}
     assert sql(retention.db, "SELECT count(*) FROM audit_records") == [(0,)]
     retention.assert_verifies()
+
+
+def hold_events(client: httpx.Client, hold_id: str) -> list[dict[str, Any]]:
+    response = client.get("/v1/events", params={"limit": 1000})
+    assert response.status_code == 200, response.text
+    return [e for e in response.json()["events"] if e["subject"] == {
+        "kind": "audit_hold", "id": hold_id}]
+
+
+def test_releasing_a_hold_needs_a_reason_and_is_recorded_and_an_event(
+        retention: Retention) -> None:
+    """Before, DELETE /v1/audit/holds/{id} released a hold with no reason, recorded no one
+    and left no event: the protection of a court case's records could vanish without a
+    trace."""
+    auditor, hold_id = retention.auditor, retention.hold_id
+    path = f"/v1/audit/holds/{hold_id}"
+    placed = hold_events(auditor, hold_id)
+    assert [(e["type"], e["actor"], e["reason"]) for e in placed] == [
+        ("audit_hold.placed", key_name(AUDITOR), "court case 12/2026")]
+    assert placed[0]["data"]["hold"]["client"] == retention.held.client
+
+    for refused in (auditor.delete(path), auditor.delete(path, params={"reason": ""}),
+                    auditor.delete(path, params={"reason": " \t  "}),
+                    auditor.request("DELETE", path, json={}),
+                    auditor.request("DELETE", path, json={"reason": 7})):
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["code"] == "invalid_request"
+    with retention.server.client("t-pep") as pep:
+        assert pep.delete(path, params={"reason": "not mine"}).status_code == 403
+    assert [h["released_at"] for h in auditor.get("/v1/audit/holds").json()["holds"]] == [None]
+
+    # A release whose event cannot be written does not happen (one transaction).
+    sql(retention.db, "ALTER TABLE events RENAME TO events_away")
+    try:
+        failed = auditor.delete(path, params={"reason": "closed"})
+        assert failed.status_code == 503, failed.text
+        assert failed.json()["error"]["code"] == "audit_unavailable"
+    finally:
+        sql(retention.db, "ALTER TABLE events_away RENAME TO events")
+    assert [h["released_at"] for h in auditor.get("/v1/audit/holds").json()["holds"]] == [None]
+    assert len(hold_events(auditor, hold_id)) == 1
+
+    released = auditor.request("DELETE", path, json={"reason": "judgment final 3/2027"})
+    assert released.status_code == 200, released.text
+    body = released.json()
+    assert body["released"] is True and body["released_at"]
+    assert (body["released_by"], body["release_reason"]) == (
+        key_name(AUDITOR), "judgment final 3/2027")
+    (listed,) = auditor.get("/v1/audit/holds").json()["holds"]
+    assert (listed["released_by"], listed["release_reason"]) == (
+        key_name(AUDITOR), "judgment final 3/2027")
+    events = hold_events(auditor, hold_id)
+    assert [(e["type"], e["actor"], e["reason"]) for e in events] == [
+        ("audit_hold.placed", key_name(AUDITOR), "court case 12/2026"),
+        ("audit_hold.released", key_name(AUDITOR), "judgment final 3/2027")]
+    assert events[1]["data"]["hold"]["released_by"] == key_name(AUDITOR)
+    again = auditor.delete(path, params={"reason": "once more"})
+    assert again.status_code == 404, again.text
+    assert len(hold_events(auditor, hold_id)) == 2
 
 
 # -- 7. export ---------------------------------------------------------------------------

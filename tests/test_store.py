@@ -36,7 +36,7 @@ from tests.pg import PG_ADMIN_DB, PG_HOST, PG_PORT, fresh_database, pg_connect
 PG_TABLES = ("events", "cursors", "fact_changes", "facts", "fact_meta", "audit_records",
              "audit_head", "audit_prunes", "audit_holds", "monitoring_cases", "audit_segments",
              "taken_ids", "alembic_version")
-HEAD = "0006"  # the newest migration
+HEAD = "0007"  # the newest migration
 
 Opener = Callable[[str], SqlFactStore]
 
@@ -545,6 +545,22 @@ def test_the_id_of_a_deleted_grant_is_never_used_again(store: SqlFactStore) -> N
     store.apply([put("user", "u1", n=1)])
     store.apply([delete("user", "u1")])
     store.apply([put("user", "u1", n=2)])
+
+
+def test_within_commits_with_the_events_or_not_at_all(store: SqlFactStore) -> None:
+    """apply(within=...): a change of another table and its event in one transaction."""
+    v1 = store.apply([], [ev("x.placed", "x1")], within=lambda conn: conn.execute(
+        sa.text("INSERT INTO cursors (name, value) VALUES ('within', 1)")))
+    assert store.cursor("within") == 1 and store.version() == v1
+    before = snapshot(store)
+
+    def fails(conn: Any) -> None:
+        conn.execute(sa.text("UPDATE cursors SET value = 2 WHERE name = 'within'"))
+        raise LookupError("changed meanwhile")
+
+    with pytest.raises(LookupError):
+        store.apply([put("user", "u1", n=1)], [ev("x.released", "x1")], within=fails)
+    assert snapshot(store) == before and store.cursor("within") == 1
 
 
 def test_a_negative_expected_version_is_refused(store: SqlFactStore) -> None:
