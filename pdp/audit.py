@@ -122,6 +122,10 @@ holds_table = sa.Table(
 
 # Rows of audit_head: the record chain, the last segment written, the last segment moved.
 RECORD_HEAD, SEGMENT_HEAD, MOVED_HEAD = 1, 2, 3
+# The readiness probe's segment id: never a real one (those count up from 1), and never
+# committed (inserted and deleted in one transaction).
+PROBE_SEGMENT = -1
+PROBE_SECONDS = 0.5  # how long a probe's answer is reused
 
 
 class AuditUnavailable(Exception):
@@ -244,6 +248,8 @@ class AuditLog:
         self.move_listeners: list[Callable[[list[AuditRecord]], None]] = []
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._probe_lock = threading.Lock()
+        self._probed: tuple[float, str | None] = (-PROBE_SECONDS, None)  # (when, problem)
 
     # -- writing ----------------------------------------------------------------------
 
@@ -659,8 +665,34 @@ class AuditLog:
             raise AuditUnavailable(_first_line(error)) from error
 
     def ping(self) -> None:
-        with self._reading(drain=False) as conn:
-            conn.execute(sa.select(head_table.c.seq))
+        """Raise AuditUnavailable unless the log can be written now (readiness).
+
+        A read answering is not enough: a database that is read-only, lost a table or
+        has a full disk answers reads while every decision is 503 `audit_unavailable`.
+        So the probe writes as a commit does — it takes the segment head (the write lock),
+        inserts a segment row and deletes it again, and commits: nothing is left behind.
+        The answer is reused for PROBE_SECONDS, so that a busy /readyz costs at most a
+        couple of tiny writes a second."""
+        with self._probe_lock:
+            at, problem = self._probed
+            if time.monotonic() - at >= PROBE_SECONDS:
+                problem = self._probe()
+                self._probed = (time.monotonic(), problem)
+        if problem is not None:
+            raise AuditUnavailable(problem)
+
+    def _probe(self) -> str | None:
+        s = segments_table
+        try:
+            with write_transaction(self.engine) as conn:
+                _head(conn, SEGMENT_HEAD, lock=True)
+                conn.execute(s.insert().values(id=PROBE_SEGMENT, records=0, body=b"",
+                                               prev_hash=GENESIS, hash=GENESIS))
+                conn.execute(s.delete().where(s.c.id == PROBE_SEGMENT))
+        except Exception as error:  # whatever stops a write stops the decisions
+            log.warning("decision log cannot be written: %s", _first_line(error))
+            return f"cannot be written: {_first_line(error)}"
+        return None
 
 
 class _HoldGone(Exception):

@@ -351,6 +351,87 @@ def test_an_unwritable_log_answers_503_never_an_unrecorded_decision(tmp_path: Pa
         stop_server(server)
 
 
+def readiness(server: Server) -> tuple[int, dict[str, Any]]:
+    response = httpx.get(server.url + "/readyz", timeout=30)
+    body: dict[str, Any] = response.json()
+    return response.status_code, body
+
+
+def wait_ready(server: Server, status: int, seconds: float = 15) -> dict[str, Any]:
+    deadline = time.monotonic() + seconds
+    while True:
+        code, body = readiness(server)
+        if code == status:
+            return body
+        assert time.monotonic() < deadline, f"/readyz still {code}: {body}"
+        time.sleep(0.2)
+
+
+def test_readyz_is_503_while_the_log_cannot_be_written_sqlite(tmp_path: Path) -> None:
+    """/readyz stayed 200 while every decision was 503 audit_unavailable: it only read."""
+    server = audit_server(tmp_path)
+    db = db_of(tmp_path)
+    try:
+        with server.client("t-admin") as admin, server.client("t-pep") as pep:
+            world = World(admin).build()
+            assert readiness(server)[0] == 200
+            sql(db, "ALTER TABLE audit_segments RENAME TO audit_segments_away")
+            try:
+                body = wait_ready(server, 503)
+                assert any(p.startswith("decision log") for p in body["problems"]), body
+                refused = pep.post("/access/v1/evaluation", json=world.request())
+                assert refused.status_code == 503
+                assert refused.json()["error"]["code"] == "audit_unavailable"
+            finally:
+                sql(db, "ALTER TABLE audit_segments_away RENAME TO audit_segments")
+            assert wait_ready(server, 200)["problems"] == []
+            assert pep_post(pep, "/access/v1/evaluation", world.request())["decision"]
+            # the probe leaves nothing behind: the chain verifies, no segment below 1
+            assert sql(db, "SELECT count(*) FROM audit_segments WHERE id < 1") == [(0,)]
+            with server.client(AUDITOR) as auditor:
+                assert auditor.get("/v1/audit/verify").json()["ok"] is True
+    finally:
+        stop_server(server)
+
+
+def test_readyz_is_503_while_the_log_cannot_be_written_postgresql(tmp_path: Path) -> None:
+    """The database turned read-only: it still answers reads (facts, the old probe), and
+    every decision failed; /readyz must say so, and recover with the database."""
+    from psycopg import sql as pg_sql
+
+    from tests.pg import PG_ADMIN_DB, PG_HOST, PG_PORT, fresh_database, pg_connect
+
+    def set_read_only(name: str, on: bool) -> None:
+        with pg_connect(PG_ADMIN_DB) as pg:
+            pg.execute(pg_sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = {}")
+                       .format(pg_sql.Identifier(name), pg_sql.SQL("on" if on else "off")))
+            pg.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+
+    with fresh_database("pdp_ready") as name:
+        url = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}"
+        server = start_server(tmp_path, env={"PDP_API_KEYS": json.dumps(AUDIT_KEYS),
+                                             "PDP_DATABASE_URL": url})
+        try:
+            with server.client("t-admin") as admin, server.client("t-pep") as pep:
+                world = World(admin).build()
+                assert pep_post(pep, "/access/v1/evaluation", world.request())["decision"]
+                set_read_only(name, True)
+                try:
+                    body = wait_ready(server, 503)
+                    assert [p for p in body["problems"] if p.startswith("decision log")], body
+                    assert not [p for p in body["problems"] if p.startswith("store")], body
+                    refused = pep.post("/access/v1/evaluation", json=world.request())
+                    assert refused.status_code == 503, refused.text
+                    assert refused.json()["error"]["code"] == "audit_unavailable"
+                finally:
+                    set_read_only(name, False)
+                wait_ready(server, 200)
+                assert pep_post(pep, "/access/v1/evaluation", world.request())["decision"]
+        finally:
+            stop_server(server)
+
+
 def test_kill_9_loses_no_answered_decision(tmp_path: Path) -> None:
     server = audit_server(tmp_path)
     db = db_of(tmp_path)
