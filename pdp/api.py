@@ -277,9 +277,16 @@ def create_app(runtime: Runtime) -> FastAPI:
             metrics.cases_open.set(await run_in_threadpool(runtime.cases.count_open))
         return Response(metrics.expose(), media_type=CONTENT_TYPE_LATEST)
 
+    # The configured public URL (PDP_PUBLIC_URL, or what `pdp serve` derived from its
+    # address), never the request's Host header: a forged Host must not put another
+    # server's URLs in the document a PEP trusts.
+    if not settings.public_url:
+        raise ValueError("create_app: settings.public_url is not set (PDP_PUBLIC_URL)")
+    public_base = settings.public_url
+
     @app.get("/.well-known/authzen-configuration")
-    async def authzen_configuration(request: Request) -> dict[str, str]:
-        base = str(request.base_url).rstrip("/")
+    async def authzen_configuration() -> dict[str, str]:
+        base = public_base
         return {
             "policy_decision_point": base,
             "access_evaluation_endpoint": f"{base}/access/v1/evaluation",
@@ -705,6 +712,9 @@ def app_from_env() -> FastAPI:
     settings = Settings()
     if not settings.api_keys:
         raise SystemExit("pdp: PDP_API_KEYS is not set")
+    if not settings.public_url:
+        raise SystemExit("pdp: PDP_PUBLIC_URL is not set: the URL clients reach the service "
+                         "at, e.g. https://pdp.example.fi (pdp serve sets it from --host/--port)")
     return create_app(build_runtime(settings, settings.api_keys))
 
 

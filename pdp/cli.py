@@ -76,6 +76,12 @@ def serve(
             keys = DEMO_KEYS
             typer.echo("pdp: demo keys (bearer tokens): " + ", ".join(
                 f"{token} ({'/'.join(roles)})" for token, roles in DEMO_KEYS.items()))
+    if not settings.public_url:
+        from pdp.settings import public_url_for
+
+        settings = settings.model_copy(update={"public_url": public_url_for(host, port)})
+    typer.echo(f"pdp: public URL {settings.public_url} (PDP_PUBLIC_URL; the discovery "
+               "document names it)")
     if not keys:
         raise _fail("PDP_API_KEYS is not set: give a JSON object of bearer token -> roles, "
                     'e.g. PDP_API_KEYS=\'{"secret-token": ["pep"]}\' (or use --demo)', 2)
@@ -101,6 +107,7 @@ def serve(
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="pdp-metrics-")
         os.environ["PDP_DATABASE_URL"] = settings.store_url()
         os.environ["PDP_API_KEYS"] = orjson.dumps(keys).decode()
+        os.environ["PDP_PUBLIC_URL"] = str(settings.public_url)
         uvicorn.run("pdp.api:app_from_env", factory=True, workers=workers, host=host,
                     port=port, log_level=log_level.lower(), access_log=False)
         return

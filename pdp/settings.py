@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from pydantic import BaseModel, Field, field_validator
@@ -83,6 +84,11 @@ class Settings(BaseSettings):
     recertification_days: int = Field(default=90, ge=1, le=3650)
     notice_months: int = Field(default=3, ge=0, le=24)
     webhooks: list[Webhook] = Field(default_factory=list)
+    # The URL that clients reach this service at (behind a proxy: the proxy's). The
+    # discovery document and every URL the service prints are made from it, never from a
+    # request's Host header. Unset: `pdp serve` uses http://<--host>:<--port> (a wildcard
+    # host as the loopback address); `app_from_env` refuses to start.
+    public_url: str | None = None
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -104,6 +110,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"PDP_API_KEYS: {error}") from None
         return value
 
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        return check_public_url(value) if value else None
+
     def store_url(self) -> str:
         if self.database_url:
             url = self.database_url
@@ -111,3 +122,39 @@ class Settings(BaseSettings):
                 url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
             return url
         return f"sqlite:///{(self.data_dir / 'pdp.sqlite3').resolve()}"
+
+
+def check_public_url(value: str) -> str:
+    """PDP_PUBLIC_URL checked: an http(s) URL with a host and maybe a path, no user, no
+    query, no fragment; returned without a trailing slash."""
+    def refuse(problem: str) -> ValueError:
+        return ValueError(f"PDP_PUBLIC_URL {value!r}: {problem} (e.g. https://pdp.example.fi)")
+
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # a port that is not a number in range raises here
+    except ValueError as error:
+        raise refuse(str(error)) from None
+    if parts.scheme not in ("http", "https"):
+        raise refuse("the scheme must be http or https")
+    if not parts.hostname:
+        raise refuse("it names no host")
+    if parts.username is not None or parts.password is not None:
+        raise refuse("it may not carry a user or password")
+    if parts.query or parts.fragment or "?" in value or "#" in value:
+        raise refuse("it may not have a query or a fragment")
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
+        raise refuse("it may not contain spaces or control characters")
+    return value.rstrip("/")
+
+
+def public_url_for(host: str, port: int) -> str:
+    """The default public URL of `pdp serve --host H --port P`: from the configured
+    address, never from a request; a wildcard address means the loopback one."""
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
-from tests.conftest import World, decide
+from pdp.settings import check_public_url, public_url_for
+from tests.conftest import World, decide, start_server, stop_server
 
 
 def test_allow_carries_reason_id_and_versions(pep: httpx.Client, world: World) -> None:
@@ -159,6 +165,55 @@ def test_well_known_configuration(server: Any) -> None:
     assert body["policy_decision_point"] == server.url
     assert body["access_evaluation_endpoint"] == server.url + "/access/v1/evaluation"
     assert body["access_evaluations_endpoint"] == server.url + "/access/v1/evaluations"
+    # PDP_PUBLIC_URL unset: made from `pdp serve`'s --host/--port, never from the request
+    forged = httpx.get(server.url + "/.well-known/authzen-configuration",
+                       headers={"Host": "evil.example", "X-Forwarded-Host": "evil.example",
+                                "X-Forwarded-Proto": "https"})
+    assert forged.json() == body
+
+
+def test_the_discovery_document_names_the_configured_public_url(tmp_path: Path) -> None:
+    """It was made from the request's Host header: a forged Host put another server's
+    URLs into the document a PEP trusts (and into any cache in front of it)."""
+    server = start_server(tmp_path, env={"PDP_PUBLIC_URL": "https://pdp.example.fi/authz/"})
+    try:
+        for headers in ({}, {"Host": "evil.example"},
+                        {"Host": "evil.example:8443", "X-Forwarded-Host": "evil.example"}):
+            response = httpx.get(server.url + "/.well-known/authzen-configuration",
+                                 headers=headers)
+            assert response.status_code == 200, response.text
+            body = response.json()
+            assert body["policy_decision_point"] == "https://pdp.example.fi/authz"
+            assert body["access_evaluation_endpoint"] == (
+                "https://pdp.example.fi/authz/access/v1/evaluation")
+            assert all(url.startswith("https://pdp.example.fi/authz")
+                       for url in body.values()), body
+            assert "evil" not in response.text
+        assert "public URL https://pdp.example.fi/authz " in server.log.read_text()
+    finally:
+        stop_server(server)
+
+
+@pytest.mark.parametrize("url", [
+    "ftp://pdp.example.fi", "pdp.example.fi", "https://", "https:///authz",
+    "https://pdp.example.fi/?next=evil", "https://pdp.example.fi/#x",
+    "https://user:pw@pdp.example.fi", "https://pdp.example.fi:99999",
+    "https://pdp.example.fi/a b", "javascript:alert(1)"])
+def test_a_bad_public_url_stops_the_service_at_start(tmp_path: Path, url: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "pdp", "serve", "--demo", "--port", "1"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PDP_PUBLIC_URL": url})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "PDP_PUBLIC_URL" in done.stderr
+
+
+def test_the_default_public_url_comes_from_the_configured_address() -> None:
+    assert public_url_for("127.0.0.1", 8080) == "http://127.0.0.1:8080"
+    assert public_url_for("0.0.0.0", 80) == "http://127.0.0.1:80"
+    assert public_url_for("::", 8080) == "http://[::1]:8080"
+    assert public_url_for("::1", 8080) == "http://[::1]:8080"
+    assert public_url_for("pdp.internal", 9000) == "http://pdp.internal:9000"
+    assert check_public_url("https://pdp.example.fi/") == "https://pdp.example.fi"
 
 
 def test_health_and_metrics(server: Any, pep: httpx.Client, world: World) -> None:
