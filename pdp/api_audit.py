@@ -25,13 +25,13 @@ from pdp.audit import (
 from pdp.auth import MUNICIPALITY_ADMIN, Caller
 from pdp.clock import from_micros, to_micros
 from pdp.errors import AUDIT_UNAVAILABLE, NOT_FOUND, ApiError, bad_request
-from pdp.facts import Id, MunicipalityCode
+from pdp.facts import REAL_TEXT, Id, MunicipalityCode
 from pdp.http import parse_body, read_json
 from pdp.runtime import Runtime
 
 AUDITORS = ["auditor"]
 SUPERVISORS = ["auditor", "grant_admin", MUNICIPALITY_ADMIN]
-Justification = Annotated[str, Query(min_length=3, max_length=1000)]
+Justification = Annotated[str, Query(min_length=3, max_length=1000), REAL_TEXT]
 
 
 class HoldRequest(BaseModel):

@@ -36,7 +36,7 @@ DEMO_KEYS: dict[str, list[str]] = {
 
 def check_role(role: str) -> None:
     """Raise ValueError unless `role` is a known role or a well-formed scoped one."""
-    if role not in ROLES and not _SCOPED.match(role):
+    if role not in ROLES and not _SCOPED.fullmatch(role):
         raise ValueError(f"unknown role {role!r}; roles: {', '.join(ROLES)}, "
                          f"{MUNICIPALITY_ADMIN}:<municipality code>")
 
@@ -63,7 +63,7 @@ class Caller:
     @property
     def municipalities(self) -> frozenset[str]:
         """The municipalities this caller administers (municipality_admin:<code>)."""
-        return frozenset(m.group(1) for r in self.roles if (m := _SCOPED.match(r)))
+        return frozenset(m.group(1) for r in self.roles if (m := _SCOPED.fullmatch(r)))
 
     def has_any(self, roles: Sequence[str]) -> bool:
         """Holds one of `roles` (MUNICIPALITY_ADMIN matches any scoped one); admin holds all."""

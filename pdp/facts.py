@@ -6,9 +6,11 @@ those of API.md "Facts"; unknown fields are refused.
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -31,6 +33,19 @@ from pdp.vocab import (
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")]
 MunicipalityCode = Annotated[str, StringConstraints(pattern=r"^[0-9]{3}$")]
 Text = Annotated[str, StringConstraints(max_length=1000)]
+
+
+def real_text(value: str) -> str:
+    """`value`, if it holds something to read: not blank, whitespace, control characters
+    or invisible marks only."""
+    if not any(not ch.isspace() and unicodedata.category(ch)[0] not in "CZ" for ch in value):
+        raise ValueError("must be real text, not blank")
+    return value
+
+
+# A person's reason or justification is real text (a blank one explains nothing):
+# Annotated[str, ..., REAL_TEXT].
+REAL_TEXT = AfterValidator(real_text)
 
 
 class Fact(BaseModel):

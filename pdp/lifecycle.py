@@ -19,14 +19,24 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from pdp.clock import to_micros, utcnow
-from pdp.facts import Agreement, Grant, Id, Text, User, dump_fact, parse_fact, read_only
+from pdp.facts import (
+    REAL_TEXT,
+    Agreement,
+    Grant,
+    Id,
+    Text,
+    User,
+    dump_fact,
+    parse_fact,
+    read_only,
+)
 from pdp.facts_service import FactService
 from pdp.policy_engine import CompiledPolicy, var
 from pdp.policy_input import grant_record
 from pdp.store import Change, Conflict, Event, IdTaken
 from pdp.vocab import Action, Category
 
-Reason = Annotated[str, StringConstraints(min_length=1, max_length=1000)]
+Reason = Annotated[str, StringConstraints(min_length=1, max_length=1000), REAL_TEXT]
 RevokeReason = Literal["task_ended", "employment_ended", "misuse", "agreement_ended", "other"]
 Step = Literal["approve", "activate", "suspend", "restore", "revoke", "recertify"]
 TERMINAL_STATES = ("revoked", "expired")

@@ -197,7 +197,7 @@ class _Case(_Model):
     @field_validator("now", mode="before")
     @classmethod
     def _rfc3339(cls, value: Any) -> Any:
-        if not isinstance(value, str) or not _RFC3339.match(value):
+        if not isinstance(value, str) or not _RFC3339.fullmatch(value):
             raise ValueError("must be an RFC 3339 date-time with an offset, "
                              "e.g. \"2026-06-01T09:00:00+03:00\"")
         return value

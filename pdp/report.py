@@ -26,7 +26,7 @@ _MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 
 def month_bounds(month: str) -> tuple[int, int]:
     """[from, until) in microseconds of the Europe/Helsinki calendar month YYYY-MM."""
-    found = _MONTH.match(month)
+    found = _MONTH.fullmatch(month)
     if found is None:
         raise ValueError(f"not a month (YYYY-MM): {month!r}")
     year, number = int(found[1]), int(found[2])

@@ -162,7 +162,7 @@ class Candidates:
         if not files:
             raise CandidateError(400, "files: at least one *.polar file")
         for name, text in files.items():
-            if not FILE_NAME.match(name):
+            if not FILE_NAME.fullmatch(name):
                 raise CandidateError(400, f"files: {name!r} is not a *.polar file name")
             if len(text.encode()) > MAX_FILE_BYTES:
                 raise CandidateError(400, f"files: {name} is larger than {MAX_FILE_BYTES} bytes")
