@@ -3,7 +3,8 @@
 Roles are API.md's, plus `keha` (opens and closes rights technically) and the scoped
 `municipality_admin:<code>`, which acts only for municipality <code>. A key in
 PDP_API_KEYS maps a token to a list of roles, or to {"name": ..., "roles": [...]}; the
-name is who the history and the event log say acted (default: a fingerprint of the token).
+name is who the history and the event log say acted (default: a fingerprint of the token,
+an HMAC with a server secret: see `fingerprint`).
 """
 
 from __future__ import annotations
@@ -94,12 +95,17 @@ class Caller:
 
 
 class Authenticator:
-    def __init__(self, keys: Mapping[str, Any]) -> None:
+    def __init__(self, keys: Mapping[str, Any], *, fingerprint_key: bytes) -> None:
+        """`fingerprint_key`: the server secret that names a key configured without a name
+        (PDP_FINGERPRINT_KEY, or the deployment's own random key kept in the store)."""
+        if len(fingerprint_key) < 16:
+            raise ValueError("the fingerprint key must have at least 16 bytes")
         self._keys: list[tuple[bytes, Caller]] = []
         for token, value in keys.items():
             name, roles = key_spec(value)
             known = token.encode()
-            self._keys.append((known, Caller(name or _fingerprint(known), frozenset(roles))))
+            self._keys.append((known, Caller(name or fingerprint(known, fingerprint_key),
+                                             frozenset(roles))))
 
     def authenticate(self, authorization: str | None) -> Caller:
         scheme, _, token = (authorization or "").partition(" ")
@@ -122,8 +128,11 @@ def forbidden(roles: Sequence[str]) -> ApiError:
     return ApiError(403, FORBIDDEN, f"this token lacks the role: {' or '.join(roles)}")
 
 
-def _fingerprint(token: bytes) -> str:
-    return "key-" + hashlib.sha256(token).hexdigest()[:8]
+def fingerprint(token: bytes, key: bytes) -> str:
+    """The name of a key configured without one, as histories and logs show it: keyed
+    with a server secret (HMAC-SHA256), so that nobody who reads a history can test
+    guessed tokens against it offline (an unsalted hash of a weak token could be)."""
+    return "key-" + hmac.new(key, token, hashlib.sha256).hexdigest()[:16]
 
 
 def _unauthorized(message: str) -> ApiError:

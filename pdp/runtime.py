@@ -107,5 +107,10 @@ def build_runtime(settings: Settings, keys: dict[str, Any]) -> Runtime:
                             SandboxLimits(settings.sandbox_query_ms, settings.sandbox_cpu_seconds,
                                           settings.sandbox_memory_mb * 1024 * 1024),
                             settings.candidate_budget_seconds)
-    return Runtime(settings, facts, decider, metrics, Authenticator(keys), lifecycle, audit,
+    # Keys without a name are named by an HMAC of the token with a server secret.
+    fingerprint_key = (settings.fingerprint_key.get_secret_value().encode()
+                       if settings.fingerprint_key is not None
+                       else store.deployment_secret("fingerprint_key"))
+    auth = Authenticator(keys, fingerprint_key=fingerprint_key)
+    return Runtime(settings, facts, decider, metrics, auth, lifecycle, audit,
                    cases, monitoring, policies, candidates)

@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pdp.auth import check_role, key_spec
@@ -30,7 +30,9 @@ class Webhook(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PDP_", env_file=".env", extra="ignore")
+    # A refused value is not echoed in the error: it may be a token or a secret.
+    model_config = SettingsConfigDict(env_prefix="PDP_", env_file=".env", extra="ignore",
+                                      hide_input_in_errors=True)
 
     database_url: str = Field(default="", description="durable fact store; '' = SQLite file")
     data_dir: Path = Field(default=Path("pdp-data"), description="where the SQLite file lives")
@@ -89,6 +91,10 @@ class Settings(BaseSettings):
     # request's Host header. Unset: `pdp serve` uses http://<--host>:<--port> (a wildcard
     # host as the loopback address); `app_from_env` refuses to start.
     public_url: str | None = None
+    # The server secret that names keys configured without a name (HMAC of the token):
+    # at least 16 characters. Unset: a random key made once per deployment and kept in
+    # the store (table service_secrets), the same for every replica.
+    fingerprint_key: SecretStr | None = Field(default=None, min_length=16)
 
     @field_validator("api_keys", mode="before")
     @classmethod

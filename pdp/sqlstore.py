@@ -19,6 +19,7 @@ written again once the right is deleted (`IdTaken`): no right inherits another's
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -167,6 +168,16 @@ taken_ids = sa.Table(
     sa.Column("kind", sa.String(KIND_LENGTH), primary_key=True),
     sa.Column("id", sa.String(ID_LENGTH), primary_key=True),
     sa.Column("first_version", sa.BigInteger(), nullable=False),
+)
+
+
+# Secrets the deployment makes for itself (e.g. the key fingerprint key when
+# PDP_FINGERPRINT_KEY is not set): made once by whichever process comes first.
+service_secrets = sa.Table(
+    "service_secrets",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(128), nullable=False),
 )
 
 
@@ -512,6 +523,20 @@ class SqlFactStore:
         )
         with _available(), write_transaction(self.engine) as conn:
             conn.execute(statement)
+
+    def deployment_secret(self, name: str) -> bytes:
+        """A random secret of this deployment (32 bytes), made at its first use and kept
+        in the store, so every replica and every restart gets the same one."""
+        _check_length("secret name", name, 1, 64)
+        dialect = self.engine.dialect.name
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        statement = insert(service_secrets).values(
+            name=name, value=secrets.token_hex(32)).on_conflict_do_nothing(
+            index_elements=[service_secrets.c.name])
+        query = sa.select(service_secrets.c.value).where(service_secrets.c.name == name)
+        with _available(), write_transaction(self.engine) as conn:
+            conn.execute(statement)
+            return bytes.fromhex(conn.execute(query).scalar_one())
 
     def ping(self) -> None:
         with _available(), self.engine.connect() as conn:

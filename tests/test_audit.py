@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import hmac
 import io
 import json
 import os
@@ -38,18 +39,22 @@ AUDITOR = "t-auditor"
 NAMED_PEP = "t-named-pep"
 AUDIT_KEYS: dict[str, Any] = {**KEYS, NAMED_PEP: {"name": "pep-portal", "roles": ["pep"]}}
 TWO_HOURS_EAST = timezone(timedelta(hours=2))
+FINGERPRINT_KEY = "audit-fingerprint-key-0123456789"
 
 
 # -- helpers --------------------------------------------------------------------------
 
 
 def key_name(token: str) -> str:
-    """The name the service gives a key that has none (pdp.auth's fingerprint)."""
-    return "key-" + hashlib.sha256(token.encode()).hexdigest()[:8]
+    """The name the service gives a key that has none (pdp.auth's fingerprint: an HMAC
+    of the token with PDP_FINGERPRINT_KEY)."""
+    return "key-" + hmac.new(FINGERPRINT_KEY.encode(), token.encode(),
+                             hashlib.sha256).hexdigest()[:16]
 
 
 def audit_server(tmp: Path) -> Server:
-    return start_server(tmp, env={"PDP_API_KEYS": json.dumps(AUDIT_KEYS)})
+    return start_server(tmp, env={"PDP_API_KEYS": json.dumps(AUDIT_KEYS),
+                                  "PDP_FINGERPRINT_KEY": FINGERPRINT_KEY})
 
 
 def db_of(server_dir: Path) -> Path:

@@ -6,13 +6,18 @@ the answer is 401 with `WWW-Authenticate: Bearer`; a known token without the rol
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import itertools
+import json
 import os
+import subprocess
+import sys
 from typing import Any
 
 import httpx
 import pytest
-from conftest import KEYS, Server
+from conftest import KEYS, Server, start_server, stop_server
 
 _ids = itertools.count(1)
 
@@ -302,3 +307,57 @@ def server_version(admin: httpx.Client) -> int:
     assert response.status_code == 200, response.text
     version: int = response.json()["facts_version"]
     return version
+
+
+# -- the names of keys configured without one -------------------------------------------
+
+
+def _actor_of_a_write(server: Server, token: str) -> str:
+    """Who the event log says wrote a user with `token` (a key without a name)."""
+    user = unique("named")
+    with server.client(token) as client:
+        written = client.put(f"/v1/users/{user}", json=valid_fact("users"))
+        assert written.status_code == 200, written.text
+    with server.client("t-grants") as reader:
+        events = reader.get("/v1/events", params={"limit": 1000})
+    assert events.status_code == 200, events.text
+    (event,) = [e for e in events.json()["events"] if e["subject"]["id"] == user]
+    name: str = event["actor"]
+    return name
+
+
+def test_a_key_without_a_name_is_named_by_a_keyed_fingerprint(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A key's default name was sha256(token)[:8]: anyone reading a history could test
+    guessed tokens against it offline. Now it is an HMAC with a server secret:
+    PDP_FINGERPRINT_KEY, or else a random key of the deployment kept in its store."""
+    token = "t-facts"
+    unsalted = hashlib.sha256(token.encode()).hexdigest()
+    one, two = (tmp_path_factory.mktemp("fingerprint") for _ in range(2))
+    names = []
+    for tmp in (one, one, two):  # two starts on one store, then another store
+        server = start_server(tmp)
+        try:
+            names.append(_actor_of_a_write(server, token))
+        finally:
+            stop_server(server)
+    assert names[0].startswith("key-") and names[0][4:] not in unsalted
+    assert names[0] == names[1]  # the same deployment names a key alike after a restart
+    assert names[2] != names[0]  # another deployment (another secret) otherwise
+
+    key = "a-server-secret-of-some-length"
+    tmp = tmp_path_factory.mktemp("fingerprint-configured")
+    server = start_server(tmp, env={"PDP_FINGERPRINT_KEY": key})
+    try:
+        expected = hmac.new(key.encode(), token.encode(), hashlib.sha256).hexdigest()[:16]
+        assert _actor_of_a_write(server, token) == f"key-{expected}"
+    finally:
+        stop_server(server)
+
+    weak = subprocess.run([sys.executable, "-m", "pdp", "serve", "--port", "1"],
+                          cwd=tmp, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PDP_API_KEYS": json.dumps(KEYS),
+                               "PDP_FINGERPRINT_KEY": "too-short"})
+    assert weak.returncode == 2, weak.stdout + weak.stderr
+    assert "fingerprint_key" in weak.stderr and "too-short" not in weak.stderr
+

@@ -15,6 +15,7 @@ municipality code of its own.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import itertools
 import json
 import sqlite3
@@ -33,6 +34,8 @@ LIFECYCLE_KEYS: dict[str, list[str]] = {
     "t-m749": ["municipality_admin:749"],
     "t-m844": ["municipality_admin:844"],
 }
+
+FINGERPRINT_KEY = "lifecycle-fingerprint-key-0123456789"
 
 STEPS = ("approve", "activate", "suspend", "restore", "revoke", "recertify")
 
@@ -89,7 +92,8 @@ _ids = itertools.count(1)
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """This module's own `pdp serve` (default settings), with the extra tokens."""
     running = start_server(tmp_path_factory.mktemp("lifecycle"),
-                           env={"PDP_API_KEYS": json.dumps(LIFECYCLE_KEYS)})
+                           env={"PDP_API_KEYS": json.dumps(LIFECYCLE_KEYS),
+                                "PDP_FINGERPRINT_KEY": FINGERPRINT_KEY})
     yield running
     stop_server(running)
 
@@ -119,8 +123,10 @@ def api(server: Server) -> Iterator[Api]:
 
 
 def actor(token: str) -> str:
-    """Who the history says acted for a token configured without a name (pdp/auth.py)."""
-    return "key-" + hashlib.sha256(token.encode()).hexdigest()[:8]
+    """Who the history says acted for a token configured without a name (pdp/auth.py):
+    an HMAC of the token with this module's PDP_FINGERPRINT_KEY."""
+    return "key-" + hmac.new(FINGERPRINT_KEY.encode(), token.encode(),
+                             hashlib.sha256).hexdigest()[:16]
 
 
 def utcnow() -> datetime:

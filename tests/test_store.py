@@ -35,8 +35,8 @@ from tests.pg import PG_ADMIN_DB, PG_HOST, PG_PORT, fresh_database, pg_connect
 
 PG_TABLES = ("events", "cursors", "fact_changes", "facts", "fact_meta", "audit_records",
              "audit_head", "audit_prunes", "audit_holds", "monitoring_cases", "audit_segments",
-             "taken_ids", "alembic_version")
-HEAD = "0007"  # the newest migration
+             "taken_ids", "service_secrets", "alembic_version")
+HEAD = "0008"  # the newest migration
 
 Opener = Callable[[str], SqlFactStore]
 
@@ -322,6 +322,14 @@ def test_migrations_are_idempotent(store_url: str, opener: Opener) -> None:
         assert set(sa.inspect(conn).get_table_names()) >= {
             "facts", "fact_changes", "fact_meta", "events", "cursors"
         }
+
+
+def test_a_deployment_secret_is_made_once_and_shared(store_url: str, opener: Opener) -> None:
+    first, second = opener(store_url), opener(store_url)
+    made = first.deployment_secret("fingerprint_key")
+    assert len(made) == 32
+    assert second.deployment_secret("fingerprint_key") == made
+    assert first.deployment_secret("another") not in (made, b"")
 
 
 def test_ping(store: SqlFactStore) -> None:
