@@ -26,6 +26,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pdp.access import (
+    EXPLAINERS,
+    KIND_ROLES,
+    READ_ROLES,
+    WRITE_ROLES,
+    AccessGate,
+    valid_request_id,
+)
 from pdp.api_audit import audit_router
 from pdp.api_lifecycle import lifecycle_router, workflow_error
 from pdp.api_monitoring import monitoring_router
@@ -81,24 +89,6 @@ SearchModel = ResourceSearch | SubjectSearch | ActionSearch
 Shape = TypeVar("Shape", bound=BaseModel)
 STATE_COUNT_SECONDS = 30  # how long a count of rights by state may be reused by /metrics
 
-# Which role keeps which facts (API.md "Caller authentication").
-KIND_ROLES: dict[str, str] = {
-    "client": "facts_writer",
-    "relationship": "facts_writer",
-    "user": "facts_writer",
-    "area": "grant_admin",
-    "agreement": "grant_admin",
-    "grant": "grant_admin",
-}
-# Who may write and read each kind through the facts API. A municipality admin reports
-# changes of its own users and reads its own users and rights; KEHA reads the rights it
-# opens and closes.
-WRITE_ROLES: dict[str, list[str]] = {kind: [role] for kind, role in KIND_ROLES.items()}
-WRITE_ROLES["user"] = ["facts_writer", MUNICIPALITY_ADMIN]
-READ_ROLES: dict[str, list[str]] = {kind: [role] for kind, role in KIND_ROLES.items()}
-READ_ROLES["user"] = ["facts_writer", MUNICIPALITY_ADMIN]
-READ_ROLES["grant"] = ["grant_admin", "keha", MUNICIPALITY_ADMIN]
-
 
 def _error_response(error: ApiError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
@@ -115,11 +105,9 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = None
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                request_id = value
-                break
+        # Echoed only when it is one valid header (pdp.access refuses the request otherwise).
+        given = [value for name, value in scope["headers"] if name == b"x-request-id"]
+        request_id = given[0] if len(given) == 1 and valid_request_id(given[0]) else None
         status = 500
         started = time.perf_counter()
 
@@ -191,6 +179,9 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     app = FastAPI(title="pdp", version="1", lifespan=lifespan,
                   default_response_class=JSONResponse, docs_url="/docs", redoc_url=None)
+    # The access table, in front of every route (pdp.access); the request id outside it.
+    app.add_middleware(AccessGate, auth=auth,
+                       body_timeout_seconds=settings.body_timeout_seconds)
     app.add_middleware(RequestIdMiddleware, runtime=runtime)
 
     # -- errors ------------------------------------------------------------------------
@@ -687,10 +678,6 @@ def create_app(runtime: Runtime) -> FastAPI:
         return {"facts_version": version, "count": len(changes)}
 
     return app
-
-
-# Who may have a decision explained: the policy's authors and the auditors.
-EXPLAINERS = ["policy_admin", "auditor"]
 
 
 def tune_gc() -> None:

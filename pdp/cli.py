@@ -60,6 +60,7 @@ def serve(
     from pdp.auth import DEMO_KEYS
     from pdp.policy_engine import PolicyError
     from pdp.runtime import build_runtime
+    from pdp.serving import uvicorn_options
     from pdp.store import StoreUnavailable
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: "
@@ -109,10 +110,11 @@ def serve(
         os.environ["PDP_API_KEYS"] = orjson.dumps(keys).decode()
         os.environ["PDP_PUBLIC_URL"] = str(settings.public_url)
         uvicorn.run("pdp.api:app_from_env", factory=True, workers=workers, host=host,
-                    port=port, log_level=log_level.lower(), access_log=False)
+                    port=port, log_level=log_level.lower(), access_log=False,
+                    **uvicorn_options(settings))
         return
     uvicorn.run(create_app(runtime), host=host, port=port, log_level=log_level.lower(),
-                access_log=False)
+                access_log=False, **uvicorn_options(settings))
 
 
 # The options of one request, shared by `check` and `explain`.

@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     max_body_bytes: int = 1024 * 1024
     max_batch_body_bytes: int = 4 * 1024 * 1024
     max_decision_batch: int = 1000
+    # What a request may be before anything of it is parsed (pdp.serving, pdp.access):
+    # the request line and headers together, the number of headers, how long the head
+    # and then the body may take to arrive (slower clients get 408 and are cut off).
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
+    max_header_count: int = Field(default=100, ge=10, le=1000)
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
+    body_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
     # AuthZEN search: results per page unless `page.limit` says, and how long one page may
     # examine candidates before it answers with what it has and a token to go on.
     search_default_limit: int = Field(default=100, ge=1, le=1000)
