@@ -68,6 +68,7 @@ from pdp.facts import COLLECTIONS, Grant, Id, MunicipalityCode, dump_fact, parse
 from pdp.facts_service import FactsBehind
 from pdp.http import JSONResponse, read_json
 from pdp.lifecycle import GRANT_STATES, WorkflowError
+from pdp.openapi import describe
 from pdp.runtime import Runtime
 from pdp.search import (
     BadToken,
@@ -677,6 +678,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             metrics.fact_writes.labels(change.kind).inc()
         return {"facts_version": version, "count": len(changes)}
 
+    describe(app)  # /openapi.json as the service answers (pdp.openapi)
     return app
 
 
