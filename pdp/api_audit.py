@@ -16,11 +16,10 @@ from starlette.concurrency import run_in_threadpool
 
 from pdp.audit import (
     AuditLog,
-    AuditRecord,
     AuditUnavailable,
     Verification,
     hold_json,
-    new_record_id,
+    read_record,
 )
 from pdp.auth import MUNICIPALITY_ADMIN, Caller
 from pdp.clock import from_micros, to_micros
@@ -101,13 +100,8 @@ def audit_router(runtime: Runtime) -> APIRouter:
                             question: dict[str, Any], justification: str | None,
                             answered: int) -> None:
         """Record this read of the log before its answer goes out."""
-        record = AuditRecord(
-            "audit_read", new_record_id(), to_micros(datetime.now(UTC)),
-            request_id=request.headers.get("x-request-id"), caller=caller.name,
-            client_id=question.get("client"), user_id=question.get("user"),
-            details=orjson.dumps({"read": what, "question": question,
-                                  "justification": justification,
-                                  "answered": answered}).decode())
+        record = read_record(caller.name, request.headers.get("x-request-id"), what,
+                             question, justification, answered)
         try:
             await run_in_threadpool(log_of().write, [record])
         except AuditUnavailable as error:
