@@ -33,6 +33,13 @@ from pdp.facts import (
 from pdp.facts_service import FactService
 from pdp.policy_engine import CompiledPolicy, var
 from pdp.policy_input import grant_record
+from pdp.policy_schema import (
+    AGREEMENT_CHANGE,
+    GRANT_REQUEST,
+    RIGHT,
+    USER_CHANGE,
+    policy_input,
+)
 from pdp.store import Change, Conflict, Event, IdTaken
 from pdp.vocab import Action, Category
 
@@ -168,7 +175,7 @@ class Lifecycle:
         index = self.facts.index
         user = index.users.get(grant.user)
         agreement = index.agreements.get(user.municipality) if user else None
-        record = {
+        record = policy_input(GRANT_REQUEST, {
             "now": to_micros(now),
             "user_known": user is not None,
             "user_status": user.status if user else "",
@@ -180,7 +187,7 @@ class Lifecycle:
             "valid_from": to_micros(grant.valid_from),
             "valid_until": to_micros(grant.valid_until),
             "max_valid_until": to_micros(add_months(grant.valid_from, self.max_grant_months)),
-        }
+        })
         refusal = self._policy().first("grant_refusal", record, var("rule"), var("detail"))
         if refusal is not None:
             rule, detail = str(refusal["rule"]), str(refusal["detail"])
@@ -331,8 +338,9 @@ class Lifecycle:
     def _follow_agreement(self, result: Plan, code: str, agreement: Agreement, actor: str,
                           now: datetime) -> None:
         """Rights that an agreement's new state ends (the policy's change_effect)."""
-        change = {"kind": "agreement", "status": agreement.status,
-                  "ends_at": to_micros(agreement.ends_at)}
+        change = policy_input(AGREEMENT_CHANGE, {
+            "kind": "agreement", "status": agreement.status,
+            "ends_at": to_micros(agreement.ends_at)})
         for grant_id, grant in self._live_grants_of_municipality(code, now):
             self._apply_effect(result, change, grant_id, grant, actor, now,
                                agreement_end=agreement.ends_at)
@@ -341,8 +349,8 @@ class Lifecycle:
                       actor: str, now: datetime, agreement_end: datetime | None = None) -> None:
         """Ask the policy what `change` does to one live right, and plan it."""
         state = self.state(grant_id, grant, now)
-        right = {"state": state, "scopes": list(grant.scopes),
-                 "valid_until": to_micros(grant.valid_until)}
+        right = policy_input(RIGHT, {"state": state, "scopes": list(grant.scopes),
+                                     "valid_until": to_micros(grant.valid_until)})
         answer = self._policy().first("change_effect", change, right, var("effect"),
                                       var("reason"))
         if answer is None:
@@ -412,7 +420,7 @@ class Lifecycle:
         """Rights that a change of the user ends or suspends (the policy's change_effect)."""
         assert user is None or isinstance(user, User)
         before = self.facts.index.users.get(user_id)
-        change = {
+        change = policy_input(USER_CHANGE, {
             "kind": "user",
             "before_known": before is not None,
             "before_municipality": before.municipality if before else "",
@@ -421,7 +429,7 @@ class Lifecycle:
             "after_status": user.status if user else "",
             "after_municipality": user.municipality if user else "",
             "after_tasks": list(user.tasks) if user else [],
-        }
+        })
         for grant_id, grant in self._live_grants(user_id, now):
             self._apply_effect(result, change, grant_id, grant, actor, now)
 
