@@ -50,6 +50,7 @@ from pdp.authzen import (
 )
 from pdp.clock import to_micros
 from pdp.core import Decision
+from pdp.egress import AllowList
 from pdp.errors import (
     AUDIT_UNAVAILABLE,
     INTERNAL,
@@ -146,8 +147,9 @@ def create_app(runtime: Runtime) -> FastAPI:
             tasks.append(asyncio.create_task(
                 watch_policy(runtime, settings.policy_watch_seconds)))
         if settings.webhooks:
-            dispatcher = WebhookDispatcher(facts.store, settings.webhooks,
-                                           poll_seconds=settings.poll_interval_seconds)
+            dispatcher = WebhookDispatcher(
+                facts.store, settings.webhooks, poll_seconds=settings.poll_interval_seconds,
+                allow=AllowList.parse(settings.webhook_allow_hosts))
             tasks.append(asyncio.create_task(dispatcher.run()))
         try:
             yield

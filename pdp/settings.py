@@ -10,10 +10,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pdp.auth import check_role, key_spec
+from pdp.egress import AllowList, EgressRefused, check_url
+from pdp.events import secret_key
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_POLICY_DIR = PROJECT_DIR / "policies"
@@ -21,12 +23,32 @@ DEFAULT_POLICY_DIR = PROJECT_DIR / "policies"
 
 class Webhook(BaseModel):
     """A receiver of the event outbox: every event (or one municipality's), in order,
-    signed with HMAC-SHA256 over "<timestamp>.<body>" with `secret`."""
+    signed by Standard Webhooks (pdp.events) with `secret` — and with each of
+    `previous_secrets` too while receivers move to the new one (rotation)."""
 
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-]+$")
-    url: str = Field(pattern=r"^https?://")
-    secret: str = Field(min_length=16)
+    url: str = Field(pattern=r"^https?://", max_length=2000)
+    secret: str  # whsec_<base64 of 24-64 random bytes>
+    previous_secrets: list[str] = Field(default_factory=list, max_length=5)
     municipality: str | None = Field(default=None, pattern=r"^[0-9]{3}$")
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, value: str) -> str:
+        secret_key(value)
+        return value
+
+    @field_validator("previous_secrets")
+    @classmethod
+    def _previous(cls, value: list[str]) -> list[str]:
+        for secret in value:
+            secret_key(secret)
+        return value
+
+    @property
+    def secrets(self) -> list[str]:
+        """Every secret a delivery is signed with, the current one first."""
+        return [self.secret, *self.previous_secrets]
 
 
 class Settings(BaseSettings):
@@ -93,6 +115,10 @@ class Settings(BaseSettings):
     recertification_days: int = Field(default=90, ge=1, le=3650)
     notice_months: int = Field(default=3, ge=0, le=24)
     webhooks: list[Webhook] = Field(default_factory=list)
+    # Where webhooks may go besides public addresses (pdp.egress): IP addresses, CIDR
+    # networks or exact host names; loopback, private, link-local and metadata addresses
+    # are refused unless listed here.
+    webhook_allow_hosts: list[str] = Field(default_factory=list)
     # The URL that clients reach this service at (behind a proxy: the proxy's). The
     # discovery document and every URL the service prints are made from it, never from a
     # request's Host header. Unset: `pdp serve` uses http://<--host>:<--port> (a wildcard
@@ -122,6 +148,27 @@ class Settings(BaseSettings):
             except ValueError as error:
                 raise ValueError(f"PDP_API_KEYS: {error}") from None
         return value
+
+    @field_validator("webhook_allow_hosts")
+    @classmethod
+    def _allow_hosts(cls, value: list[str]) -> list[str]:
+        try:
+            AllowList.parse(value)
+        except ValueError as error:
+            raise ValueError(f"PDP_WEBHOOK_ALLOW_HOSTS: {error}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _webhook_urls(self) -> Settings:
+        """A webhook to a loopback, private, link-local or metadata address is refused at
+        start unless allowed (the addresses a name resolves to: at each delivery)."""
+        allow = AllowList.parse(self.webhook_allow_hosts)
+        for hook in self.webhooks:
+            try:
+                check_url(hook.url, allow)
+            except EgressRefused as error:
+                raise ValueError(f"PDP_WEBHOOKS {hook.name}: {error}") from None
+        return self
 
     @field_validator("public_url")
     @classmethod

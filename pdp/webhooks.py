@@ -5,6 +5,12 @@ acknowledged with a 2xx. Events after it are sent one by one, in id order; a fai
 retried with backoff (up to `max_backoff` seconds apart) until it succeeds, so a receiver
 that is down for a while receives everything afterwards. The cursor only moves after an
 acknowledgement, so a restart re-sends at most the event in flight.
+
+Each attempt is signed afresh (Standard Webhooks, pdp.events) and goes only where the
+service may send (pdp.egress): the receiver's name is resolved at that moment, every
+address it resolves to must be public or allowed, and the request is made to the very
+address that was checked (with the name in `Host` and in TLS), never following a
+redirect. A refused address is retried like a failed delivery: the event waits.
 """
 
 from __future__ import annotations
@@ -12,12 +18,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import orjson
 from starlette.concurrency import run_in_threadpool
 
-from pdp.events import event_json, signature
+from pdp.egress import (
+    AllowList,
+    EgressRefused,
+    Resolver,
+    checked_addresses,
+    system_resolver,
+    url_host,
+)
+from pdp.events import event_json, webhook_headers
 from pdp.settings import Webhook
 from pdp.store import FactStore, StoredEvent
 
@@ -27,53 +42,78 @@ log = logging.getLogger(__name__)
 class WebhookDispatcher:
     def __init__(self, store: FactStore, webhooks: list[Webhook], *, poll_seconds: float = 0.5,
                  first_backoff: float = 0.2, max_backoff: float = 30.0,
-                 timeout: float = 5.0) -> None:
+                 timeout: float = 5.0, allow: AllowList | None = None,
+                 resolve: Resolver = system_resolver) -> None:
         self.store = store
         self.webhooks = webhooks
         self.poll_seconds = poll_seconds
         self.first_backoff = first_backoff
         self.max_backoff = max_backoff
         self.timeout = timeout
+        self.allow = allow or AllowList()
+        self.resolve = resolve
 
     async def run(self) -> None:
-        async with httpx.AsyncClient(timeout=self.timeout) as client:
-            await asyncio.gather(*(self._serve(client, hook) for hook in self.webhooks))
+        await asyncio.gather(*(self._serve(hook) for hook in self.webhooks))
 
-    async def _serve(self, client: httpx.AsyncClient, hook: Webhook) -> None:
+    async def _serve(self, hook: Webhook) -> None:
         name = f"webhook:{hook.name}"
-        while True:
-            try:
-                cursor = await run_in_threadpool(self.store.cursor, name)
-                events = await run_in_threadpool(self.store.events_after, cursor, 100,
-                                                 hook.municipality)
-            except Exception:  # the store is down: try again later
-                log.warning("webhook %s: cannot read the outbox", hook.name, exc_info=True)
-                events = []
-            for stored in events:
-                await self._deliver(client, hook, stored)
-                await run_in_threadpool(self.store.set_cursor, name, stored.id)
-            if not events:
-                await asyncio.sleep(self.poll_seconds)
+        # A client of its own per receiver: its connections are to that receiver's
+        # checked address, with that receiver's name in TLS.
+        async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
+            while True:
+                try:
+                    cursor = await run_in_threadpool(self.store.cursor, name)
+                    events = await run_in_threadpool(self.store.events_after, cursor, 100,
+                                                     hook.municipality)
+                except Exception:  # the store is down: try again later
+                    log.warning("webhook %s: cannot read the outbox", hook.name, exc_info=True)
+                    events = []
+                for stored in events:
+                    await self._deliver(client, hook, stored)
+                    await run_in_threadpool(self.store.set_cursor, name, stored.id)
+                if not events:
+                    await asyncio.sleep(self.poll_seconds)
 
     async def _deliver(self, client: httpx.AsyncClient, hook: Webhook,
                        stored: StoredEvent) -> None:
         body = orjson.dumps(event_json(stored))
         backoff = self.first_backoff
         while True:
-            timestamp = str(int(time.time()))
-            headers = {
-                "Content-Type": "application/json",
-                "X-PDP-Event-Id": str(stored.id),
-                "X-PDP-Timestamp": timestamp,
-                "X-PDP-Signature": signature(hook.secret, timestamp, body),
-            }
             try:
-                response = await client.post(hook.url, content=body, headers=headers)
-                if 200 <= response.status_code < 300:
-                    return
+                await self._attempt(client, hook, stored, body)
+                return
+            except EgressRefused as error:
+                log.warning("webhook %s: event %d not sent: %s", hook.name, stored.id, error)
+            except _Refused as error:
                 log.warning("webhook %s: event %d answered %d", hook.name, stored.id,
-                            response.status_code)
+                            error.status)
             except httpx.HTTPError as error:
                 log.warning("webhook %s: event %d: %s", hook.name, stored.id, error)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.max_backoff)
+
+    async def _attempt(self, client: httpx.AsyncClient, hook: Webhook, stored: StoredEvent,
+                       body: bytes) -> None:
+        host, port = url_host(hook.url)
+        address = (await checked_addresses(host, port, self.allow, self.resolve))[0]
+        parts = urlsplit(hook.url)
+        literal = f"[{address}]" if address.version == 6 else str(address)
+        pinned = urlunsplit((parts.scheme, f"{literal}:{port}", parts.path or "/",
+                             parts.query, ""))
+        headers = {
+            "Content-Type": "application/json",
+            "Host": parts.netloc.rpartition("@")[2],
+            **webhook_headers(hook.secrets, str(stored.id), int(time.time()), body),
+        }
+        extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
+        response = await client.post(pinned, content=body, headers=headers,
+                                     extensions=extensions)
+        if not 200 <= response.status_code < 300:
+            raise _Refused(response.status_code)
+
+
+class _Refused(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status

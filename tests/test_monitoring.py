@@ -61,6 +61,7 @@ def monitored(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> I
     keys = {**KEYS, "t-m749": ["municipality_admin:749"], "t-m844": ["municipality_admin:844"]}
     server = start_server(tmp, env={"PDP_MONITORING_RULES": str(rules),
                                     "PDP_WEBHOOKS": json.dumps(hooks),
+                                    "PDP_WEBHOOK_ALLOW_HOSTS": '["127.0.0.1/32"]',
                                     "PDP_API_KEYS": json.dumps(keys)})
     yield server
     stop_server(server)

@@ -1,9 +1,19 @@
 """Webhooks: a receiver that is down for a while gets every event afterwards, in order,
-signed; one that fails answers gets them again until it acknowledges."""
+signed by Standard Webhooks; one that fails answers gets them again until it
+acknowledges; deliveries go only to public or allowed addresses, checked when configured
+and again, on what the name resolves to, at every delivery."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -15,19 +25,58 @@ from typing import Any
 import httpx
 import pytest
 
-from pdp.events import verify
+from pdp.egress import AllowList
+from pdp.events import signature, verify, webhook_headers
+from pdp.settings import Settings, Webhook
+from pdp.sqlstore import open_store
+from pdp.store import Event
+from pdp.webhooks import WebhookDispatcher
 from tests.conftest import Server, World, free_port, start_server, stop_server
 
-SECRET = "a-webhook-secret-of-some-length"
+
+def whsec(raw: bytes) -> str:
+    return "whsec_" + base64.b64encode(raw).decode()
+
+
+SECRET = whsec(b"a webhook secret, 32 bytes long!")
+NEW_SECRET = whsec(b"the next webhook secret: 32 bytes")
+# Test receivers listen on 127.0.0.1: a loopback address, refused unless allowed.
+ALLOW_LOOPBACK = json.dumps(["127.0.0.1/32"])
+TOLERANCE = 5 * 60
+
+
+def spec_verify(secret: str, headers: Any, body: bytes, now: float) -> str | None:
+    """A receiver's check written from the Standard Webhooks spec alone (not with
+    pdp.events): None if the request is authentic and fresh, else why not."""
+    msg_id, stamp = headers.get("webhook-id"), headers.get("webhook-timestamp")
+    if not msg_id or not stamp or not stamp.isdigit():
+        return "missing webhook-id or webhook-timestamp"
+    if abs(now - int(stamp)) > TOLERANCE:
+        return "timestamp outside the tolerance"
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    expected = base64.b64encode(hmac.new(key, f"{msg_id}.{stamp}.".encode() + body,
+                                         hashlib.sha256).digest()).decode()
+    for presented in headers.get("webhook-signature", "").split(" "):
+        version, _, value = presented.partition(",")
+        if version == "v1" and hmac.compare_digest(value, expected):
+            return None
+    return "no signature matches"
 
 
 class Receiver:
-    """A real HTTP server that records signed deliveries; `failing` answers 500."""
+    """A real HTTP server that records deliveries, verified per the spec with every one
+    of `secrets`; `failing` answers 500. Like a careful receiver it drops an id it has
+    processed (a replay or an at-least-once repeat)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, secrets: tuple[str, ...] = (SECRET,)) -> None:
         self.port = port
+        self.secrets = secrets
         self.received: list[dict[str, Any]] = []
+        self.hosts: list[str] = []
         self.bad_signatures = 0
+        self.problems: list[str] = []
+        self.seen: set[str] = set()
+        self.repeats = 0
         self.failing = 0  # answer 500 to this many more requests
         self._server: ThreadingHTTPServer | None = None
 
@@ -42,11 +91,18 @@ class Receiver:
                     self.send_response(500)
                     self.end_headers()
                     return
-                if not verify(SECRET, self.headers["X-PDP-Timestamp"], body,
-                              self.headers["X-PDP-Signature"]):
+                problems = [p for p in (spec_verify(secret, self.headers, body, time.time())
+                                        for secret in receiver.secrets) if p]
+                if problems:
                     receiver.bad_signatures += 1
+                    receiver.problems += problems
                 event = json.loads(body)
-                assert str(event["id"]) == self.headers["X-PDP-Event-Id"]
+                assert str(event["id"]) == self.headers["webhook-id"]
+                receiver.hosts.append(self.headers["Host"])
+                if self.headers["webhook-id"] in receiver.seen:
+                    receiver.repeats += 1
+                else:
+                    receiver.seen.add(self.headers["webhook-id"])
                 receiver.received.append(event)
                 self.send_response(204)
                 self.end_headers()
@@ -74,7 +130,8 @@ class Receiver:
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    running = Receiver(free_port())
+    # the receiver checks the signature of the old secret and of the new: a rotation
+    running = Receiver(free_port(), secrets=(SECRET, NEW_SECRET))
     yield running
     running.stop()
 
@@ -82,8 +139,9 @@ def receiver() -> Iterator[Receiver]:
 @pytest.fixture
 def hooked(tmp_path: Path, receiver: Receiver) -> Iterator[Server]:
     hooks = [{"name": "keha", "url": f"http://127.0.0.1:{receiver.port}/hook",
-              "secret": SECRET}]
-    server = start_server(tmp_path, env={"PDP_WEBHOOKS": json.dumps(hooks)})
+              "secret": NEW_SECRET, "previous_secrets": [SECRET]}]
+    server = start_server(tmp_path, env={"PDP_WEBHOOKS": json.dumps(hooks),
+                                         "PDP_WEBHOOK_ALLOW_HOSTS": ALLOW_LOOPBACK})
     yield server
     stop_server(server)
 
@@ -142,12 +200,152 @@ def test_failed_answers_are_retried_until_acknowledged(
     assert receiver.bad_signatures == 0
 
 
-def test_signature_detects_a_changed_body() -> None:
-    from pdp.events import signature
-
+def test_signature_is_standard_webhooks_and_verification_has_a_tolerance() -> None:
     body = b'{"id": 1}'
-    signed = signature(SECRET, "1700000000", body)
-    assert verify(SECRET, "1700000000", body, signed)
-    assert not verify(SECRET, "1700000000", b'{"id": 2}', signed)
-    assert not verify(SECRET, "1700000001", body, signed)
-    assert not verify("another-secret-of-length", "1700000000", body, signed)
+    now = 1_700_000_000
+    key = base64.b64decode(SECRET.removeprefix("whsec_"))
+    expected = "v1," + base64.b64encode(
+        hmac.new(key, b"1.1700000000." + body, hashlib.sha256).digest()).decode()
+    assert signature(SECRET, "1", now, body) == expected
+    headers = webhook_headers([NEW_SECRET, SECRET], "1", now, body)
+    assert headers["webhook-id"] == "1" and headers["webhook-timestamp"] == str(now)
+    assert headers["webhook-signature"].split(" ") == [
+        signature(NEW_SECRET, "1", now, body), expected]
+    for secret in (SECRET, NEW_SECRET):  # either side of a rotation verifies
+        assert verify(secret, headers, body, now=now)
+        assert spec_verify(secret, headers, body, now) is None
+        assert verify(secret, headers, body, now=now + 299)
+        assert not verify(secret, headers, body, now=now + 301)  # too old: a replay
+        assert not verify(secret, headers, body, now=now - 301)
+    assert not verify(SECRET, headers, b'{"id": 2}', now=now)
+    assert not verify(SECRET, {**headers, "webhook-id": "2"}, body, now=now)
+    assert not verify(whsec(b"x" * 32), headers, body, now=now)
+
+
+@pytest.mark.parametrize("secret", [
+    "a-webhook-secret-of-some-length",  # no whsec_ prefix
+    "whsec_not base64!", whsec(b"too short"), whsec(b"x" * 65)])
+def test_a_secret_must_be_whsec_and_24_to_64_bytes(secret: str) -> None:
+    with pytest.raises(ValueError):
+        Webhook(name="keha", url="https://hooks.example.org/pdp", secret=secret)
+    with pytest.raises(ValueError):
+        Webhook(name="keha", url="https://hooks.example.org/pdp", secret=SECRET,
+                previous_secrets=[secret])
+
+
+REFUSED_URLS = [
+    "http://169.254.169.254/latest/meta-data/", "http://[fd00:ec2::254]/",
+    "http://169.254.1.1/", "http://[fe80::1]/", "http://127.0.0.1:9/hook",
+    "http://127.1/", "http://2130706433/", "http://0x7f.1/", "http://localhost:9/",
+    "http://a.localhost/", "http://[::1]/", "http://[::ffff:127.0.0.1]/", "http://0.0.0.0/",
+    "http://[::]/", "http://10.1.2.3/", "http://172.16.0.1/", "http://192.168.1.1/",
+    "http://100.64.0.1/", "http://[fd12::1]/", "http://224.0.0.1/",
+    "https://user:pw@hooks.example.org/"]
+
+
+@pytest.mark.parametrize("url", REFUSED_URLS)
+def test_a_webhook_to_an_internal_address_is_refused_when_configured(url: str) -> None:
+    hook = {"name": "evil", "url": url, "secret": SECRET}
+    with pytest.raises(ValueError) as raised:
+        Settings(webhooks=[hook])
+    assert "PDP_WEBHOOKS evil" in str(raised.value)
+
+
+def test_an_allowed_network_or_host_may_be_a_webhook() -> None:
+    hooks = [{"name": "local", "url": "http://127.0.0.1:9/hook", "secret": SECRET},
+             {"name": "lan", "url": "http://10.20.0.7/hook", "secret": SECRET},
+             {"name": "named", "url": "http://hooks.internal/x", "secret": SECRET},
+             {"name": "public", "url": "https://hooks.example.org/pdp", "secret": SECRET}]
+    settings = Settings(webhooks=hooks, webhook_allow_hosts=[
+        "127.0.0.1/32", "10.20.0.0/16", "hooks.internal"])
+    assert [h.name for h in settings.webhooks] == ["local", "lan", "named", "public"]
+    with pytest.raises(ValueError):
+        Settings(webhook_allow_hosts=["not a host!"])
+
+
+def test_pdp_serve_refuses_a_metadata_webhook(tmp_path: Path) -> None:
+    hooks = [{"name": "evil", "url": "http://169.254.169.254/latest/meta-data/",
+              "secret": SECRET}]
+    done = subprocess.run([sys.executable, "-m", "pdp", "serve", "--demo", "--port", "1"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PDP_WEBHOOKS": json.dumps(hooks)})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "a cloud metadata address" in done.stderr
+
+
+def _dispatch(tmp: Path, url: str, allow: list[str], addresses: list[str],
+              seconds: float) -> list[str]:
+    """Run a dispatcher for `seconds` over a real store holding two events, with a
+    resolver that answers `addresses` for every name; return the names it was asked."""
+    store = open_store(f"sqlite:///{tmp / 'outbox.sqlite3'}")
+    if not store.events_after(0, 1):
+        store.apply([], [Event("user.written", "user", f"u{n}", "749", "test", None, {})
+                         for n in range(2)])
+    asked: list[str] = []
+
+    async def resolve(host: str, port: int) -> list[str]:
+        asked.append(host)
+        return addresses
+
+    dispatcher = WebhookDispatcher(
+        store, [Webhook(name="keha", url=url, secret=SECRET)], poll_seconds=0.1,
+        first_backoff=0.1, max_backoff=0.2, allow=AllowList.parse(allow), resolve=resolve)
+
+    async def run() -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(dispatcher.run(), seconds)
+
+    try:
+        asyncio.run(run())
+    finally:
+        store.close()
+    return asked
+
+
+def test_the_resolved_address_is_checked_at_every_delivery(tmp_path: Path) -> None:
+    """A name passes when configured; what it resolves to at delivery is checked then
+    (DNS rebinding: public when looked at, internal a moment later), and the request
+    goes to the very address that was checked, with the name in Host."""
+    receiver = Receiver(free_port())
+    receiver.start()
+    try:
+        url = f"http://hooks.example.org:{receiver.port}/hook"
+        Settings(webhooks=[{"name": "keha", "url": url, "secret": SECRET}])  # passes
+        for addresses, allow in ((["127.0.0.1"], []),
+                                 (["127.0.0.1", "::1"], ["127.0.0.1/32"])):
+            asked = _dispatch(tmp_path, url, allow, addresses, 1.0)
+            assert len(asked) >= 2 and set(asked) == {"hooks.example.org"}  # every time
+            assert receiver.received == []
+        _dispatch(tmp_path, url, ["127.0.0.1/32"], ["127.0.0.1"], 1.5)
+    finally:
+        receiver.stop()
+    assert receiver.ids() == [1, 2]
+    assert set(receiver.hosts) == {f"hooks.example.org:{receiver.port}"}
+    assert receiver.bad_signatures == 0, receiver.problems
+
+
+def test_a_redirect_is_not_followed(tmp_path: Path) -> None:
+    """A receiver (or whoever took its name) answering 307 to a metadata address gets the
+    event again later; the redirect is never followed."""
+    hits: list[str] = []
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            hits.append(self.path)
+            self.send_response(307)
+            self.send_header("Location", f"http://127.0.0.1:{port}/followed")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    port = free_port()
+    server = ThreadingHTTPServer(("127.0.0.1", port), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        _dispatch(tmp_path, f"http://127.0.0.1:{port}/hook", ["127.0.0.1/32"], [], 1.0)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert hits and set(hits) == {"/hook"}
