@@ -51,3 +51,26 @@ def test_every_locked_requirement_is_pinned_with_hashes() -> None:
     names = {lines[i].split("==", 1)[0] for i in entries}
     for needed in ("oso", "fastapi", "pytest", "pip", "setuptools", "uv", "pip-audit"):
         assert needed in names, needed
+
+
+def test_a_package_pinned_at_its_newest_release_is_checked_from_the_project_json() -> None:
+    report = {"dependencies": [
+        {"name": "newest_pkg", "skip_reason": "Dependency not found on PyPI"},
+        {"name": "older-pkg", "skip_reason": "Dependency not found on PyPI"},
+        {"name": "gone-pkg", "skip_reason": "Dependency not found on PyPI"},
+    ]}
+    pins = audit_deps.locked_pins(
+        "newest-pkg==2.0 \\\n    --hash=sha256:aa\nolder-pkg==1.0 ; python_version < '3.12' \\\n"
+        "    --hash=sha256:bb\ngone-pkg==3.0 \\\n")
+    assert pins == {"newest-pkg": "2.0", "older-pkg": "1.0", "gone-pkg": "3.0"}
+    projects: dict[str, dict[str, object] | None] = {
+        "newest_pkg": {"info": {"version": "2.0"}, "vulnerabilities": [
+            {"id": "GHSA-x", "aliases": ["CVE-9"], "fixed_in": ["2.0.1"]},
+            {"id": "GHSA-w", "aliases": [], "fixed_in": ["2.1"], "withdrawn": "2026-01-01"}]},
+        "older-pkg": {"info": {"version": "1.5"}, "vulnerabilities": []},
+        "gone-pkg": None,
+    }
+    audit_deps.fill_from_newest(report, pins, projects.__getitem__)
+    failures, _, unaudited = audit_deps.judge(report, set())
+    assert failures == ["newest_pkg==2.0: GHSA-x (fixed in 2.0.1)"]  # withdrawn one dropped
+    assert sorted(unaudited) == ["gone-pkg", "older-pkg"]  # not the newest: still unknown
