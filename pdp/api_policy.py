@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pdp.audit import AuditUnavailable, read_record
 from pdp.bus import BusUnavailable
-from pdp.errors import AUDIT_UNAVAILABLE, NOT_FOUND, ApiError, bad_request
+from pdp.errors import AUDIT_UNAVAILABLE, NOT_FOUND, UNAVAILABLE, ApiError, bad_request
 from pdp.http import parse_body, read_json
 from pdp.policy_engine import policy_files, policy_version
 from pdp.policy_manager import PolicyRejected
@@ -39,6 +39,13 @@ def real_justification(value: str | None) -> str:
         raise bad_request("a justification of 3 to 1000 characters, not blank, is required",
                           field="justification")
     return value or ""
+
+
+def candidate_error(error: CandidateError) -> ApiError:
+    """A candidate refused before it ran: bad files (400), or too many at once (503)."""
+    if error.status == 503:
+        return ApiError(503, UNAVAILABLE, error.message, headers={"Retry-After": "5"})
+    return bad_request(error.message, field="files")
 
 
 class Upload(BaseModel):
@@ -104,6 +111,10 @@ async def watch_policy(runtime: Runtime, every: float) -> None:
                 refused = on_disk
                 log.error("policy files changed (%s) but are refused: %s", on_disk,
                           error.message)
+            except Exception:  # refused all the same, and said once, not every tick
+                refused = on_disk
+                log.exception("policy files changed (%s) but could not be put in force",
+                              on_disk)
         except Exception:  # keep watching whatever happens
             log.exception("watching the policy files failed")
 
@@ -157,7 +168,7 @@ def policy_router(runtime: Runtime) -> APIRouter:
         try:
             version, report = await run_in_threadpool(candidates.test, body.files)
         except CandidateError as error:
-            raise bad_request(error.message, field="files") from None
+            raise candidate_error(error) from None
         except PolicyRejected as error:
             if error.unsafe:  # outside the safe subset: nothing of it ran
                 raise ApiError(400, POLICY_REJECTED, error.message, error.details) from None
@@ -174,7 +185,7 @@ def policy_router(runtime: Runtime) -> APIRouter:
         try:
             shadow = await run_in_threadpool(candidates.upload, body.files, caller.name)
         except CandidateError as error:
-            raise bad_request(error.message, field="files") from None
+            raise candidate_error(error) from None
         except PolicyRejected as error:
             raise ApiError(409, POLICY_REJECTED, error.message, error.details) from None
         log.info("candidate policy %s in shadow, by %s", shadow.version, caller.name)

@@ -238,8 +238,12 @@ def _child(argv: list[str]) -> int:
     from pdp.policy_engine import CompiledPolicy, compile_sources
 
     limits = orjson.loads(argv[0])
+    # Answers go on a descriptor of their own; anything else printed goes nowhere.
+    stdout = os.fdopen(os.dup(1), "wb")
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
     _confine(limits)
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    stdin = sys.stdin.buffer
     policy: CompiledPolicy | None = None
 
     def answer(message: Mapping[str, Any]) -> None:

@@ -7,7 +7,11 @@ lexes and parses it (polar-core's lexer.rs and polar.lalrpop), and found to use 
 
 - rules `name(params) if body;` and facts `name(params);` — no inline queries (`?=`, which
   run at load), no resource blocks, no `type` declarations, no specializers (`x: Class`);
-- variables, strings, numbers, booleans, lists (with `*rest`), dictionary literals;
+- variables, strings, numbers, booleans, and lists and dictionaries of constants only
+  (a list holding a variable builds a term at each use: a recursive rule could double
+  one until memory runs out);
+- terms at most `MAX_TERM_DEPTH` deep, counting each operand of a chain such as
+  `a + b + c` or `r.x.y` (oso nests those, and a deep enough term ends its process);
 - `and`, `or`, `not`, `cut`, `forall`, `in`, `=`, `:=`, comparisons, arithmetic, and
   calls of rules;
 - `x.field` where `field` is one of the fields the service gives a policy
@@ -27,14 +31,15 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from pdp.policy_schema import FIELDS
 
 MAX_SOURCE_CHARS = 512 * 1024
 MAX_TOKENS = 200_000
-MAX_DEPTH = 200
+MAX_TERM_DEPTH = 100  # oso ends the process somewhere past ten thousand
+MAX_NESTING = 32
 
 _NAME = re.compile(r"[a-z_][A-Za-z0-9_]*\Z")
 _KEYWORDS = {
@@ -192,13 +197,19 @@ def _tokens(text: str) -> list[_Token]:
 
 
 class _Parser:
-    """Recursive descent over the safe subset of polar.lalrpop (see module doc)."""
+    """Recursive descent over the safe subset of polar.lalrpop (see module doc).
+
+    Each parse method returns the depth of the term oso would build for what it read:
+    oso nests a chain of one operator (`a + b + c`, `r.x.y`) one level per operand and
+    walks terms recursively, so a deep term can overflow its stack and end the process.
+    `MAX_TERM_DEPTH` bounds that; `MAX_NESTING` bounds brackets, calls and `not` (and so
+    this parser's own recursion)."""
 
     def __init__(self, tokens: list[_Token], end: int) -> None:
         self.tokens = tokens
         self.i = 0
         self.end = end
-        self.depth = 0
+        self.nesting = 0
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -229,10 +240,29 @@ class _Parser:
             raise _Refused(token.offset, f"the {role} {token.text!r} (names start with a "
                                          f"small letter or _, and hold letters, digits, _)")
 
+    def deeper(self, depth: int, offset: int) -> int:
+        if depth > MAX_TERM_DEPTH:
+            raise _Refused(offset, f"an expression nested or chained deeper than "
+                                   f"{MAX_TERM_DEPTH} (split it into rules)")
+        return depth
+
     def enter(self) -> None:
-        self.depth += 1
-        if self.depth > MAX_DEPTH:
-            raise _Refused(self.offset(), f"nesting deeper than {MAX_DEPTH}")
+        self.nesting += 1
+        if self.nesting > MAX_NESTING:
+            raise _Refused(self.offset(), f"brackets, calls or `not` nested deeper than "
+                                          f"{MAX_NESTING}")
+
+    def leave(self) -> None:
+        self.nesting -= 1
+
+    def chain(self, operand: Callable[[], int], *operators: str) -> int:
+        """A left-associative chain of one precedence level: one level per operand."""
+        start = self.offset()
+        depth = operand()
+        while self.at(*operators):
+            self.i += 1
+            depth = self.deeper(max(depth, operand()) + 1, start)
+        return depth
 
     # -- lines -----------------------------------------------------------------------------
 
@@ -271,62 +301,51 @@ class _Parser:
                                           "about classes)")
 
     # -- expressions, loosest first (polar.lalrpop Exp1 ... Exp10) -------------------------
+    # oso makes `and` and `or` chains one flat term; the others nest per operand.
 
-    def expression(self) -> None:  # or
-        self.enter()
-        self.conjunction()
+    def expression(self) -> int:  # or
+        start = self.offset()
+        depth = self.conjunction()
         while self.at("or"):
             self.take("or")
-            self.conjunction()
-        self.depth -= 1
+            depth = max(depth, self.conjunction())
+        return self.deeper(depth + 1, start)
 
-    def conjunction(self) -> None:  # and
-        self.negation()
+    def conjunction(self) -> int:  # and
+        start = self.offset()
+        depth = self.negation()
         while self.at("and"):
             self.take("and")
-            self.negation()
+            depth = max(depth, self.negation())
+        return self.deeper(depth + 1, start)
 
-    def negation(self) -> None:  # not
+    def negation(self) -> int:  # not
         if self.at("not"):
-            self.take("not")
+            start = self.take("not").offset
             self.enter()
-            self.negation()
-            self.depth -= 1
-        else:
-            self.unification()
+            depth = self.negation()
+            self.leave()
+            return self.deeper(depth + 1, start)
+        return self.unification()
 
-    def unification(self) -> None:  # = and :=
-        self.comparison()
-        while self.at("=", ":="):
-            self.i += 1
-            self.comparison()
+    def unification(self) -> int:  # = and :=
+        return self.chain(self.comparison, "=", ":=")
 
-    def comparison(self) -> None:
-        self.additive()
-        while self.at(*_COMPARISONS):
-            self.i += 1
-            self.additive()
+    def comparison(self) -> int:
+        return self.chain(self.additive, *_COMPARISONS)
 
-    def additive(self) -> None:
-        self.multiplicative()
-        while self.at("+", "-"):
-            self.i += 1
-            self.multiplicative()
+    def additive(self) -> int:
+        return self.chain(self.multiplicative, "+", "-")
 
-    def multiplicative(self) -> None:
-        self.membership()
-        while self.at("*", "/", "mod", "rem"):
-            self.i += 1
-            self.membership()
+    def multiplicative(self) -> int:
+        return self.chain(self.membership, "*", "/", "mod", "rem")
 
-    def membership(self) -> None:  # in
-        self.lookup()
-        while self.at("in"):
-            self.take("in")
-            self.lookup()
+    def membership(self) -> int:  # in
+        return self.chain(self.lookup, "in")
 
-    def lookup(self) -> None:  # x.field
-        self.primary()
+    def lookup(self) -> int:  # x.field
+        start = self.offset()
+        depth = self.primary()
         while self.at("."):
             dot = self.take(".")
             field = self.peek()
@@ -341,98 +360,124 @@ class _Parser:
             if field.text not in FIELDS:
                 raise _Refused(field.offset, f"the attribute `.{field.text}` (a policy reads "
                                              f"only the fields of its input)")
+            depth = self.deeper(depth + 1, start)
+        return depth
 
-    def primary(self) -> None:
+    def primary(self) -> int:
         token = self.peek()
         if token is None:
             raise _Refused(self.end, "an expression expected, found the end of the file")
         kind = token.kind
         if kind in ("string", "number", "bool", "cut"):
             self.i += 1
-        elif kind in ("+", "-"):
+            return 1
+        if kind in ("+", "-"):
             following = self.peek(1)
             if following is None or following.kind != "number":
                 raise _Refused(token.offset, f"{kind!r} where a value is expected")
             self.i += 2
-        elif kind == "name":
+            return 1
+        if kind == "name":
             self.i += 1
             self.name(token, "name")
             if self.at("("):
-                self.arguments()
-            elif self.at("{"):
+                return self.deeper(self.arguments() + 1, token.offset)
+            if self.at("{"):
                 raise _Refused(token.offset, "an instance pattern `Name{...}`")
-        elif kind == "forall":
+            return 1
+        if kind == "forall":
             self.i += 1
             self.take("(", "'(' after forall")
-            self.expression()
+            self.enter()
+            depth = self.expression()
             self.take(",", "',' in forall")
-            self.expression()
+            depth = max(depth, self.expression())
             self.take(")", "')'")
-        elif kind == "(":
+            self.leave()
+            return self.deeper(depth + 1, token.offset)
+        if kind == "(":
             self.i += 1
-            self.expression()
+            self.enter()
+            depth = self.expression()
             self.take(")", "')'")
-        elif kind == "[":
-            self.list()
-        elif kind == "{":
-            self.dictionary()
-        elif kind in (".", "in"):
+            self.leave()
+            return depth
+        if kind in ("[", "{"):
+            return self.constant()
+        if kind in (".", "in"):
             raise _Refused(token.offset, f"the operator form `{token.text}(...)`")
-        else:
-            raise _Refused(token.offset, f"{token.text!r} where a value is expected")
+        raise _Refused(token.offset, f"{token.text!r} where a value is expected")
 
-    def arguments(self) -> None:
+    def arguments(self) -> int:
         self.take("(")
         self.enter()
+        depth = 0
         if not self.at(")"):
-            self.argument()
+            depth = self.argument()
             while self.at(","):
                 self.take(",")
                 if self.at(")"):
                     break
-                self.argument()
+                depth = max(depth, self.argument())
         self.take(")", "')' after the arguments")
-        self.depth -= 1
+        self.leave()
+        return depth
 
-    def argument(self) -> None:
+    def argument(self) -> int:
         if self.at("name") and (following := self.peek(1)) is not None and following.kind == ":":
             raise _Refused(self.offset(), "a keyword argument `name: value`")
-        self.expression()
+        return self.expression()
 
-    def list(self) -> None:
-        self.take("[")
-        self.enter()
-        while not self.at("]"):
-            if self.at("*"):
-                self.take("*")
-                rest = self.take("name", "a rest variable name after '*'")
-                self.name(rest, "rest variable")
-                break
-            self.additive()
-            if not self.at(","):
-                break
-            self.take(",")
-        self.take("]", "']'")
-        self.depth -= 1
+    # -- lists and dictionaries: constants only ---------------------------------------------
+    # A list or dictionary holding a variable builds a new term at each use; rules that
+    # call themselves could then double a term at each step until memory runs out. The
+    # service's inputs bring every list a policy needs, so a policy writes only constant
+    # ones (`["revoked", "expired"]`, `[]`).
 
-    def dictionary(self) -> None:
-        self.take("{")
-        self.enter()
-        keys: set[str] = set()
-        while not self.at("}"):
-            key = self.take("name", "a field name")
-            self.name(key, "field name")
-            if key.text in keys:
-                raise _Refused(key.offset, f"the field {key.text!r} twice")
-            keys.add(key.text)
-            if self.at(":"):
-                self.take(":")
-                self.comparison()
-            if not self.at(","):
-                break
-            self.take(",")
-        self.take("}", "'}'")
-        self.depth -= 1
+    def constant(self) -> int:
+        token = self.peek()
+        assert token is not None
+        if token.kind in ("string", "number", "bool"):
+            self.i += 1
+            return 1
+        if token.kind in ("+", "-") and (following := self.peek(1)) is not None and (
+                following.kind == "number"):
+            self.i += 2
+            return 1
+        if token.kind == "[":
+            self.take("[")
+            self.enter()
+            depth = 0
+            while not self.at("]"):
+                depth = max(depth, self.constant())
+                if not self.at(","):
+                    break
+                self.take(",")
+            self.take("]", "']'")
+            self.leave()
+            return self.deeper(depth + 1, token.offset)
+        if token.kind == "{":
+            self.take("{")
+            self.enter()
+            depth = 0
+            keys: set[str] = set()
+            while not self.at("}"):
+                key = self.take("name", "a field name")
+                self.name(key, "field name")
+                if key.text in keys:
+                    raise _Refused(key.offset, f"the field {key.text!r} twice")
+                keys.add(key.text)
+                self.take(":", "':' and a constant value (a dictionary holds constants only)")
+                depth = max(depth, self.constant())
+                if not self.at(","):
+                    break
+                self.take(",")
+            self.take("}", "'}'")
+            self.leave()
+            return self.deeper(depth + 1, token.offset)
+        what = "a rest variable `*x`" if token.kind == "*" else repr(token.text)
+        raise _Refused(token.offset, f"{what} in a list or dictionary (they hold constants "
+                                     f"only: strings, numbers, booleans, lists of them)")
 
 
 def _position(text: str, offset: int) -> tuple[int, int]:
@@ -459,6 +504,8 @@ def violations_in(file: str, text: str) -> list[Violation]:
         _Parser(_tokens(text), len(text)).lines()
     except _Refused as refused:
         return at(refused.offset, refused.construct)
+    except RecursionError:  # MAX_NESTING keeps well below it; fail closed all the same
+        return at(0, "an expression nested too deeply to read")
     return []
 
 

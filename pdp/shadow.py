@@ -32,6 +32,7 @@ from pdp.policy_manager import refused_load, vet_policy
 from pdp.policy_sandbox import SandboxedPolicy, SandboxLimits
 from pdp.policy_tests import Report
 
+MAX_CANDIDATE_RUNS = 2
 FILE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}\.polar$")
 MAX_FILE_BYTES = 512 * 1024
 
@@ -153,6 +154,9 @@ class Candidates:
     budget_seconds: float = 60.0
     current: Shadow | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Suite runs of candidates at once (each a sandbox process); more wait their turn.
+    _runs: threading.BoundedSemaphore = field(
+        default_factory=lambda: threading.BoundedSemaphore(MAX_CANDIDATE_RUNS))
 
     def vet(self, files: dict[str, str]) -> tuple[SandboxedPolicy, Report]:
         """Load the files as a policy in a sandbox process and run the live policy's
@@ -166,18 +170,24 @@ class Candidates:
                 raise CandidateError(400, f"files: {name!r} is not a *.polar file name")
             if len(text.encode()) > MAX_FILE_BYTES:
                 raise CandidateError(400, f"files: {name} is larger than {MAX_FILE_BYTES} bytes")
+        if not self._runs.acquire(timeout=self.budget_seconds):
+            raise CandidateError(503, f"{MAX_CANDIDATE_RUNS} candidates are being tested; "
+                                      f"try again later")
         try:
-            policy = SandboxedPolicy(files, self.limits)
-        except PolicyError as error:
-            raise refused_load(error) from None
-        try:
-            with policy.budget(self.budget_seconds):
-                report = vet_policy(policy, self.policy_dir / "tests",
-                                    lambda: policy.failure)
-        except BaseException:
-            policy.close()
-            raise
-        return policy, report
+            try:
+                policy = SandboxedPolicy(files, self.limits)
+            except PolicyError as error:
+                raise refused_load(error) from None
+            try:
+                with policy.budget(self.budget_seconds):
+                    report = vet_policy(policy, self.policy_dir / "tests",
+                                        lambda: policy.failure)
+            except BaseException:
+                policy.close()
+                raise
+            return policy, report
+        finally:
+            self._runs.release()
 
     def test(self, files: dict[str, str]) -> tuple[str, Report]:
         """`vet` and nothing more: (version, report); the sandbox is stopped after."""

@@ -88,6 +88,19 @@ ESCAPES: list[tuple[str, str]] = [
     ('f(r) if r.user\u200b_id = "x";', "U+200B"),
     ('f(r) if r.user_id = "x\x00";', "U+0000"),
     ('f(r)\u00a0if r.user_id = "x";', "U+00A0"),
+    # terms that would exhaust the engine: built lists, deep chains and nesting
+    ('dbl(n, l, o) if n > 0 and m = n - 1 and dbl(m, [l, l], o);', "constants only"),
+    ('g(l, [l, l]);', "constants only"),
+    ('f([a, *rest]) if a = rest;', "constants only"),
+    ('f({x}) if x = 1;', "constant value"),
+    ('f(x) if x = {a: y} and y = 1;', "constants only"),
+    ('boom(_r) if _z = ' + ' + '.join(['1'] * 11000) + ';', "deeper than"),
+    ('boom(_r) if _z = ' + ' * '.join(['1'] * 101) + ';', "deeper than"),
+    ('boom(r) if r' + '.now' * 101 + ' = 1;', "deeper than"),
+    ('boom(r) if _z = ' + '(' * 200 + '1' + ')' * 200 + ';', "nested deeper"),
+    ('boom(r) if ' + 'g(' * 200 + 'r' + ')' * 200 + ';', "nested deeper"),
+    ('boom(r) if r.now = ' + '[' * 300 + ']' * 300 + ';', "nested deeper"),
+    ('boom(r) if ' + 'not ' * 300 + 'r.now = 1;', "nested deeper"),
     ('f(r) if r.user_id =\uff1d "x";', "non-ASCII"),
 ]
 
@@ -105,8 +118,9 @@ def test_every_escape_is_refused_with_its_line_and_construct(text: str, construc
 def test_the_project_policies_and_ordinary_polar_pass() -> None:
     for path in sorted(DEFAULT_POLICY_DIR.glob("*.polar")):
         assert violations_in(path.name, path.read_text(encoding="utf-8")) == []
-    ordinary = ('f(r, [a, *rest], {x: 1, y}) if not r.now < 1 and (a = 1 or forall(x in '
-                'rest, x > -2)) and z := 1 + 2 * 3 mod 2 and z != 0; # ok: r.__class__\n'
+    ordinary = ('f(r, a, ["x", 1, [true]], {x: 1, y: "b"}) if not r.now < 1 and (a = 1 or '
+                'forall(x in r.user_tasks, x in ["coaching", "-2"])) and z := 1 + 2 * 3 mod 2 '
+                'and z != 0 and r.grants = [] and g(r.now - -1); # ok: r.__class__\n'
                 'g(r) if r.purpose = "x.__class__() # not a comment"; h();\n')
     assert violations_in("ok.polar", ordinary) == []
 
@@ -335,3 +349,32 @@ def test_a_service_whose_policy_directory_holds_an_escape_does_not_start(
         start_server(tmp_path, env={"PDP_POLICY_DIR": str(policy_dir)})
     assert "outside the safe subset" in str(failed.value)
     assert not (tmp_path / "rce.txt").exists()
+
+
+def test_terms_just_within_the_limits_load_and_answer() -> None:
+    """The limits leave oso far from where it fails (past ten thousand levels)."""
+    source = ('f(x) if x = ' + ' + '.join(['1'] * 95) + ';\n'
+              'g(r, y) if y = r' + '.now' * 94 + ';\n'
+              'h(x) if x = ' + '(' * 31 + '1' + ')' * 31 + ';\n'
+              'k(x) if x = ' + '[' * 30 + ']' * 30 + ';\n')
+    assert violations_in("a.polar", source) == []
+    policy = compile_sources({"a.polar": source})
+    assert policy.first("f", engine.var("x")) == {"x": 95}
+    assert policy.first("h", engine.var("x")) == {"x": 1}
+    assert policy.first("k", engine.var("x")) is not None
+
+
+def test_no_more_than_two_candidates_are_tested_at_once(tmp_path: Path) -> None:
+    from pdp.metrics import Metrics
+    from pdp.shadow import MAX_CANDIDATE_RUNS, CandidateError, Candidates
+
+    candidates = Candidates(DEFAULT_POLICY_DIR, FactIndex(), Metrics(), budget_seconds=0.2)
+    for _ in range(MAX_CANDIDATE_RUNS):  # as if that many were running
+        assert candidates._runs.acquire(timeout=1)
+    with pytest.raises(CandidateError) as busy:
+        candidates.test(read_policy(DEFAULT_POLICY_DIR))
+    assert busy.value.status == 503
+    candidates._runs.release()
+    candidates.budget_seconds = 60
+    version, report = candidates.test(read_policy(DEFAULT_POLICY_DIR))
+    assert report.ok and version == engine.load_policy(DEFAULT_POLICY_DIR).version
