@@ -575,6 +575,10 @@ def create_app(runtime: Runtime) -> FastAPI:
         if municipality is not None and not caller.acts_for(municipality, roles):
             raise ApiError(404, NOT_FOUND, f"no {kind} {fact_id!r}")
 
+    def scoped_writer(caller: Caller, kind: str) -> bool:
+        """Writes `kind` only as a municipality admin, for its own municipality."""
+        return not caller.has_any([r for r in WRITE_ROLES[kind] if r != MUNICIPALITY_ADMIN])
+
     def municipality_of(kind: str, fact_id: str) -> str | None:
         index = facts.index
         if kind == "user":
@@ -618,12 +622,18 @@ def create_app(runtime: Runtime) -> FastAPI:
         except ValidationError as error:
             raise invalid(error) from None
         data = dump_fact(fact)
-        if kind == "user":
-            fact_scope(caller, kind, WRITE_ROLES[kind], municipality_of(kind, fact_id), fact_id)
+        if kind == "user" and scoped_writer(caller, kind):
+            # A municipality admin: the body first, then the id, which answers alike for a
+            # user of another municipality and a deleted one's (409 id_taken), so that no
+            # write tells which ids exist elsewhere (pdp.lifecycle.Lifecycle.write_user).
             if not caller.acts_for(data["municipality"], WRITE_ROLES[kind]):
                 raise forbidden([f"{MUNICIPALITY_ADMIN}:{data['municipality']}"])
-        version = await run_in_threadpool(lifecycle.write_facts,
-                                          [Change(kind, fact_id, data)], caller.name)
+            version = await run_in_threadpool(
+                lifecycle.write_user, fact_id, data, caller.name,
+                partial(caller.acts_for, roles=WRITE_ROLES[kind]))
+        else:
+            version = await run_in_threadpool(lifecycle.write_facts,
+                                              [Change(kind, fact_id, data)], caller.name)
         metrics.fact_writes.labels(kind).inc()
         return fact_body(kind, fact_id, data, version)
 
@@ -647,11 +657,15 @@ def create_app(runtime: Runtime) -> FastAPI:
     @app.delete("/v1/{collection}/{fact_id:path}")
     async def delete_fact(collection: str, fact_id: str, request: Request) -> dict[str, Any]:
         kind, caller = authorized_kind(request, collection, WRITE_ROLES)
-        if kind == "user":
-            fact_scope(caller, kind, WRITE_ROLES[kind], municipality_of(kind, fact_id), fact_id)
         try:
-            version = await run_in_threadpool(lifecycle.write_facts,
-                                              [Change(kind, fact_id, None)], caller.name)
+            if kind == "user" and scoped_writer(caller, kind):
+                # another municipality's user is not found, as an unknown one is
+                version = await run_in_threadpool(
+                    lifecycle.write_user, fact_id, None, caller.name,
+                    partial(caller.acts_for, roles=WRITE_ROLES[kind]))
+            else:
+                version = await run_in_threadpool(lifecycle.write_facts,
+                                                  [Change(kind, fact_id, None)], caller.name)
         except NotFound:
             raise ApiError(404, NOT_FOUND, f"no {kind} {fact_id!r}") from None
         metrics.fact_writes.labels(kind).inc()

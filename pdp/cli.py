@@ -252,9 +252,13 @@ def facts_import(
         raise _fail(f"{file}: {error.message}; nothing imported", 2) from None
     if not changes:
         raise _fail(f"{file}: no facts", 2)
+    from pdp.lifecycle import WorkflowError
+
     lifecycle = _lifecycle()
     try:
         version = lifecycle.write_facts(changes, "pdp facts import")
+    except WorkflowError as error:  # e.g. a taken id (id_taken): nothing was written
+        raise _fail(f"{file}: {error.code}: {error.message}; nothing imported") from None
     finally:
         lifecycle.facts.store.close()
     typer.echo(f"imported {len(changes)} facts, facts_version {version}")

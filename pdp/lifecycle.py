@@ -373,17 +373,48 @@ class Lifecycle:
 
     def write_facts(self, changes: Sequence[Change], actor: str) -> int:
         """Facts-API writes (data None: delete) with what follows from them, in one commit.
-        Raises store.NotFound for a delete of a fact that does not exist."""
+        Raises store.NotFound for a delete of a fact that does not exist; a user or right
+        written under a taken id is 409 `id_taken` (see `write_user`)."""
+        return self._commit(lambda now: self._facts_plan(changes, actor, now))
+
+    def write_user(self, user_id: str, data: dict[str, Any] | None, actor: str,
+                   acts_for: Callable[[str], bool]) -> int:
+        """A facts-API write (data None: delete) of one user by a caller who acts only for
+        the municipalities `acts_for` admits (a municipality admin), with everything it
+        carries, in one commit conditional on the user as planned (no write in between
+        can make another municipality's user this caller's).
+
+        The caller has checked everything else first (the body, its municipality). The id
+        is checked last, and a user who is another municipality's gets the answer that any
+        taken id gets, a deleted user's too (409 `id_taken`): so a write tells no
+        municipality which ids another has. To delete, another's user is not found, as an
+        unknown one is (404)."""
         def plan(now: datetime) -> Plan:
-            result = Plan(list(changes))
-            written = {(c.kind, c.id) for c in changes}
-            for change in changes:
-                follow = self.follow_write(change.kind, change.id, change.data, actor, now)
-                result.changes += [c for c in follow.changes if (c.kind, c.id) not in written]
-                result.events += follow.events
-            return result
+            user = self.facts.index.users.get(user_id)
+            if user is not None and not acts_for(user.municipality):
+                if data is None:
+                    raise WorkflowError(404, "not_found", f"no user {user_id!r}")
+                raise _id_taken("user")
+            expected = self.facts.index.fact_version("user", user_id)
+            return self._facts_plan([Change("user", user_id, data, expected)], actor, now)
 
         return self._commit(plan)
+
+    def _facts_plan(self, changes: Sequence[Change], actor: str, now: datetime) -> Plan:
+        index = self.facts.index
+        for change in changes:
+            if (change.kind == "user" and change.data is not None
+                    and change.id not in index.users and index.grants_by_user.get(change.id)):
+                # rights that name a user who is not there (any more): a new user under
+                # that id would take them over (the store refuses a deleted user's id)
+                raise _id_taken("user")
+        result = Plan(list(changes))
+        written = {(c.kind, c.id) for c in changes}
+        for change in changes:
+            follow = self.follow_write(change.kind, change.id, change.data, actor, now)
+            result.changes += [c for c in follow.changes if (c.kind, c.id) not in written]
+            result.events += follow.events
+        return result
 
     def follow_write(self, kind: str, fact_id: str, data: dict[str, Any] | None,
                      actor: str, now: datetime) -> Plan:
@@ -473,8 +504,8 @@ class Lifecycle:
                 return self.facts.write(planned.changes, planned.events)
             except Conflict:
                 continue
-            except IdTaken:
-                raise _id_taken() from None
+            except IdTaken as taken:
+                raise _id_taken(taken.kind) from None
         raise WorkflowError(409, "conflict", "the right changed meanwhile; try again")
 
     def _grant(self, grant_id: str) -> Grant:
@@ -531,9 +562,13 @@ def _past(step: str) -> str:
             "apply": "applied"}.get(step, step)
 
 
-def _id_taken() -> WorkflowError:
+def _id_taken(kind: str = "grant") -> WorkflowError:
     """The one answer for an id that cannot be used, whoever had it and whether it still
     exists: it names neither."""
+    if kind == "user":
+        return WorkflowError(409, ID_TAKEN, "this id cannot be used: the ids of users are "
+                             "never reused; give another",
+                             [{"field": "id", "message": "taken"}])
     return WorkflowError(409, ID_TAKEN, "this id cannot be used: the ids of rights are "
                          "never reused; give another, or none to have one made",
                          [{"field": "id", "message": "taken"}])

@@ -13,8 +13,10 @@ be a plain "update, insert if nothing was updated" without racing another writer
 same lock makes conditional changes (`Change.expected_version`) exact: the fact's version
 is read after it, so no other writer can change the fact in between. Events are inserted
 after it too, so their autoincrement ids grow in commit order (the outbox relies on it).
-The id of a right (kind `grant`) is noted in `taken_ids` when first written and is never
-written again once the right is deleted (`IdTaken`): no right inherits another's history.
+The id of a right (kind `grant`) or a user (kind `user`) is noted in `taken_ids` when
+first written and is never written again once the fact is deleted (`IdTaken`): no right
+inherits another's history, and no new user inherits a deleted user's rights (a right's
+municipality is its user's).
 """
 
 from __future__ import annotations
@@ -159,8 +161,11 @@ cursors = sa.Table(
 
 
 # Kinds whose ids are never used again once taken: a deleted right's id stays taken, so
-# that no right ever inherits another's history (events are kept by subject id).
-NEVER_REUSED = frozenset({"grant"})
+# that no right ever inherits another's history (events are kept by subject id), and a
+# deleted user's, so that no new user (of another municipality, say) inherits its rights.
+NEVER_REUSED = frozenset({"grant", "user"})
+# Ids looked up in one statement (well under SQLite's limit of bound parameters).
+_ID_CHUNK = 500
 
 taken_ids = sa.Table(
     "taken_ids",
@@ -327,6 +332,31 @@ def _take_id(conn: Connection, kind: str, fact_id: str, version: int, live: bool
     conn.execute(sa.insert(taken_ids).values(kind=kind, id=fact_id, first_version=version))
 
 
+def _write_run(conn: Connection, rows: list[dict[str, Any]], version: int) -> None:
+    """Upsert a run of plain writes (no deletes among them). The ids of kinds never reused
+    are taken first, as `_take_id` takes one, in a few statements for the whole run:
+    IdTaken for the first row whose id a fact of its kind that is gone had."""
+    gone: set[tuple[str, str]] = set()
+    new: list[dict[str, Any]] = []
+    for kind in sorted(NEVER_REUSED):
+        ids = list(dict.fromkeys(row["id"] for row in rows if row["kind"] == kind))
+        for start in range(0, len(ids), _ID_CHUNK):
+            chunk = ids[start:start + _ID_CHUNK]
+            live = set(conn.execute(sa.select(facts.c.id).where(
+                facts.c.kind == kind, facts.c.id.in_(chunk))).scalars())
+            taken = set(conn.execute(sa.select(taken_ids.c.id).where(
+                taken_ids.c.kind == kind, taken_ids.c.id.in_(chunk))).scalars())
+            gone |= {(kind, i) for i in chunk if i in taken and i not in live}
+            new += [{"kind": kind, "id": i, "first_version": version}
+                    for i in chunk if i not in taken]
+    for row in rows:
+        if (row["kind"], row["id"]) in gone:
+            raise IdTaken(row["kind"], row["id"])
+    if new:
+        conn.execute(sa.insert(taken_ids), new)
+    _upsert(conn, rows)
+
+
 class SqlFactStore:
     """`FactStore` on a SQL database named by a SQLAlchemy URL.
 
@@ -391,10 +421,10 @@ class SqlFactStore:
             for seq, (change, data) in enumerate(encoded):
                 row = {"kind": change.kind, "id": change.id, "data": data, "version": version}
                 never_reused = change.kind in NEVER_REUSED and data is not None
-                if data is not None and change.expected_version is None and not never_reused:
+                if data is not None and change.expected_version is None:
                     run.append(row)
                 else:
-                    _upsert(conn, run)
+                    _write_run(conn, run, version)
                     run = []
                     key = (facts.c.kind == change.kind) & (facts.c.id == change.id)
                     current = conn.execute(sa.select(facts.c.version).where(key)).scalar()
@@ -418,7 +448,7 @@ class SqlFactStore:
                         "changed_at": now,
                     }
                 )
-            _upsert(conn, run)
+            _write_run(conn, run, version)
             if within is not None:
                 within(conn)
             if log:

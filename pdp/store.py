@@ -82,9 +82,9 @@ class Conflict(Exception):
 
 
 class IdTaken(Exception):
-    """A write would give a right (grant) an id that is or once was another's: the ids of
-    rights are never used again, so that no history joins two rights. Nothing was
-    written."""
+    """A write would give a right (grant) or a user an id that is or once was another's:
+    the ids of rights and users are never used again, so that no history joins two rights
+    and no new user inherits a deleted user's rights. Nothing was written."""
 
     def __init__(self, kind: str, id: str) -> None:
         super().__init__(f"{kind} id {id!r} is taken")
@@ -112,8 +112,8 @@ class FactStore(Protocol):
         rolls everything back and is raised.
 
         A delete of a fact that does not exist raises NotFound, a failed condition
-        Conflict, a grant written under the id of a deleted grant IdTaken (the ids of
-        rights are never reused); then nothing is written.
+        Conflict, a grant or user written under the id of a deleted grant or user IdTaken
+        (the ids of rights and users are never reused); then nothing is written.
         `changes` may be empty if `events` is not.
         """
 

@@ -92,6 +92,28 @@ def test_import_is_all_or_nothing(tmp_path: Path) -> None:
     assert ok.returncode == 0 and "imported 2 facts, facts_version 1" in ok.stdout
 
 
+def test_import_refuses_a_taken_user_id(tmp_path: Path) -> None:
+    """A user whom a right names but who is not there: nobody may become that user (the
+    right would be theirs); the import fails as a whole, with no traceback."""
+    env = {"PDP_DATABASE_URL": f"sqlite:///{tmp_path / 'facts.sqlite3'}"}
+    grant = {"kind": "grant", "id": "g-1", "data": {
+        "user": "u-gone", "scopes": ["name_contact"], "actions": ["read"],
+        "valid_from": "2025-01-01T00:00:00+02:00", "valid_until": "2099-01-01T00:00:00+02:00",
+        "status": "active", "legal_basis": "380/2023 125 § 1 mom."}}
+    assert pdp("facts", "import", "-", env=env, input=_jsonl([grant])).returncode == 0
+    user = {"kind": "user", "id": "u-gone", "data": {
+        "municipality": "749", "display_name": "Uusi", "tasks": ["coaching"],
+        "status": "active"}}
+    client = {"kind": "client", "id": "c-1", "data": {"home_municipality": "749"}}
+    done = pdp("facts", "import", "-", env=env, input=_jsonl([client, user]))
+    assert done.returncode == 1, done.stderr
+    assert "id_taken" in done.stderr and "nothing imported" in done.stderr
+    assert "Traceback" not in done.stderr
+    check = pdp("check", "--user", "u", "--client", "c-1", "--category", "name_contact",
+                "--purpose", "coaching", env=env)
+    assert "facts_version 1" in check.stdout
+
+
 def test_check_against_a_running_server(server: Server) -> None:
     env = {"PDP_TOKEN": "t-pep"}
     done = pdp("check", "--url", server.url, "--user", "nobody", "--client", "c",

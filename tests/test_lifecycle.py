@@ -679,7 +679,9 @@ def test_municipality_admin_cannot_see_or_touch_another_municipality(
     assert {row["municipality"] for row in mine} == {"844"}
     assert theirs.grant in {row["id"] for row in mine}
     assert_error(other.put(f"/v1/users/{ours.user}", json=user_data(ours, status="left")),
-                 404, "not_found")
+                 403, "forbidden")
+    assert_error(other.put(f"/v1/users/{ours.user}", json=user_data(theirs, status="left")),
+                 409, "id_taken")
     assert_error(other.delete(f"/v1/users/{ours.user}"), 404, "not_found")
     assert other.get(f"/v1/users/{theirs.user}").status_code == 200
     assert get_grant(api, ours.grant)["state"] == "active"
@@ -774,6 +776,80 @@ def test_a_history_shows_a_municipality_only_its_own_events(
     assert_error(api("t-m844").get(f"/v1/grants/{ours.grant}/history"), 404, "not_found")
 
 
+def same_answer(responses: list[httpx.Response], ids: tuple[str, ...]) -> set[tuple[int, str]]:
+    """The (status, body) of each answer with the id it was asked about blotted out."""
+    return {(r.status_code, r.text.replace(i, "ID")) for r, i in zip(responses, ids, strict=True)}
+
+
+def test_ids_of_users_are_never_reused_nor_their_rights_shown(
+        api: Api, admin: httpx.Client) -> None:
+    """A deleted user's id stays taken. Before, the authority deleted 844's user (its
+    right revoked) and 749's admin created a user under its id (200): 749 then listed and
+    read 844's right, labelled "municipality": "749"."""
+    theirs = World(admin, "844").build()
+    ours = bare_world(admin)
+    own = api("t-m749")
+    assert admin.delete(f"/v1/users/{theirs.user}").status_code == 200
+    assert get_grant(api, theirs.grant)["state"] == "revoked"
+
+    reused = own.put(f"/v1/users/{theirs.user}", json=user_data(ours))
+    error = assert_error(reused, 409, "id_taken")
+    assert theirs.user not in reused.text and "844" not in reused.text
+    assert error["details"] == [{"field": "id", "message": "taken"}]
+    assert_error(admin.get(f"/v1/users/{theirs.user}"), 404, "not_found")
+    assert own.get("/v1/grants", params={"user": theirs.user}).json()["grants"] == []
+    assert_error(own.get(f"/v1/grants/{theirs.grant}"), 404, "not_found")
+    # nor by the authority, in a PUT or a batch
+    assert_error(api("t-facts").put(f"/v1/users/{theirs.user}", json=user_data(theirs)),
+                 409, "id_taken")
+    batch = api("t-facts").post("/v1/facts:batch", json={"facts": [
+        {"kind": "user", "id": theirs.user, "data": user_data(ours)}]})
+    assert_error(batch, 409, "id_taken")
+    assert_error(admin.get(f"/v1/users/{theirs.user}"), 404, "not_found")
+    assert own.get("/v1/grants", params={"user": theirs.user}).json()["grants"] == []
+
+    # A right that names a user who is not there: nobody may become that user.
+    orphan = new_id(ours, "orphan")
+    ours.put("grants", new_id(ours, "g"), ours.grant_data(user=orphan))
+    assert_error(own.put(f"/v1/users/{orphan}", json=user_data(ours)), 409, "id_taken")
+    assert_error(admin.put(f"/v1/users/{orphan}", json=user_data(ours)), 409, "id_taken")
+    assert own.get("/v1/grants", params={"user": orphan}).json()["grants"] == []
+
+    # No existence oracle: another municipality's live user, its deleted one, a right's
+    # missing one and one of our own deleted get one and the same answer, ...
+    live = World(admin, "844").build()
+    mine = new_id(ours, "mine")
+    assert own.put(f"/v1/users/{mine}", json=user_data(ours)).status_code == 200
+    assert own.delete(f"/v1/users/{mine}").status_code == 200
+    taken = (theirs.user, live.user, orphan, mine)
+    answers = [own.put(f"/v1/users/{i}", json=user_data(ours)) for i in taken]
+    assert {(a.status_code, a.text) for a in answers} == {(reused.status_code, reused.text)}
+    assert admin.get(f"/v1/users/{live.user}").json()["municipality"] == "844"
+    # ... a write that fails for another reason fails alike under a free id and a taken one
+    free = new_id(ours, "free")
+    for bad in (user_data(ours, status="retired"), user_data(ours, municipality="844"),
+                {**user_data(ours), "extra": 1}, user_data(ours, tasks=["cooking"])):
+        refused = [own.put(f"/v1/users/{i}", json=bad) for i in (free, *taken)]
+        assert refused[0].status_code in (400, 403), refused[0].text
+        assert len(same_answer(refused, (free, *taken))) == 1
+    assert_error(admin.get(f"/v1/users/{free}"), 404, "not_found")
+    # ... and reading or deleting another's user answers as for one that never was
+    for method in ("GET", "DELETE"):
+        ids = (free, live.user, theirs.user, mine)
+        tried = [own.request(method, f"/v1/users/{i}") for i in ids]
+        assert tried[0].status_code == 404, tried[0].text
+        assert len(same_answer(tried, ids)) == 1
+    assert admin.get(f"/v1/users/{live.user}").status_code == 200
+
+    # a free id is 749's own, and stays so
+    created = own.put(f"/v1/users/{free}", json=user_data(ours))
+    assert created.status_code == 200, created.text
+    changed = own.put(f"/v1/users/{free}", json=user_data(ours, display_name="Uusi"))
+    assert changed.status_code == 200, changed.text
+    assert api("t-facts").put(f"/v1/users/{live.user}",
+                              json=user_data(live, display_name="Uusi")).status_code == 200
+
+
 def test_municipality_admin_acts_for_its_own_municipality(api: Api,
                                                           admin: httpx.Client) -> None:
     ours = World(admin, "749").build()
@@ -807,9 +883,9 @@ def test_municipality_admin_acts_for_its_own_municipality(api: Api,
     assert_error(own.put(f"/v1/users/{ours.user}", json=user_data(ours, municipality="844")),
                  403, "forbidden")
     assert admin.get(f"/v1/users/{ours.user}").json()["municipality"] == "749"
-    assert_error(own.put(f"/v1/users/{theirs.user}", json=user_data(theirs)), 404,
-                 "not_found")
-    assert_error(own.put(f"/v1/users/{theirs.user}", json=user_data(ours)), 404, "not_found")
+    assert_error(own.put(f"/v1/users/{theirs.user}", json=user_data(theirs)), 403,
+                 "forbidden")
+    assert_error(own.put(f"/v1/users/{theirs.user}", json=user_data(ours)), 409, "id_taken")
     assert admin.get(f"/v1/users/{theirs.user}").json()["municipality"] == "844"
     assert_error(own.get(f"/v1/users/{theirs.user}"), 404, "not_found")
     assert_error(own.get(f"/v1/grants/{theirs.grant}"), 404, "not_found")
@@ -1088,5 +1164,10 @@ def test_a_user_who_moves_or_is_deleted_loses_every_right(
         got = get_grant(api, grant_id)
         assert got["state"] == "revoked", grant_id
         assert history(api, grant_id)[-1]["reason"] == "employment_ended"
-    put_user(admin, world)  # back in 749: no right comes back with the user
-    assert outcome(pep, world) == NO_GRANT
+    if change == "moved":
+        put_user(admin, world)  # back in 749: no right comes back with the user
+        assert outcome(pep, world) == NO_GRANT
+    else:  # a deleted user's id is never used again (it would carry the old rights)
+        assert_error(admin.put(f"/v1/users/{world.user}", json=user_data(world)), 409,
+                     "id_taken")
+        assert outcome(pep, world)[0] is False

@@ -36,7 +36,7 @@ from tests.pg import PG_ADMIN_DB, PG_HOST, PG_PORT, fresh_database, pg_connect
 PG_TABLES = ("events", "cursors", "fact_changes", "facts", "fact_meta", "audit_records",
              "audit_head", "audit_prunes", "audit_holds", "monitoring_cases", "audit_segments",
              "taken_ids", "service_secrets", "alembic_version")
-HEAD = "0008"  # the newest migration
+HEAD = "0009"  # the newest migration
 
 Opener = Callable[[str], SqlFactStore]
 
@@ -191,32 +191,33 @@ def test_delete(store: SqlFactStore) -> None:
 
 
 def test_a_deleted_fact_can_be_put_again(store: SqlFactStore) -> None:
-    store.apply([put("user", "u1", n=1)])
-    store.apply([delete("user", "u1")])
-    v3 = store.apply([put("user", "u1", n=3)])
-    assert store.get("user", "u1") == StoredFact("user", "u1", {"n": 3}, v3)
+    # (not a user nor a grant: their ids are never reused, see below)
+    store.apply([put("client", "c1", n=1)])
+    store.apply([delete("client", "c1")])
+    v3 = store.apply([put("client", "c1", n=3)])
+    assert store.get("client", "c1") == StoredFact("client", "c1", {"n": 3}, v3)
 
 
 def test_changes_in_a_batch_apply_in_order(store: SqlFactStore) -> None:
     v = store.apply(
         [
-            put("user", "u1", n=1),
-            put("user", "u1", n=2),
-            delete("user", "u1"),
-            put("user", "u1", n=3),
-            put("user", "u2", n=4),
-            delete("user", "u2"),
+            put("client", "c1", n=1),
+            put("client", "c1", n=2),
+            delete("client", "c1"),
+            put("client", "c1", n=3),
+            put("client", "c2", n=4),
+            delete("client", "c2"),
         ]
     )
-    assert store.get("user", "u1") == StoredFact("user", "u1", {"n": 3}, v)
-    assert store.get("user", "u2") is None
+    assert store.get("client", "c1") == StoredFact("client", "c1", {"n": 3}, v)
+    assert store.get("client", "c2") is None
     assert store.changes_since(0) == [
-        ChangeRecord(v, "user", "u1", {"n": 1}),
-        ChangeRecord(v, "user", "u1", {"n": 2}),
-        ChangeRecord(v, "user", "u1", None),
-        ChangeRecord(v, "user", "u1", {"n": 3}),
-        ChangeRecord(v, "user", "u2", {"n": 4}),
-        ChangeRecord(v, "user", "u2", None),
+        ChangeRecord(v, "client", "c1", {"n": 1}),
+        ChangeRecord(v, "client", "c1", {"n": 2}),
+        ChangeRecord(v, "client", "c1", None),
+        ChangeRecord(v, "client", "c1", {"n": 3}),
+        ChangeRecord(v, "client", "c2", {"n": 4}),
+        ChangeRecord(v, "client", "c2", None),
     ]
 
 
@@ -525,13 +526,14 @@ def test_conditional_writes(store: SqlFactStore) -> None:
         store.apply([Change("grant", "g1", None, expected_version=v1)])
     v3 = store.apply([Change("grant", "g1", None, expected_version=v2)])
     assert store.get("grant", "g1") is None
-    v4 = store.apply([Change("user", "u9", {"s": 3}, expected_version=0)])
-    store.apply([Change("user", "u9", None, expected_version=v4)])
-    v5 = store.apply([Change("user", "u9", {"s": 4}, expected_version=0)])  # gone: new again
+    v4 = store.apply([Change("client", "c9", {"s": 3}, expected_version=0)])
+    store.apply([Change("client", "c9", None, expected_version=v4)])
+    v5 = store.apply([Change("client", "c9", {"s": 4}, expected_version=0)])  # gone: new again
     assert (v3, v4, v5) == (v2 + 1, v2 + 2, v2 + 4)
     # Unconditional changes in the same batch still apply as before.
-    v6 = store.apply([put("user", "u1", n=1), Change("user", "u9", {"s": 5}, expected_version=v5)])
-    assert store.get("user", "u9") == StoredFact("user", "u9", {"s": 5}, v6)
+    v6 = store.apply([put("user", "u1", n=1),
+                      Change("client", "c9", {"s": 5}, expected_version=v5)])
+    assert store.get("client", "c9") == StoredFact("client", "c9", {"s": 5}, v6)
 
 
 def test_the_id_of_a_deleted_grant_is_never_used_again(store: SqlFactStore) -> None:
@@ -550,9 +552,39 @@ def test_the_id_of_a_deleted_grant_is_never_used_again(store: SqlFactStore) -> N
     assert store.get("grant", "g2") == StoredFact("grant", "g2", {"s": 1}, v1)
     assert v2 == v1 + 1
     # other kinds come back as before
-    store.apply([put("user", "u1", n=1)])
-    store.apply([delete("user", "u1")])
-    store.apply([put("user", "u1", n=2)])
+    store.apply([put("client", "c1", n=1)])
+    store.apply([delete("client", "c1")])
+    store.apply([put("client", "c1", n=2)])
+
+
+def test_the_id_of_a_deleted_user_is_never_used_again(store: SqlFactStore) -> None:
+    """A new user under a deleted user's id would take over its rights (a right's
+    municipality is its user's): another municipality would see them."""
+    many = [put("user", f"u{n}", n=n) for n in range(1200)]  # more than one lookup's worth
+    v1 = store.apply(many)
+    v2 = store.apply([put("user", "u1", n=2), put("user", "u1", n=3)])  # live: no new use
+    store.apply([delete("user", "u1"), delete("user", "u1100")])
+    before = snapshot(store)
+    for changes, taken in (([Change("user", "u1", {"n": 4}, expected_version=0)], "u1"),
+                           ([put("user", "u1", n=4)], "u1"),
+                           ([put("user", "new", n=1), put("client", "u1100", n=1),
+                             put("user", "u1100", n=4)], "u1100"),
+                           ([*many[2:1099], put("user", "u1100", n=4),
+                             put("user", "u1", n=4)], "u1100"),
+                           ([delete("user", "u2"), put("user", "u2", n=9)], "u2")):
+        with pytest.raises(IdTaken) as raised:
+            store.apply(changes, [ev("user.written", "u1")])
+        assert (raised.value.kind, raised.value.id) == ("user", taken)
+        assert snapshot(store) == before  # nothing written, no version used
+    assert store.get("user", "u2") == StoredFact("user", "u2", {"n": 2}, v1)
+    assert store.get("user", "new") is None
+    assert v2 == v1 + 1
+    # a new id, twice in one batch, and a live one; a new id, once deleted, is taken too
+    v3 = store.apply([put("user", "new", n=1), put("user", "new", n=2), put("user", "u2", n=3)])
+    assert store.get("user", "new") == StoredFact("user", "new", {"n": 2}, v3)
+    store.apply([delete("user", "new")])
+    with pytest.raises(IdTaken):
+        store.apply([put("user", "new", n=3)])
 
 
 def test_within_commits_with_the_events_or_not_at_all(store: SqlFactStore) -> None:
@@ -748,8 +780,8 @@ def test_migrating_from_0001_keeps_the_data(store_url: str, opener: Opener) -> N
     old = SqlFactStore(store_url)
     try:
         upgrade(old.engine, "0001")
-        v1 = old.apply([put("user", "u1", n=1)])
-        v2 = old.apply([put("user", "u1", n=2)])
+        v1 = old.apply([put("client", "c1", n=1)])
+        v2 = old.apply([put("client", "c1", n=2)])
         # A grant put at v1 and deleted at v2, as the store of 0001 wrote them (today's
         # store writes a grant's id in taken_ids too, which 0001 does not have).
         with write_transaction(old.engine) as conn:
@@ -772,16 +804,48 @@ def test_migrating_from_0001_keeps_the_data(store_url: str, opener: Opener) -> N
             "ix_events_subject", "ix_events_municipality"
         }
     assert (store.version(), list(store.all_facts()), store.changes_since(0)) == before
-    assert store.get("user", "u1") == StoredFact("user", "u1", {"n": 2}, v2)
+    assert store.get("client", "c1") == StoredFact("client", "c1", {"n": 2}, v2)
     assert [c.version for c in store.changes_since(0)] == [v1, v1, v2, v2]
     assert store.events_after(0, 10) == [] and store.cursor("x") == 0
 
-    v3 = store.apply([Change("user", "u1", {"n": 3}, expected_version=v2)], [ev("e", "u1")])
+    v3 = store.apply([Change("client", "c1", {"n": 3}, expected_version=v2)],
+                     [ev("e", "c1", subject_kind="client")])
     assert v3 == v2 + 1
-    assert [e.facts_version for e in store.events_of("user", "u1")] == [v3]
+    assert [e.facts_version for e in store.events_of("client", "c1")] == [v3]
     # the grant deleted before the ids of rights were kept: its id is taken all the same
     with pytest.raises(IdTaken):
         store.apply([put("grant", "g1", s=2)])
+
+
+def test_migrating_from_0008_takes_every_user_id_seen(store_url: str, opener: Opener) -> None:
+    """0009: the ids of users written before they were kept are taken all the same: from
+    the change log (a deleted user's), the facts and the events."""
+    old = SqlFactStore(store_url)
+    try:
+        upgrade(old.engine, "0008")
+        v1 = old.apply([put("user", "gone", n=1), put("user", "live", n=1),
+                        put("grant", "g1", user="gone")])
+        v2 = old.apply([delete("user", "gone")], [ev("user.deleted", "gone")])
+        v3 = old.apply([], [ev("user.deleted", "only-an-event")])
+        with write_transaction(old.engine) as conn:  # as the store before 0009 wrote them
+            conn.execute(sa.text("DELETE FROM taken_ids WHERE kind = 'user'"))
+        before = (old.version(), list(old.all_facts()), old.changes_since(0))
+    finally:
+        old.close()
+
+    store = opener(store_url)  # migrates to head
+    assert (store.version(), list(store.all_facts()), store.changes_since(0)) == before
+    with store.engine.connect() as conn:
+        taken = conn.execute(sa.text(
+            "SELECT kind, id, first_version FROM taken_ids ORDER BY kind, id")).all()
+    assert [tuple(row) for row in taken] == [
+        ("grant", "g1", v1), ("user", "gone", v1), ("user", "live", v1),
+        ("user", "only-an-event", v3)]
+    for user in ("gone", "only-an-event"):
+        with pytest.raises(IdTaken):
+            store.apply([put("user", user, n=2)])
+    v4 = store.apply([put("user", "live", n=2), put("user", "fresh", n=1)])
+    assert v4 == v3 + 1 and v2 == v1 + 1
 
 
 # --- unavailability --------------------------------------------------------------------
