@@ -24,7 +24,7 @@ from pdp.audit import (
 from pdp.auth import MUNICIPALITY_ADMIN, Caller
 from pdp.clock import from_micros, to_micros
 from pdp.errors import AUDIT_UNAVAILABLE, NOT_FOUND, ApiError, bad_request
-from pdp.facts import REAL_TEXT, Id, MunicipalityCode
+from pdp.facts import REAL_TEXT, Id, MunicipalityCode, is_real_text
 from pdp.http import parse_body, read_json
 from pdp.runtime import Runtime
 
@@ -36,7 +36,7 @@ Justification = Annotated[str, Query(min_length=3, max_length=1000), REAL_TEXT]
 class HoldRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: Annotated[str, StringConstraints(min_length=3, max_length=1000)]
+    reason: Annotated[str, StringConstraints(min_length=3, max_length=1000), REAL_TEXT]
     client: Id | None = None
     user: Id | None = None
     municipality: MunicipalityCode | None = None
@@ -47,7 +47,7 @@ class HoldRequest(BaseModel):
 class HoldRelease(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: Annotated[str, StringConstraints(min_length=3, max_length=1000)]
+    reason: Annotated[str, StringConstraints(min_length=3, max_length=1000), REAL_TEXT]
 
 
 def _cursor(seq: int) -> str:
@@ -234,8 +234,6 @@ def audit_router(runtime: Runtime) -> APIRouter:
         if not (hold.client or hold.user or hold.municipality or hold.from_ or hold.until):
             raise bad_request("name a client, user, municipality or time range to hold",
                               field="client")
-        if not hold.reason.strip():
-            raise bad_request("a hold needs a reason", field="reason")
         stored = await call(log_of().add_hold, reason=hold.reason, created_by=caller.name,
                             now_us=to_micros(datetime.now(UTC)), client=hold.client,
                             user=hold.user, municipality=hold.municipality,
@@ -260,9 +258,9 @@ def audit_router(runtime: Runtime) -> APIRouter:
                     or "transfer-encoding" in request.headers)
         if reason is None and has_body:
             reason = parse_body(HoldRelease, await read_json(request, limit_bytes)).reason
-        if reason is None or len(reason.strip()) < 3:
+        if reason is None or len(reason.strip()) < 3 or not is_real_text(reason):
             raise bad_request("releasing a legal hold needs a reason (at least 3 characters "
-                              "that are not all blank)", field="reason")
+                              "of real text, not blank or invisible marks)", field="reason")
         released = await call(log_of().release_hold, hold_id,
                               now_us=to_micros(datetime.now(UTC)), by=caller.name,
                               reason=reason, events=store)

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from pdp.audit import AuditUnavailable, read_record
 from pdp.bus import BusUnavailable
 from pdp.errors import AUDIT_UNAVAILABLE, NOT_FOUND, UNAVAILABLE, ApiError, bad_request
+from pdp.facts import is_real_text
 from pdp.http import parse_body, read_json
 from pdp.policy_engine import policy_files, policy_version
 from pdp.policy_manager import PolicyRejected
@@ -33,12 +34,13 @@ CHOICES = 1000  # users and clients offered to pick from (any id may be typed)
 
 
 def real_justification(value: str | None) -> str:
-    """A justification given in the query: real text of 3 to 1000 characters, else 400."""
-    text = (value or "").strip()
-    if not 3 <= len(text) <= 1000 or len(value or "") > 1000:
-        raise bad_request("a justification of 3 to 1000 characters, not blank, is required",
-                          field="justification")
-    return value or ""
+    """A justification given in the query: 3 to 1000 characters of real text (the one rule
+    of pdp.facts.is_real_text, as for every justification), else 400."""
+    text = value or ""
+    if not 3 <= len(text.strip()) <= len(text) <= 1000 or not is_real_text(text):
+        raise bad_request("a justification of 3 to 1000 characters of real text (not blank "
+                          "or invisible marks) is required", field="justification")
+    return text
 
 
 def candidate_error(error: CandidateError) -> ApiError:

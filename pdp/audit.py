@@ -46,6 +46,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import PoolProxiedConnection
 
 from pdp.clock import from_micros, to_micros, utcnow
+from pdp.facts import is_real_text
 from pdp.sqlstore import write_transaction
 from pdp.store import Event, FactStore, StoreUnavailable
 
@@ -526,6 +527,8 @@ class AuditLog:
                  events: FactStore | None = None) -> dict[str, Any]:
         """A legal hold; with `events`, placed in one transaction with its event
         (`audit_hold.placed`) in the event log."""
+        if not is_real_text(reason):
+            raise ValueError("a legal hold needs a reason")
         hold: dict[str, Any] = {
             "id": f"hold-{secrets.token_hex(8)}", "client_id": client, "user_id": user,
             "municipality": municipality, "from_us": from_us, "until_us": until_us,
@@ -548,7 +551,7 @@ class AuditLog:
                      events: FactStore) -> dict[str, Any] | None:
         """Release an active hold, noting who and why, in one transaction with its event
         (`audit_hold.released`) in the event log; None if no active hold has that id."""
-        if not reason.strip():
+        if not is_real_text(reason):
             raise ValueError("releasing a legal hold needs a reason")
         t = holds_table
         with self._reading(drain=False) as conn:

@@ -35,11 +35,37 @@ MunicipalityCode = Annotated[str, StringConstraints(pattern=r"^[0-9]{3}$")]
 Text = Annotated[str, StringConstraints(max_length=1000)]
 
 
+# Letters that are drawn as nothing: the Hangul fillers and the braille blank.
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+# Categories that show nothing by themselves: format characters (zero-width, bidi marks,
+# soft hyphen, ...), combining marks without a base, separators, and what is no
+# character to read at all (surrogates, private use, unassigned).
+_BLANK_CATEGORIES = frozenset({"Cf", "Mn", "Me", "Zs", "Zl", "Zp", "Cs", "Co", "Cn"})
+
+
+def is_real_text(value: str) -> bool:
+    """Whether `value` holds something to read: no control character other than tab and
+    newline, and, once whitespace, format characters (category Cf: zero-width and bidi
+    marks), combining marks (Mn, Me), the Hangul fillers and the braille blank are set
+    aside, at least one character left."""
+    readable = False
+    for ch in value:
+        category = unicodedata.category(ch)
+        if category == "Cc":
+            if ch not in "\t\n":
+                return False
+        elif not readable and not (category in _BLANK_CATEGORIES or ch in _BLANK_LETTERS
+                                   or ch.isspace()):
+            readable = True
+    return readable
+
+
 def real_text(value: str) -> str:
-    """`value`, if it holds something to read: not blank, whitespace, control characters
-    or invisible marks only."""
-    if not any(not ch.isspace() and unicodedata.category(ch)[0] not in "CZ" for ch in value):
-        raise ValueError("must be real text, not blank")
+    """`value`, if it is real text (is_real_text); ValueError otherwise. The one rule for
+    every justification and reason a person gives."""
+    if not is_real_text(value):
+        raise ValueError("must be real text: not blank, whitespace or invisible marks "
+                         "only, and no control characters but tab and newline")
     return value
 
 
