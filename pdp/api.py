@@ -65,7 +65,15 @@ from pdp.errors import (
     validation_details,
 )
 from pdp.explain import explain
-from pdp.facts import COLLECTIONS, Grant, Id, MunicipalityCode, dump_fact, parse_fact
+from pdp.facts import (
+    COLLECTIONS,
+    ID_RULE,
+    Grant,
+    Id,
+    MunicipalityCode,
+    dump_fact,
+    parse_fact,
+)
 from pdp.facts_service import FactsBehind
 from pdp.http import JSONResponse, read_json
 from pdp.lifecycle import GRANT_STATES, WorkflowError
@@ -351,11 +359,13 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     def invalid_record(raw: Any, caller: Caller, request_id: str | None,
                        now: datetime) -> AuditRecord:
-        """A batch item too malformed to decide: still a deny, so still recorded."""
+        """A batch item too malformed to decide: still a deny, so still recorded (with
+        its ids only where they obey the id rule: the log keeps no control characters
+        or direction marks)."""
         def member(key: str) -> str | None:
             value = raw.get(key) if isinstance(raw, dict) else None
             found = value.get("id") if isinstance(value, dict) else None
-            return found[:128] if isinstance(found, str) else None
+            return found if isinstance(found, str) and ID_RULE.fullmatch(found) else None
 
         return AuditRecord("decision", new_record_id(), to_micros(now),
                            user_id=member("subject"), client_id=member("resource"),

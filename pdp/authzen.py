@@ -1,20 +1,39 @@
 """The AuthZEN request shapes (API.md "Decisions"), validated into core requests.
 
-Bad shape, wrong types, an unknown category or action: invalid (400, or an item error in
-a batch). A missing or unknown purpose is not an error: the policy denies it
-(`purpose_invalid`); unknown users and clients likewise.
+Bad shape, wrong types, an unknown category or action, an id that breaks the id rule of
+API.md (a control character, a direction or zero-width mark, ...), a purpose that is no
+short word (longer than 64 characters, or holding a control, format or other invisible
+character): invalid (400, or an item error in a batch). A missing or unknown purpose is
+not an error: the policy denies it (`purpose_invalid`); unknown users and clients likewise.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 
 from pdp.core import DecisionRequest
+from pdp.facts import valid_id
 from pdp.vocab import Action, Category
 
-RequestId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+# The ids of a decision obey the id rule of API.md (as fact ids do): checked with a
+# precompiled fullmatch, after the length.
+RequestId = Annotated[str, StringConstraints(min_length=1, max_length=128),
+                      AfterValidator(valid_id),
+                      Field(json_schema_extra={"pattern": r"^[A-Za-z0-9_.\-]+$"})]
+
+
+def purpose_word(value: str) -> str:
+    """A purpose is a short word: nothing unprintable (control, format and bidi marks,
+    separators other than the space). An unknown word is the policy's to deny."""
+    if not value.isprintable():
+        raise ValueError("a purpose is a short word: no control, format or other "
+                         "invisible characters")
+    return value
+
+
+Purpose = Annotated[str, StringConstraints(max_length=64), AfterValidator(purpose_word)]
 
 
 class _Open(BaseModel):
@@ -43,7 +62,7 @@ class Resource(_Open):
 
 
 class Context(_Open):
-    purpose: Annotated[str, StringConstraints(max_length=128)] | None = None
+    purpose: Purpose | None = None
     min_facts_version: Annotated[StrictInt, Field(ge=0)] | None = None
 
 
@@ -127,7 +146,9 @@ class ResourceOfType(_Open):
 
 
 class PageRequest(_Open):
-    token: Annotated[str, StringConstraints(max_length=2048)] | None = None
+    # A token this service gave: base64url, nothing else (it is kept in the decision log).
+    token: Annotated[str, StringConstraints(max_length=2048,
+                                            pattern=r"^[A-Za-z0-9_\-]*$")] | None = None
     limit: Annotated[StrictInt, Field(ge=1, le=1000)] | None = None
 
 

@@ -6,6 +6,7 @@ those of API.md "Facts"; unknown fields are refused.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from typing import Annotated, Any
 
@@ -31,6 +32,18 @@ from pdp.vocab import (
 )
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")]
+# The id rule of API.md, for checks in Python: always with fullmatch (`$` in Python's re
+# also matches before a trailing newline).
+ID_RULE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+
+
+def valid_id(value: str) -> str:
+    """`value`, if it obeys the id rule of API.md; ValueError otherwise."""
+    if ID_RULE.fullmatch(value) is None:
+        raise ValueError("must be 1-128 letters, digits, '-', '_' or '.'")
+    return value
+
+
 MunicipalityCode = Annotated[str, StringConstraints(pattern=r"^[0-9]{3}$")]
 Text = Annotated[str, StringConstraints(max_length=1000)]
 
