@@ -6,7 +6,8 @@ bodies the routes read by hand (pdp.http.read_json), nor of the access table. He
 generated document is corrected: no 422; 400 everywhere (any request can be malformed);
 401 and 403 wherever a token is needed (pdp.access.ACCESS), with the roles; 404 where a
 path names something; 408 and 413 where a body is read; 409 where a step can conflict;
-and each body's schema, from the models the routes validate it with.
+503 where the route needs what may be down (the facts being current, the decision log,
+the store); and each body's schema, from the models the routes validate it with.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.json_schema import models_json_schema
 
 from pdp.access import ACCESS, Open, Rule
-from pdp.api_audit import HoldRequest
+from pdp.api_audit import HoldRelease, HoldRequest
 from pdp.api_monitoring import Resolution
 from pdp.api_policy import Upload
 from pdp.authzen import (
@@ -83,10 +84,13 @@ BODIES: dict[tuple[str, str], tuple[type[BaseModel], ...]] = {
     ("POST", "/v1/grants/{grant_id}/{step}"): tuple(STEP_BODIES.values()),
     ("POST", "/v1/agreements/{code}/{act}"): (AgreementAct,),
     ("POST", "/v1/audit/holds"): (HoldRequest,),
+    ("DELETE", "/v1/audit/holds/{hold_id}"): (HoldRelease,),
     ("POST", "/v1/monitoring/cases/{case_id}/resolve"): (Resolution,),
     ("POST", "/v1/policy/test"): (Upload,),
     ("POST", "/v1/policy/candidates"): (Upload,),
 }
+# Bodies a route reads only if one is sent (a hold's release reason may be in the query).
+OPTIONAL_BODIES = {("DELETE", "/v1/audit/holds/{hold_id}")}
 # Routes whose request can meet a conflicting state: a workflow step, a write a workflow
 # owns (use_workflow), a policy that may not go live.
 CONFLICTS = {
@@ -95,7 +99,6 @@ CONFLICTS = {
     ("POST", "/v1/facts:batch"),
     ("POST", "/v1/grant-applications"),
     ("POST", "/v1/grants/{grant_id}/{step}"),
-    ("POST", "/v1/grants:import"),
     ("POST", "/v1/agreements/{code}/{act}"),
     ("POST", "/v1/monitoring/cases/{case_id}/resolve"),
     ("POST", "/v1/policy/reload"),
@@ -113,6 +116,46 @@ STATUSES = {
            "through its workflow (use_workflow), or the policy may not go live",
     "413": "payload_too_large: the body is over the limit",
 }
+# Routes that can answer 503, and why (each with Retry-After).
+_DECISION = ("unavailable: the facts cannot be confirmed current, or are not yet as new "
+             "as context.min_facts_version; or audit_unavailable: the decision log cannot "
+             "be written (nothing is answered that is not recorded)")
+_LOG = "audit_unavailable: the decision log is off, or cannot be read or written"
+_STORE = "unavailable: the fact store does not answer"
+_SANDBOX = "unavailable: as many candidate policies are being run as may be at once"
+UNAVAILABLE: dict[tuple[str, str], str] = {
+    ("GET", "/readyz"): "not ready: the policies or facts are not loaded, or the store or "
+                        "the decision log does not answer (the body names the problems)",
+    **{("POST", path): _DECISION for path in (
+        "/access/v1/evaluation", "/access/v1/evaluations", "/v1/explain",
+        "/access/v1/search/resource", "/access/v1/search/subject",
+        "/access/v1/search/action")},
+    ("GET", "/v1/audit/decisions"): _LOG,
+    ("GET", "/v1/audit/verify"): _LOG,
+    ("GET", "/v1/audit/clients/{client}/report"): _LOG,
+    ("GET", "/v1/monitoring/samples"): _LOG,
+    ("POST", "/v1/audit/holds"): _LOG,
+    ("GET", "/v1/audit/holds"): _LOG,
+    ("DELETE", "/v1/audit/holds/{hold_id}"): _LOG,
+    ("GET", "/v1/policy/candidates/{version}/examples"): _LOG,
+    ("PUT", "/v1/{collection}/{fact_id}"): _STORE,
+    ("GET", "/v1/{collection}/{fact_id}"): _STORE,
+    ("DELETE", "/v1/{collection}/{fact_id}"): _STORE,
+    ("POST", "/v1/facts:batch"): _STORE,
+    ("POST", "/v1/grant-applications"): _STORE,
+    ("POST", "/v1/grants/{grant_id}/{step}"): _STORE,
+    ("POST", "/v1/agreements/{code}/{act}"): _STORE,
+    ("GET", "/v1/grants/{grant_id}/history"): _STORE,
+    ("GET", "/v1/events"): _STORE,
+    ("POST", "/v1/monitoring/cases/{case_id}/resolve"): _STORE,
+    ("POST", "/v1/policy/reload"): _STORE,
+    ("POST", "/v1/policy/candidates/{version}/promote"): _STORE,
+    ("POST", "/v1/policy/test"): _SANDBOX,
+    ("POST", "/v1/policy/candidates"): _SANDBOX,
+}
+NOT_READY = {"type": "object", "required": ["status", "problems"], "properties": {
+    "status": {"const": "not_ready"},
+    "problems": {"type": "array", "items": {"type": "string"}}}}
 
 
 def _document_path(path: str) -> str:
@@ -160,14 +203,21 @@ def refine(document: dict[str, Any],
                 respond(operation, "404", STATUSES["404"])
             if (method, path) in CONFLICTS:
                 respond(operation, "409", STATUSES["409"])
+            why = UNAVAILABLE.get((method, path))
+            if why is not None and path == "/readyz":  # its body says what is wrong
+                responses.setdefault("503", {"description": why, "content": {
+                    "application/json": {"schema": NOT_READY}}})
+            elif why is not None:
+                respond(operation, "503", why)
             bodies = BODIES.get((method, path))
             if bodies is not None:
                 respond(operation, "408", STATUSES["408"])
                 respond(operation, "413", STATUSES["413"])
                 refs = [{"$ref": REF.format(model=m.__name__)} for m in bodies]
-                operation.setdefault("requestBody", {"required": True, "content": {
-                    "application/json": {"schema": refs[0] if len(refs) == 1
-                                         else {"oneOf": refs}}}})
+                schema = refs[0] if len(refs) == 1 else {"oneOf": refs}
+                operation.setdefault("requestBody", {
+                    "required": (method, path) not in OPTIONAL_BODIES,
+                    "content": {"application/json": {"schema": schema}}})
     return document
 
 

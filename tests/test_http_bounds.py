@@ -162,6 +162,13 @@ def test_every_route_of_the_app_has_a_line_in_the_access_table(
         assert isinstance(rule, Open) == (path in OPEN), f"{method} {path}"
 
 
+def test_every_line_of_the_access_table_names_a_route_of_the_app(
+        routes: list[tuple[str, str]]) -> None:
+    """`POST /v1/grants:import` had a line, and no route: a line may only name a route
+    that exists (one added with its route, not before)."""
+    assert [line for line in ACCESS if line not in set(routes)] == []
+
+
 def test_no_token_is_401_on_every_route_whatever_the_request(
         bounded: Server, routes: list[tuple[str, str]]) -> None:
     refused = []
