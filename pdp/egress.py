@@ -10,6 +10,12 @@ the URL, `localhost`) and again at every delivery on the addresses the name reso
 then, and the request goes to the very address that was checked (so a name that resolves
 to a public address when checked and to an internal one a moment later cannot slip
 through: DNS rebinding).
+
+An address is public only if it is globally routable and so is every IPv4 address it
+carries: an IPv4-mapped (::ffff:0:0/96) or NAT64 (64:ff9b::/96) address is judged by its
+IPv4 address, a 6to4 one (2002::/16) by both, and Teredo (2001::/32) is refused. Python's
+`is_global` is not enough alone: 2002:a9fe:a9fe:: (169.254.169.254 in 6to4) and
+192.0.0.192 passed it.
 """
 
 from __future__ import annotations
@@ -26,7 +32,17 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 # Named apart for the message; all of them are non-global anyway.
-METADATA = (ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254"))
+METADATA = (ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254"),
+            ipaddress.ip_address("192.0.0.192"))
+# Not globally reachable (IANA special-purpose registries), though Python's tables may
+# say so: the IETF protocol assignments (192.0.0.192 is a cloud's metadata address), the
+# old 6to4 relay anycast, local-use NAT64 (RFC 8215), SRv6 SIDs (RFC 9602) and the
+# IPv6 documentation range of RFC 9637.
+NOT_GLOBAL: tuple[Network, ...] = tuple(ipaddress.ip_network(n) for n in (
+    "192.0.0.0/24", "192.88.99.0/24", "64:ff9b:1::/48", "5f00::/16", "3fff::/20"))
+# IPv6 forms that carry an IPv4 address (RFC 6052 NAT64, RFC 3056 6to4, RFC 4380 Teredo).
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+TEREDO = ipaddress.IPv6Network("2001::/32")
 
 
 class EgressRefused(ValueError):
@@ -64,11 +80,24 @@ class AllowList:
 
 
 def refusal(address: Address) -> str | None:
-    """Why a request must not go to `address` unless allowed; None for a public one."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return refusal(address.ipv4_mapped)
+    """Why a request must not go to `address` unless allowed; None for a public one: one
+    that is globally routable and whose embedded IPv4 address, if it has one, is too."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in TEREDO:  # a tunnel through the IPv4 addresses it embeds
+            return "a Teredo address"
+        # IPv4-mapped (::ffff:0:0/96) and NAT64 (64:ff9b::/96) addresses reach their
+        # IPv4 address: it alone decides. A 6to4 one (2002::/16) must pass both.
+        embedded = address.ipv4_mapped or (
+            ipaddress.IPv4Address(int(address) & 0xFFFFFFFF) if address in NAT64 else None)
+        if embedded is not None:
+            why = refusal(embedded)
+            return f"{why} ({address} holds {embedded})" if why else None
+        if address.sixtofour is not None and (why := refusal(address.sixtofour)):
+            return f"{why} ({address} holds {address.sixtofour})"
     if address in METADATA:
         return "a cloud metadata address"
+    if any(address.version == net.version and address in net for net in NOT_GLOBAL):
+        return "not a public address"
     for test, what in ((address.is_unspecified, "the unspecified address"),
                        (address.is_loopback, "a loopback address"),
                        (address.is_link_local, "a link-local address"),

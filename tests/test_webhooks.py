@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from pdp.egress import AllowList
+from pdp.egress import AllowList, EgressRefused, checked_addresses, refusal
 from pdp.events import signature, verify, webhook_headers
 from pdp.settings import Settings, Webhook
 from pdp.sqlstore import open_store
@@ -240,7 +240,14 @@ REFUSED_URLS = [
     "http://a.localhost/", "http://[::1]/", "http://[::ffff:127.0.0.1]/", "http://0.0.0.0/",
     "http://[::]/", "http://10.1.2.3/", "http://172.16.0.1/", "http://192.168.1.1/",
     "http://100.64.0.1/", "http://[fd12::1]/", "http://224.0.0.1/",
-    "https://user:pw@hooks.example.org/"]
+    "https://user:pw@hooks.example.org/",
+    # the metadata address and other non-public IPv4 inside IPv6 forms; the IPv4
+    # addresses Python 3.11 counts as global though IANA does not
+    "http://[2002:a9fe:a9fe::]/", "http://[2002:a9fe:a9fe:1::1]/", "http://[2002:7f00:1::]/",
+    "http://[2002:c0a8:101::]/", "http://[64:ff9b::a9fe:a9fe]/", "http://[64:ff9b::a00:1]/",
+    "http://[64:ff9b:1::808:808]/", "http://[::ffff:169.254.169.254]/",
+    "http://[::ffff:a00:1]/", "http://[2001::1]/", "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/",
+    "http://192.0.0.192/", "http://192.0.0.8/", "http://192.88.99.1/", "http://[3fff::1]/"]
 
 
 @pytest.mark.parametrize("url", REFUSED_URLS)
@@ -249,6 +256,40 @@ def test_a_webhook_to_an_internal_address_is_refused_when_configured(url: str) -
     with pytest.raises(ValueError) as raised:
         Settings(webhooks=[hook])
     assert "PDP_WEBHOOKS evil" in str(raised.value)
+
+
+# Globally routable, and so is any IPv4 address they hold.
+PUBLIC_ADDRESSES = ["8.8.8.8", "2606:4700::1111", "2002:808:808::1", "64:ff9b::808:808",
+                    "::ffff:8.8.8.8"]
+# The metadata address and the rest that counted as public before the review.
+EMBEDDED = {"2002:a9fe:a9fe::": "a cloud metadata address",
+            "64:ff9b::a9fe:a9fe": "a cloud metadata address",
+            "2002:c000:c0::": "a cloud metadata address",
+            "192.0.0.192": "a cloud metadata address",
+            "2002:a00:1::": "a private address", "2002:7f00:1::": "a loopback address",
+            "2001::1": "a Teredo address", "192.88.99.1": "not a public address"}
+
+
+def test_an_address_is_public_only_with_every_ipv4_it_holds() -> None:
+    import ipaddress
+
+    for text in PUBLIC_ADDRESSES:
+        assert refusal(ipaddress.ip_address(text)) is None, text
+    for text, why in EMBEDDED.items():
+        found = refusal(ipaddress.ip_address(text))
+        assert found is not None and found.startswith(why), (text, found)
+
+
+def test_a_name_resolving_to_an_embedded_metadata_address_is_refused_at_delivery() -> None:
+    async def resolve(host: str, port: int) -> list[str]:
+        return ["8.8.8.8", "2002:a9fe:a9fe::"]
+
+    with pytest.raises(EgressRefused, match="metadata"):
+        asyncio.run(checked_addresses("hooks.example.org", 443, AllowList(), resolve))
+    # Allowing the IPv4 network does not allow the IPv6 forms that hold it.
+    with pytest.raises(EgressRefused, match="metadata"):
+        asyncio.run(checked_addresses("hooks.example.org", 443,
+                                      AllowList.parse(["169.254.0.0/16"]), resolve))
 
 
 def test_an_allowed_network_or_host_may_be_a_webhook() -> None:
