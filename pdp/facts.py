@@ -57,15 +57,15 @@ _BLANK_CATEGORIES = frozenset({"Cf", "Mn", "Me", "Zs", "Zl", "Zp", "Cs", "Co", "
 
 
 def is_real_text(value: str) -> bool:
-    """Whether `value` holds something to read: no control character other than tab and
-    newline, and, once whitespace, format characters (category Cf: zero-width and bidi
-    marks), combining marks (Mn, Me), the Hangul fillers and the braille blank are set
-    aside, at least one character left."""
+    """Whether `value` holds something to read: no control character other than tab,
+    newline and carriage return (a form sends \r\n), and, once whitespace, format
+    characters (category Cf: zero-width and bidi marks), combining marks (Mn, Me), the
+    Hangul fillers and the braille blank are set aside, at least one character left."""
     readable = False
     for ch in value:
         category = unicodedata.category(ch)
         if category == "Cc":
-            if ch not in "\t\n":
+            if ch not in "\t\n\r":
                 return False
         elif not readable and not (category in _BLANK_CATEGORIES or ch in _BLANK_LETTERS
                                    or ch.isspace()):
@@ -78,7 +78,7 @@ def real_text(value: str) -> str:
     every justification and reason a person gives."""
     if not is_real_text(value):
         raise ValueError("must be real text: not blank, whitespace or invisible marks "
-                         "only, and no control characters but tab and newline")
+                         "only, and no control characters but tab and line breaks")
     return value
 
 
