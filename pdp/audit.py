@@ -19,7 +19,8 @@ Tamper evidence: record n carries `hash = sha256(prev_hash | canonical(record n)
 changed, deleted, inserted or reordered record breaks a hash, a link, the sequence or
 the head, and `verify` names the first bad record. Pruning (retention) removes old
 records except those under a legal hold and notes each removed range, so the chain stays
-verifiable after it.
+verifiable after it; it never removes a record younger than the retention period (a
+cutoff after its limit is refused, naming the limit).
 """
 
 from __future__ import annotations
@@ -135,6 +136,28 @@ class AuditUnavailable(Exception):
 
 class AuditTampered(Exception):
     """A pending segment does not match its chain: it is left where it is, for verify."""
+
+
+DAY_US = 86_400_000_000
+
+
+def retention_limit(now_us: int, retention_days: int) -> int:
+    """The time before which a record may be pruned: `retention_days` before now."""
+    if retention_days < 1:
+        raise ValueError(f"the retention period is at least one day, not {retention_days}")
+    return now_us - retention_days * DAY_US
+
+
+class RetentionRefused(ValueError):
+    """A prune that would remove records younger than the retention period."""
+
+    def __init__(self, cutoff_us: int, limit_us: int, retention_days: int) -> None:
+        self.cutoff_us, self.limit_us, self.retention_days = cutoff_us, limit_us, retention_days
+        super().__init__(
+            f"records younger than the retention period of {retention_days} days "
+            f"(PDP_AUDIT_RETENTION_DAYS) are never pruned: the limit is "
+            f"{from_micros(limit_us).isoformat()}, and {from_micros(cutoff_us).isoformat()} "
+            f"is after it; records under a legal hold are never pruned either")
 
 
 class AuditRecord(NamedTuple):
@@ -590,9 +613,16 @@ class AuditLog:
             return [_plain(r) for r in conn.execute(
                 sa.select(holds_table).order_by(holds_table.c.created_us))]
 
-    def prune(self, cutoff_us: int, now_us: int) -> int:
+    def prune(self, cutoff_us: int, now_us: int, *, retention_days: int) -> int:
         """Remove records older than `cutoff_us` that no active hold covers; note each run
-        of removed seqs, so that verify can tell a pruned gap from a deleted record."""
+        of removed seqs, so that verify can tell a pruned gap from a deleted record.
+
+        Retention is kept: a cutoff after the retention limit (`retention_days` before
+        now: now_us, or the clock if that is earlier) is refused with RetentionRefused
+        naming the limit, and nothing is removed."""
+        limit = retention_limit(min(now_us, to_micros(utcnow())), retention_days)
+        if cutoff_us > limit:
+            raise RetentionRefused(cutoff_us, limit, retention_days)
         t, h = records_table, holds_table
         held = sa.exists().where(
             h.c.released_us.is_(None),

@@ -442,18 +442,23 @@ def audit_prune(
         help="Remove records older than this RFC 3339 time (default: the retention, "
              "PDP_AUDIT_RETENTION_DAYS before now).")] = None,
 ) -> None:
-    """Remove records past retention, except those under a legal hold."""
-    from datetime import timedelta
-
+    """Remove records past retention, except those under a legal hold. A --before inside
+    the retention period is refused (exit 2), naming the limit."""
+    from pdp.audit import RetentionRefused, retention_limit
     from pdp.clock import to_micros, utcnow
 
     settings = _settings()
+    now = to_micros(utcnow())
     cutoff = _moment(before, "--before")
     if cutoff is None:
-        cutoff = to_micros(utcnow() - timedelta(days=settings.audit_retention_days))
+        cutoff = retention_limit(now, settings.audit_retention_days)
     log = _audit_log()
-    removed = log.prune(cutoff, to_micros(utcnow()))
-    log.stop()
+    try:
+        removed = log.prune(cutoff, now, retention_days=settings.audit_retention_days)
+    except RetentionRefused as error:
+        raise _fail(f"--before: {error}", 2) from None
+    finally:
+        log.stop()
     typer.echo(f"pruned {removed} records")
 
 

@@ -914,15 +914,27 @@ def test_data_subject_report(admin: httpx.Client, named_pep: httpx.Client,
 # -- 6. retention and legal holds --------------------------------------------------------
 
 FUTURE = "2100-01-01T00:00:00+02:00"
+RETENTION_DAYS = 1826  # PDP_AUDIT_RETENTION_DAYS' default
+OLD_DAYS = 2000  # how old the seeded records are: past the retention
+
+
+def days_ago(days: float) -> datetime:
+    return datetime.now(UTC) - timedelta(days=days)
 
 
 class Retention:
-    """A server of its own with two worlds' decisions, one client's under a legal hold."""
+    """A server of its own on a log that holds records older than the retention (seeded
+    before it starts, of two clients, one of them under a legal hold) and the recent
+    decisions of two worlds."""
 
     def __init__(self, tmp: Path) -> None:
         (tmp / "server").mkdir()
         self.tmp = tmp
         self.db = db_of(tmp / "server")
+        self.held_client, self.other_client = f"old-held-{uuid.uuid4().hex[:8]}", \
+            f"old-other-{uuid.uuid4().hex[:8]}"
+        self.old: dict[str, list[str]] = {self.held_client: [], self.other_client: []}
+        self.seed()
         self.server = audit_server(tmp / "server")
         self.admin = self.server.client("t-admin")
         self.pep = self.server.client("t-pep")
@@ -934,21 +946,45 @@ class Retention:
                 body = world.request(category=["benefits", "name_contact"][n % 2])
                 result = pep_post(self.pep, "/access/v1/evaluation", body)
                 self.made[world.client].append(result["context"]["decision_id"])
-        read_log(self.auditor, client=self.other.client)  # an audit_read too, to be pruned
-        hold = self.auditor.post("/v1/audit/holds", json={"client": self.held.client,
+        read_log(self.auditor, client=self.other.client)  # a recent audit_read too
+        hold = self.auditor.post("/v1/audit/holds", json={"client": self.held_client,
                                                           "reason": "court case 12/2026"})
         assert hold.status_code == 201, hold.text
-        assert hold.json()["client"] == self.held.client
+        assert hold.json()["client"] == self.held_client
         assert hold.json()["created_by"] == key_name(AUDITOR)
         self.hold_id: str = hold.json()["id"]
         listed = self.auditor.get("/v1/audit/holds").json()["holds"]
         assert [h["id"] for h in listed if h["released_at"] is None] == [self.hold_id]
 
-    def prune(self) -> int:
-        done = pdp_cli(self.db, "audit", "prune", "--before", FUTURE)
+    def seed(self) -> None:
+        """Decisions and a read of OLD_DAYS ago, written as the service writes them."""
+        store = open_store(f"sqlite:///{self.db}")
+        log = AuditLog(store.engine)
+        records = []
+        for n in range(4):
+            for client in (self.other_client, self.held_client):
+                record_id = uuid.uuid4().hex
+                self.old[client].append(record_id)
+                records.append(AuditRecord(
+                    "decision", record_id, to_micros(days_ago(OLD_DAYS)) + n, user_id="u-old",
+                    user_municipality="749", client_id=client, client_municipality="749",
+                    category="name_contact", action="read", purpose="coaching",
+                    decision=False, reason="no_active_grant", policy_version="old"))
+        records.append(AuditRecord("audit_read", uuid.uuid4().hex,
+                                   to_micros(days_ago(OLD_DAYS)) + 9, caller="old-auditor",
+                                   details='{"read": "decisions"}'))
+        log.write(records)
+        log.stop()
+        store.close()
+
+    def prune(self, *args: str) -> int:
+        done = pdp_cli(self.db, "audit", "prune", *args)
         assert done.returncode == 0, done.stdout + done.stderr
         assert done.stdout.startswith("pruned ")
         return int(done.stdout.split()[1])
+
+    def count(self) -> int:
+        return int(sql(self.db, "SELECT count(*) FROM audit_records")[0][0])
 
     def assert_verifies(self) -> None:
         verified = pdp_cli(self.db, "audit", "verify")
@@ -972,17 +1008,55 @@ def retention(tmp_path: Path) -> Iterator[Retention]:
 
 
 def test_prune_keeps_held_records_and_the_chain_verifies(retention: Retention) -> None:
-    held = retention.held.client
-    total = sql(retention.db, "SELECT count(*) FROM audit_records")[0][0]
-    kept = sql(retention.db, "SELECT count(*) FROM audit_records WHERE client_id = ?",
-               (held,))[0][0]
-    assert retention.prune() == total - kept
-    left = sql(retention.db, "SELECT record_id, client_id FROM audit_records")
-    assert {client for _, client in left} == {held}
-    assert set(retention.made[held]) <= {rid for rid, _ in left}
-    assert not set(retention.made[retention.other.client]) & {rid for rid, _ in left}
+    held = retention.held_client
+    total = retention.count()
+    old_other = sql(retention.db, "SELECT count(*) FROM audit_records WHERE at_us < ?",
+                    (to_micros(days_ago(RETENTION_DAYS)),))[0][0] - len(retention.old[held])
+    assert old_other == len(retention.old[retention.other_client]) + 1  # and the old read
+    assert retention.prune() == old_other  # the default: the retention before now
+    left = {rid for (rid,) in sql(retention.db, "SELECT record_id FROM audit_records")}
+    assert set(retention.old[held]) <= left
+    assert not set(retention.old[retention.other_client]) & left
+    recent = {*retention.made[retention.held.client], *retention.made[retention.other.client]}
+    assert recent <= left  # younger than the retention: kept
     first = pdp_cli(retention.db, "audit", "verify")
+    kept = total - old_other
     assert first.stdout.startswith(f"ok: {kept} records, head {total}"), first.stdout
+    retention.assert_verifies()
+
+
+def test_pruning_inside_the_retention_period_is_refused_naming_the_limit(
+        retention: Retention) -> None:
+    """Before, `pdp audit prune --before 2100-01-01T00:00:00+02:00` removed every record
+    not under a hold, yesterday's decisions too: the five years of retention were a
+    default, not a rule."""
+    before = record_ids(retention.db)
+    inside = days_ago(RETENTION_DAYS - 30).isoformat()
+    for cutoff in (FUTURE, datetime.now(UTC).isoformat(), inside):
+        refused = pdp_cli(retention.db, "audit", "prune", "--before", cutoff)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert refused.stdout == ""
+        message = refused.stderr
+        assert "PDP_AUDIT_RETENTION_DAYS" in message and f"{RETENTION_DAYS} days" in message
+        limit = datetime.fromisoformat(message.split("the limit is ")[1].split(",")[0])
+        assert abs(limit - days_ago(RETENTION_DAYS)) < timedelta(minutes=5)
+    assert record_ids(retention.db) == before  # nothing was removed
+
+    # A longer retention keeps what the default would prune; the cutoff names it too.
+    longer = subprocess.run(
+        [sys.executable, "-m", "pdp", "audit", "prune", "--before",
+         days_ago(OLD_DAYS - 10).isoformat()],
+        capture_output=True, text=True, cwd=retention.db.parent, timeout=60,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("PDP_")},
+             "PDP_DATABASE_URL": f"sqlite:///{retention.db}",
+             "PDP_AUDIT_RETENTION_DAYS": str(OLD_DAYS + 100)})
+    assert longer.returncode == 2 and f"{OLD_DAYS + 100} days" in longer.stderr, longer.stderr
+    assert record_ids(retention.db) == before
+
+    # At the limit or before it, a prune goes on; the held records stay all the same.
+    assert retention.prune("--before", days_ago(RETENTION_DAYS + 1).isoformat()) == len(
+        retention.old[retention.other_client]) + 1
+    assert set(retention.old[retention.held_client]) <= record_ids(retention.db)
     retention.assert_verifies()
 
 
@@ -990,7 +1064,7 @@ def test_deleting_a_held_record_from_a_pruned_log_is_detected(retention: Retenti
     retention.prune()
     retention.assert_verifies()
     doctored = copy_db(retention.db, retention.tmp / "doctored" / "facts.sqlite3")
-    deleted = retention.made[retention.held.client][1]
+    deleted = retention.old[retention.held_client][1]
     (gone,) = sql(doctored, "SELECT seq FROM audit_records WHERE record_id = ?", (deleted,))[0]
     sql(doctored, "DELETE FROM audit_records WHERE record_id = ?", (deleted,))
     caught = pdp_cli(doctored, "audit", "verify")
@@ -1004,7 +1078,7 @@ def test_deleting_a_held_record_from_a_pruned_log_is_detected(retention: Retenti
 
 
 def test_a_released_hold_no_longer_protects(retention: Retention) -> None:
-    held = retention.held.client
+    held = retention.held_client
     retention.prune()
     released = retention.auditor.delete(f"/v1/audit/holds/{retention.hold_id}",
                                         params={"reason": "the case is closed"})
@@ -1014,11 +1088,12 @@ def test_a_released_hold_no_longer_protects(retention: Retention) -> None:
     assert again.status_code == 404 and again.json()["error"]["code"] == "not_found"
     listed = retention.auditor.get("/v1/audit/holds").json()["holds"]
     assert [h["released_at"] is not None for h in listed] == [True]
-    later = pep_post(retention.pep, "/access/v1/evaluation", retention.held.request())
-    assert retention.prune() > 0
-    assert not record_ids(retention.db) & {*retention.made[held],
-                                           later["context"]["decision_id"]}
-    assert sql(retention.db, "SELECT count(*) FROM audit_records") == [(0,)]
+    assert retention.prune() == len(retention.old[held])
+    left = record_ids(retention.db)
+    assert not left & set(retention.old[held])
+    assert sql(retention.db, "SELECT count(*) FROM audit_records WHERE at_us < ?",
+               (to_micros(days_ago(RETENTION_DAYS)),)) == [(0,)]
+    assert set(retention.made[retention.held.client]) <= left  # recent: still kept
     retention.assert_verifies()
 
 
@@ -1039,7 +1114,7 @@ def test_releasing_a_hold_needs_a_reason_and_is_recorded_and_an_event(
     placed = hold_events(auditor, hold_id)
     assert [(e["type"], e["actor"], e["reason"]) for e in placed] == [
         ("audit_hold.placed", key_name(AUDITOR), "court case 12/2026")]
-    assert placed[0]["data"]["hold"]["client"] == retention.held.client
+    assert placed[0]["data"]["hold"]["client"] == retention.held_client
 
     for refused in (auditor.delete(path), auditor.delete(path, params={"reason": ""}),
                     auditor.delete(path, params={"reason": " \t  "}),
