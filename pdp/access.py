@@ -34,8 +34,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pdp.api_audit import AUDITORS, SUPERVISORS
 from pdp.api_lifecycle import AGREEMENT_ROLES, STEP_ROLES
 from pdp.api_lifecycle import READERS as GRANT_READERS
+from pdp.api_monitoring import COMMENTERS, OPENERS, RESOLVERS
 from pdp.api_monitoring import READERS as CASE_READERS
-from pdp.api_monitoring import RESOLVERS
 from pdp.api_policy import READERS as POLICY_READERS
 from pdp.api_policy import RELOADERS
 from pdp.auth import MUNICIPALITY_ADMIN, Authenticator, Caller, forbidden
@@ -137,6 +137,8 @@ ACCESS: dict[tuple[str, str], Rule] = {
     # supervision
     ("GET", "/v1/monitoring/samples"): SUPERVISORS,
     ("GET", "/v1/monitoring/cases"): CASE_READERS,
+    ("POST", "/v1/monitoring/cases"): OPENERS,
+    ("POST", "/v1/monitoring/cases/{case_id}/comments"): COMMENTERS,
     ("POST", "/v1/monitoring/cases/{case_id}/resolve"): RESOLVERS,
     # policies
     ("GET", "/v1/policy"): POLICY_READERS,

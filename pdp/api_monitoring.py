@@ -1,4 +1,12 @@
-"""HTTP routes of supervision: misuse cases — list them and resolve them (agreement § 7)."""
+"""HTTP routes of supervision (agreement § 7): misuse cases — list them, open one by hand,
+comment on one, resolve one.
+
+Both parties supervise: the area (the authority, `grant_admin`, and its auditors) sees and
+opens cases about any user, a municipality (`municipality_admin:<code>`) about its own
+staff only. A case about a municipality's staff is resolved by the authority alone; the
+municipality and the auditor add what they know as comments. (The auditor reads the
+logs and answers data subjects; deciding a case and suspending rights is the authority's.)
+"""
 
 from __future__ import annotations
 
@@ -12,18 +20,50 @@ from starlette.concurrency import run_in_threadpool
 from pdp.auth import MUNICIPALITY_ADMIN
 from pdp.clock import to_micros
 from pdp.errors import NOT_FOUND, ApiError
+from pdp.facts import REAL_TEXT, Id
 from pdp.http import parse_body, read_json
 from pdp.lifecycle import Suspension, WorkflowError
+from pdp.monitoring import CaseNotOpen
 from pdp.runtime import Runtime
 
 READERS = ["auditor", "grant_admin", MUNICIPALITY_ADMIN]
-RESOLVERS = ["grant_admin", MUNICIPALITY_ADMIN]
+RESOLVERS = ["grant_admin"]  # the authority's: a municipality comments, never closes
+COMMENTERS = ["grant_admin", "auditor", MUNICIPALITY_ADMIN]
+OPENERS = ["grant_admin", "auditor", MUNICIPALITY_ADMIN]
+
+Note = Annotated[str, StringConstraints(min_length=3, max_length=2000), REAL_TEXT]
+LongText = Annotated[str, StringConstraints(min_length=1, max_length=4000), REAL_TEXT]
 
 
 class Resolution(BaseModel):
+    """POST /v1/monitoring/cases/{id}/resolve: the authority's finding."""
+
     model_config = ConfigDict(extra="forbid")
     outcome: Literal["justified", "misuse"]
-    note: Annotated[str, StringConstraints(min_length=3, max_length=2000)]
+    note: Note
+
+
+class CaseReport(BaseModel):
+    """POST /v1/monitoring/cases: a case opened by hand by a party that suspects misuse.
+    `observed`: what was seen (the observation the contact people are told of);
+    `justification`: why it is suspected misuse."""
+
+    model_config = ConfigDict(extra="forbid")
+    user: Id
+    client: Id | None = None
+    observed: LongText
+    justification: LongText
+
+
+class Comment(BaseModel):
+    """POST /v1/monitoring/cases/{id}/comments: what one knows of the case."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: LongText
+
+
+def _not_open(case_id: str) -> ApiError:
+    return ApiError(409, "invalid_transition", f"case {case_id!r} is not open")
 
 
 def monitoring_router(runtime: Runtime) -> APIRouter:
@@ -31,6 +71,11 @@ def monitoring_router(runtime: Runtime) -> APIRouter:
     auth = runtime.auth
     cases = runtime.cases
     lifecycle = runtime.lifecycle
+    index = runtime.facts.index
+    limit_bytes = runtime.settings.max_body_bytes
+
+    def now_us() -> int:
+        return to_micros(datetime.now(UTC))
 
     @router.get("/v1/monitoring/cases")
     async def list_cases(
@@ -46,18 +91,52 @@ def monitoring_router(runtime: Runtime) -> APIRouter:
             status=status, municipality=municipality, rule=rule, user=user))
         return {"cases": found}
 
+    # carries: C-18, C-19, C-20
+    @router.post("/v1/monitoring/cases", status_code=201)
+    async def open_case(request: Request) -> dict[str, Any]:
+        caller = auth.require(request.headers.get("authorization"), OPENERS)
+        body = parse_body(CaseReport, await read_json(request, limit_bytes))
+        user = index.users.get(body.user)
+        # A municipality opens cases about its own users only; another's is not there.
+        if user is None or not caller.acts_for(user.municipality, OPENERS):
+            raise ApiError(404, NOT_FOUND, f"no user {body.user!r}")
+        return await run_in_threadpool(lambda: cases.open_by_hand(
+            user=body.user, municipality=user.municipality, client=body.client,
+            observed=body.observed, justification=body.justification, by=caller.name,
+            now_us=now_us()))
+
+    # carries: C-18, C-19
+    @router.post("/v1/monitoring/cases/{case_id}/comments", status_code=201)
+    async def comment(case_id: str, request: Request) -> dict[str, Any]:
+        caller = auth.require(request.headers.get("authorization"), COMMENTERS)
+        body = parse_body(Comment, await read_json(request, limit_bytes))
+        case = await run_in_threadpool(cases.get, case_id)
+        if case is None or not caller.acts_for(case["municipality"], COMMENTERS):
+            raise ApiError(404, NOT_FOUND, f"no case {case_id!r}")
+        try:
+            added = await run_in_threadpool(cases.comment, case_id, body.text, caller.name,
+                                            now_us())
+        except CaseNotOpen:
+            raise _not_open(case_id) from None
+        if added is None:
+            raise ApiError(404, NOT_FOUND, f"no case {case_id!r}")
+        return added
+
+    # carries: C-19
     @router.post("/v1/monitoring/cases/{case_id}/resolve")
     async def resolve(case_id: str, request: Request) -> dict[str, Any]:
         caller = auth.require(request.headers.get("authorization"), RESOLVERS)
-        body = parse_body(Resolution, await read_json(request, runtime.settings.max_body_bytes))
+        body = parse_body(Resolution, await read_json(request, limit_bytes))
         case = await run_in_threadpool(cases.get, case_id)
         if case is None or not caller.acts_for(case["municipality"], RESOLVERS):
             raise ApiError(404, NOT_FOUND, f"no case {case_id!r}")
-        resolved = await run_in_threadpool(
-            cases.resolve, case_id, body.outcome, body.note, caller.name,
-            to_micros(datetime.now(UTC)))
+        try:
+            resolved = await run_in_threadpool(
+                cases.resolve, case_id, body.outcome, body.note, caller.name, now_us())
+        except CaseNotOpen:
+            raise _not_open(case_id) from None
         if resolved is None:
-            raise ApiError(409, "invalid_transition", f"case {case_id!r} is not open")
+            raise ApiError(404, NOT_FOUND, f"no case {case_id!r}")
         suspended: list[str] = []
         if body.outcome == "misuse" and runtime.monitoring.suspend_rights_on_misuse:
             for row in await run_in_threadpool(lambda: lifecycle.listing(user=case["user"])):

@@ -1,40 +1,59 @@
-"""Misuse detection on the stream of decisions, and the cases it opens (agreement § 7).
+"""Misuse detection on the stream of decisions, and the cases of supervision (agreement § 7).
 
-The anomaly rules are data (`policies/monitoring.yaml`). The detector sees every decision
-once it moves from its durable segment into the decision log's record chain (when the
-log has been idle for a moment, or under sustained load once enough records wait), keeps
-per-user sliding windows in memory, and on a hit opens a case for the user and rule (or
-adds to the open one). A new case is an event in the outbox, so the contact people of the
-area and of the municipality hear of it at once through their webhooks. Windows are per
-process: with several replicas, each counts the decisions that it moved.
+The anomaly rules are data (`policies/monitoring.yaml`). The detector counts the decisions
+of the decision log's record chain in the chain's order, each exactly once, whichever
+replica moved them there and whichever replica answered them: its windows (per rule and
+user) and how far it has counted (the cursor `monitor`) live in the store, and one step
+of counting is one write transaction that holds the cursor's lock (PostgreSQL: the row;
+SQLite: the database's write lock). So every replica counts into the same windows, the
+same browsing spread over two replicas is the same browsing, and a restart in the middle
+of a window goes on counting where it was. (The store, not Redis: the embedded default
+has no Redis and its windows must survive a restart too; and in the store a step's
+windows, cases and cursor are written together, so a crash never counts a decision twice
+or not at all.)
+
+A hit opens a case for the user and rule (or adds to the open one). A case is announced
+by an event in the outbox (`case.opened`), so the contact people of the area and of the
+municipality hear of it at once through their webhooks: the step writes the case, and the
+case is announced right after it, by whichever replica looks first (an unannounced case
+is announced at the next look, so a crash in between loses no announcement).
+
+Either party may also open a case by hand (§ 7): the area (`grant_admin`, `auditor`) about
+any user, a municipality about its own users; it is announced as an automatic case is.
+A case about a municipality's staff is resolved by the authority; the municipality (and
+the auditor) may comment on it: add what it knows. Each comment is recorded with who
+and when and is an event (`case.commented`).
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import secrets
 import threading
 import time
-from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
+import orjson
 import sqlalchemy as sa
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.engine import Engine
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy.engine import Connection, Engine
 
-from pdp.audit import AuditRecord
-from pdp.clock import from_micros
+from pdp.audit import RECORD_HEAD, AuditRecord, head_table, records_table
+from pdp.clock import END_OF_TIME, from_micros, to_micros, utcnow
 from pdp.factindex import FactIndex
-from pdp.sqlstore import write_transaction
-from pdp.store import Event, FactStore
+from pdp.sqlstore import cursors, write_transaction
+from pdp.store import Event, FactStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
+
+MANUAL = "manual"  # the rule of a case opened by hand
+MONITOR_CURSOR = "monitor"  # the last seq of the record chain the detector has counted
 
 metadata = sa.MetaData()
 cases_table = sa.Table(
@@ -52,6 +71,26 @@ cases_table = sa.Table(
     sa.Column("note", sa.Text()),
     sa.Column("resolved_by", sa.String(200)),
     sa.Column("resolved_us", sa.BigInteger()),
+    sa.Column("client_id", sa.String(128)),
+    sa.Column("observed", sa.Text()),
+    sa.Column("justification", sa.Text()),
+    sa.Column("opened_by", sa.String(200)),
+    sa.Column("announced_us", sa.BigInteger()),
+)
+comments_table = sa.Table(
+    "monitoring_case_comments", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("case_id", sa.String(64), nullable=False),
+    sa.Column("author", sa.String(200), nullable=False),
+    sa.Column("at_us", sa.BigInteger(), nullable=False),
+    sa.Column("text", sa.Text(), nullable=False),
+)
+windows_table = sa.Table(
+    "monitoring_windows", metadata,
+    sa.Column("rule", sa.String(64), primary_key=True),
+    sa.Column("user_id", sa.String(128), primary_key=True),
+    sa.Column("entries", sa.Text(), nullable=False),  # JSON [[key, at_us], ...]
+    sa.Column("expires_us", sa.BigInteger(), nullable=False),
 )
 
 
@@ -84,6 +123,16 @@ class MonitoringConfig(BaseModel):
     suspend_rights_on_misuse: bool = True
     rules: dict[str, Rule]
 
+    @field_validator("rules")
+    @classmethod
+    def _names(cls, rules: dict[str, Rule]) -> dict[str, Rule]:
+        for name in rules:
+            if name == MANUAL:
+                raise ValueError(f"{MANUAL!r} is the rule of the cases opened by hand")
+            if not 1 <= len(name) <= 64:
+                raise ValueError(f"a rule's name is 1-64 characters: {name[:70]!r}")
+        return rules
+
 
 def load_config(path: Path) -> MonitoringConfig:
     return MonitoringConfig.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
@@ -99,28 +148,38 @@ class Hit:
 
 
 class _Window:
-    """Matching decisions of one user within a rule's window, with the distinct clients
-    among them kept up to date (constant time per decision)."""
+    """The matching decisions of one user within a rule's window: key -> time, where the
+    key is the client for a rule that counts distinct clients (its latest time), else the
+    record. At most `threshold` entries: a hit clears the window."""
 
-    __slots__ = ("clients", "entries")
+    __slots__ = ("entries", "oldest")
 
-    def __init__(self) -> None:
-        self.entries: deque[tuple[int, str]] = deque()
-        self.clients: Counter[str] = Counter()
+    def __init__(self, entries: dict[str, int] | None = None) -> None:
+        self.entries: dict[str, int] = entries if entries is not None else {}
+        self.oldest = min(self.entries.values(), default=END_OF_TIME)
 
-    def add(self, at_us: int, client: str, horizon_us: int) -> int:
-        self.entries.append((at_us, client))
-        self.clients[client] += 1
-        while self.entries and self.entries[0][0] <= horizon_us:
-            _, old = self.entries.popleft()
-            self.clients[old] -= 1
-            if not self.clients[old]:
-                del self.clients[old]
+    def add(self, key: str, at_us: int, horizon_us: int) -> int:
+        if self.oldest <= horizon_us:  # some have left the window
+            self.entries = {k: t for k, t in self.entries.items() if t > horizon_us}
+            self.oldest = min(self.entries.values(), default=END_OF_TIME)
+        if at_us > self.entries.get(key, -1):
+            self.entries[key] = at_us
+            self.oldest = min(self.oldest, at_us)
         return len(self.entries)
 
     def clear(self) -> None:
-        self.entries.clear()
-        self.clients.clear()
+        self.entries = {}
+        self.oldest = END_OF_TIME
+
+    def latest(self) -> int:
+        return max(self.entries.values(), default=0)
+
+    def dumps(self) -> str:
+        return orjson.dumps(list(self.entries.items())).decode()
+
+    @classmethod
+    def loads(cls, text: str) -> _Window:
+        return cls({str(key): int(at) for key, at in orjson.loads(text)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +197,9 @@ class _Compiled:
 
 
 class Detector:
-    """Sliding windows per rule and user over decision records."""
+    """The anomaly rules over decision records: which rules a record matches, and the
+    sliding windows (per rule and user) that count the matches. The windows are the
+    caller's (the store's, see Monitor), or this detector's own in memory (`observe`)."""
 
     def __init__(self, config: MonitoringConfig, facts: FactIndex) -> None:
         self.config = config
@@ -151,14 +212,14 @@ class Detector:
                       if rule.local_hours is not None else None,
                       rule.distinct_clients, rule.threshold, rule.window_minutes * 60_000_000)
             for name, rule in config.rules.items())
+        self.rules = {rule.name: rule for rule in self._rules}
         # The rules that may match a decision with a given reason (the rest match none).
         self._by_reason: dict[str | None, tuple[_Compiled, ...]] = {}
-        any_reason = tuple(rule for rule in self._rules if rule.reasons is None)
         for reason in {r for rule in self._rules for r in rule.reasons or ()}:
             self._by_reason[reason] = tuple(
                 rule for rule in self._rules
                 if rule.reasons is None or reason in rule.reasons)
-        self._any_reason = any_reason
+        self._any_reason = tuple(rule for rule in self._rules if rule.reasons is None)
         self._windows: dict[tuple[str, str], _Window] = {}
         self._hours: tuple[int, int] = (-1, 0)  # (minute since the epoch, its local hour)
         self._lock = threading.Lock()
@@ -180,31 +241,87 @@ class Detector:
             return False
         return rule.hours is None or self._hour(record.at_us) in rule.hours
 
-    def observe(self, records: list[AuditRecord]) -> list[Hit]:
+    def matched(self, records: Iterable[AuditRecord]) -> list[tuple[_Compiled, AuditRecord]]:
+        """(rule, record) for every rule each decision record matches, in order."""
+        found = []
+        for record in records:
+            if record.record_type != "decision" or not record.user_id:
+                continue
+            for rule in self._by_reason.get(record.reason, self._any_reason):
+                if self._matches(rule, record):
+                    found.append((rule, record))
+        return found
+
+    @staticmethod
+    def count(matched: Iterable[tuple[_Compiled, AuditRecord]],
+              windows: MutableMapping[tuple[str, str], _Window]) -> list[Hit]:
+        """Add the matches to their windows (created as needed); the hits, in order."""
         hits = []
-        windows = self._windows
-        with self._lock:
-            for record in records:
-                user = record.user_id
-                if record.record_type != "decision" or not user:
-                    continue
-                for rule in self._by_reason.get(record.reason, self._any_reason):
-                    if not self._matches(rule, record):
-                        continue
-                    window = windows.get((rule.name, user))
-                    if window is None:
-                        window = windows[(rule.name, user)] = _Window()
-                    count = window.add(record.at_us, record.client_id or "",
-                                       record.at_us - rule.window_us)
-                    if (len(window.clients) if rule.distinct_clients else count) >= rule.threshold:
-                        hits.append(Hit(rule.name, user, record.user_municipality or "",
-                                        record.record_id, record.at_us))
-                        window.clear()  # the next hit needs a new run of matches
+        for rule, record in matched:
+            user = record.user_id or ""
+            window = windows.get((rule.name, user))
+            if window is None:
+                window = windows[(rule.name, user)] = _Window()
+            key = (record.client_id or "") if rule.distinct_clients else record.record_id
+            if window.add(key, record.at_us, record.at_us - rule.window_us) >= rule.threshold:
+                hits.append(Hit(rule.name, user, record.user_municipality or "",
+                                record.record_id, record.at_us))
+                window.clear()  # the next hit needs a new run of matches
         return hits
+
+    def observe(self, records: list[AuditRecord]) -> list[Hit]:
+        """Count records in this detector's own windows (in memory)."""
+        with self._lock:
+            return self.count(self.matched(records), self._windows)
+
+
+def _when(us: int | None) -> str | None:
+    return from_micros(us).isoformat() if us is not None else None
+
+
+def comment_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {"id": row["id"], "by": row["author"], "at": _when(row["at_us"]),
+            "text": row["text"]}
+
+
+def case_json(row: Mapping[str, Any], comments: list[dict[str, Any]] | None = None
+              ) -> dict[str, Any]:
+    return {"id": row["id"], "rule": row["rule"], "user": row["user_id"],
+            "municipality": row["municipality"], "client": row.get("client_id"),
+            "status": row["status"], "hits": row["hits"],
+            "opened_at": _when(row["opened_us"]),
+            "opened_by": row.get("opened_by") or "monitoring",
+            "observed": row.get("observed"), "justification": row.get("justification"),
+            "updated_at": _when(row["updated_us"]),
+            "last_record": row["last_record"] or None, "outcome": row["outcome"],
+            "note": row["note"], "resolved_by": row["resolved_by"],
+            "resolved_at": _when(row["resolved_us"]), "comments": comments or []}
+
+
+class CaseNotOpen(Exception):
+    """The case is resolved: it takes no more comments and no second resolution."""
+
+
+class _Announced(Exception):
+    """Another replica announced the case meanwhile."""
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(8)}"
+
+
+@contextmanager
+def _available_db() -> Iterator[None]:
+    """Database failures as StoreUnavailable (the routes answer 503)."""
+    try:
+        yield
+    except (sa.exc.DBAPIError, sa.exc.TimeoutError) as error:
+        text = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise StoreUnavailable(text) from error
 
 
 class Cases:
-    """Cases in the store, and their events in the outbox."""
+    """Cases and their comments in the store, and their events in the outbox."""
 
     def __init__(self, engine: Engine, store: FactStore,
                  on_open: Callable[[str], None] | None = None) -> None:
@@ -212,125 +329,331 @@ class Cases:
         self.store = store
         self.on_open = on_open
 
+    # -- the detector's cases -----------------------------------------------------------
+
     def record_hit(self, hit: Hit, description: str, count: int = 1) -> str:
-        """Open a case for the hit's rule and user, or add the hits to the open one."""
-        t = cases_table
-        with write_transaction(self.engine) as conn:
-            row = conn.execute(sa.select(t.c.id, t.c.hits).where(
-                t.c.rule == hit.rule, t.c.user_id == hit.user, t.c.status == "open")).first()
-            if row is not None:
-                conn.execute(t.update().where(t.c.id == row.id).values(
-                    hits=row.hits + count, updated_us=hit.at_us, last_record=hit.record_id))
-                return str(row.id)
-            case_id = f"case-{secrets.token_hex(8)}"
-            conn.execute(t.insert().values(
-                id=case_id, rule=hit.rule, user_id=hit.user, municipality=hit.municipality,
-                status="open", hits=count, opened_us=hit.at_us, updated_us=hit.at_us,
-                last_record=hit.record_id))
-        case = self.get(case_id)
-        self.store.apply([], [Event("case.opened", "case", case_id, hit.municipality,
-                                    "monitoring", description, {"case": case})])
-        if self.on_open is not None:
-            self.on_open(hit.rule)
+        """Open a case for the hit's rule and user, or add the hits to the open one, and
+        announce it; the case's id."""
+        with _available_db(), write_transaction(self.engine) as conn:
+            (case_id,) = self.add_hits(conn, [hit] * count).values()
+        self.announce(lambda _rule: description)
         return case_id
 
+    def add_hits(self, conn: Connection, hits: list[Hit]) -> dict[tuple[str, str], str]:
+        """In the detector's transaction: add the hits to the open case of their rule and
+        user, or open one (announced by `announce`, after the transaction); the cases."""
+        t = cases_table
+        ids: dict[tuple[str, str], str] = {}
+        grouped: dict[tuple[str, str], tuple[Hit, Hit, int]] = {}
+        for hit in hits:
+            first, _, count = grouped.get((hit.rule, hit.user), (hit, hit, 0))
+            grouped[(hit.rule, hit.user)] = (first, hit, count + 1)
+        for (rule, user), (first, last, count) in grouped.items():
+            found = conn.execute(sa.select(t.c.id).where(
+                t.c.rule == rule, t.c.user_id == user, t.c.status == "open")
+                .order_by(t.c.opened_us).limit(1).with_for_update()).scalar_one_or_none()
+            if found is not None:
+                conn.execute(t.update().where(t.c.id == found).values(
+                    hits=t.c.hits + count, updated_us=last.at_us, last_record=last.record_id))
+                ids[(rule, user)] = str(found)
+                continue
+            ids[(rule, user)] = _new_id("case")
+            conn.execute(t.insert().values(
+                id=ids[(rule, user)], rule=rule, user_id=user, municipality=first.municipality,
+                status="open", hits=count, opened_us=first.at_us, updated_us=last.at_us,
+                last_record=last.record_id))
+        return ids
+
+    def announce(self, describe: Callable[[str], str]) -> int:
+        """Write the `case.opened` event of every case not yet announced (each once, in one
+        transaction with its mark); how many this call announced."""
+        t = cases_table
+        with _available_db(), self.engine.connect() as conn:
+            waiting = [str(r.id) for r in conn.execute(
+                sa.select(t.c.id).where(t.c.announced_us.is_(None))
+                .order_by(t.c.opened_us, t.c.id))]
+        announced = 0
+        for case_id in waiting:
+            case = self.get(case_id)
+            if case is None:
+                continue
+            now_us = to_micros(utcnow())
+
+            def mark(conn: Connection, case_id: str = case_id, now_us: int = now_us) -> None:
+                done = conn.execute(t.update().where(t.c.id == case_id,
+                                                     t.c.announced_us.is_(None))
+                                    .values(announced_us=now_us))
+                if not done.rowcount:
+                    raise _Announced(case_id)
+
+            try:
+                self.store.apply([], [Event("case.opened", "case", case_id, case["municipality"],
+                                            "monitoring", describe(case["rule"]),
+                                            {"case": case})], within=mark)
+            except _Announced:
+                continue
+            announced += 1
+            if self.on_open is not None:
+                self.on_open(case["rule"])
+        return announced
+
+    # -- people's cases -----------------------------------------------------------------
+
+    # carries: C-18, C-19, C-20
+    def open_by_hand(self, *, user: str, municipality: str, client: str | None,
+                     observed: str, justification: str, by: str, now_us: int,
+                     ) -> dict[str, Any]:
+        """A case opened by a person who suspects misuse (§ 7: either party), written in
+        one transaction with its `case.opened` event: told to the contact people of the
+        area and of the user's municipality exactly as a detected case is."""
+        row: dict[str, Any] = {
+            "id": _new_id("case"), "rule": MANUAL, "user_id": user,
+            "municipality": municipality, "status": "open", "hits": 0, "opened_us": now_us,
+            "updated_us": now_us, "last_record": "", "outcome": None, "note": None,
+            "resolved_by": None, "resolved_us": None, "client_id": client,
+            "observed": observed, "justification": justification, "opened_by": by,
+            "announced_us": now_us}
+        case = case_json(row)
+
+        def insert(conn: Connection) -> None:
+            conn.execute(cases_table.insert().values(**row))
+
+        self.store.apply([], [Event("case.opened", "case", row["id"], municipality, by,
+                                    justification, {"case": case})], within=insert)
+        if self.on_open is not None:
+            self.on_open(MANUAL)
+        return case
+
+    # carries: C-18, C-19
+    def comment(self, case_id: str, text: str, by: str, now_us: int
+                ) -> dict[str, Any] | None:
+        """Add what one knows to an open case: recorded with who and when, in one
+        transaction with its `case.commented` event. None if there is no such case;
+        CaseNotOpen if it is resolved."""
+        case = self.get(case_id)
+        if case is None:
+            return None
+        if case["status"] != "open":
+            raise CaseNotOpen(case_id)
+        row = {"id": _new_id("comment"), "case_id": case_id, "author": by, "at_us": now_us,
+               "text": text}
+        comment = comment_json(row)
+        after = {**case, "comments": [*case["comments"], comment]}
+        t = cases_table
+
+        def insert(conn: Connection) -> None:
+            still = conn.execute(sa.select(t.c.id).where(t.c.id == case_id,
+                                                         t.c.status == "open")
+                                 .with_for_update()).first()
+            if still is None:
+                raise CaseNotOpen(case_id)
+            conn.execute(comments_table.insert().values(**row))
+
+        self.store.apply([], [Event("case.commented", "case", case_id, case["municipality"],
+                                    by, text, {"case": after, "comment": comment})],
+                         within=insert)
+        return {"case": case_id, **comment}
+
+    # carries: C-19
+    def resolve(self, case_id: str, outcome: Literal["justified", "misuse"], note: str,
+                by: str, now_us: int) -> dict[str, Any] | None:
+        """Close an open case (the authority's), in one transaction with its
+        `case.resolved` event; None if there is no such case, CaseNotOpen if it is
+        resolved already."""
+        case = self.get(case_id)
+        if case is None:
+            return None
+        if case["status"] != "open":
+            raise CaseNotOpen(case_id)
+        t = cases_table
+        resolved = {**case, "status": "resolved", "outcome": outcome, "note": note,
+                    "resolved_by": by, "resolved_at": _when(now_us)}
+
+        def close(conn: Connection) -> None:
+            done = conn.execute(t.update().where(t.c.id == case_id, t.c.status == "open")
+                                .values(status="resolved", outcome=outcome, note=note,
+                                        resolved_by=by, resolved_us=now_us))
+            if not done.rowcount:
+                raise CaseNotOpen(case_id)
+
+        self.store.apply([], [Event("case.resolved", "case", case_id, case["municipality"],
+                                    by, f"{outcome}: {note}", {"case": resolved})],
+                         within=close)
+        return resolved
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _comments(self, conn: Connection, cases: sa.Select[Any]) -> dict[str, list[
+            dict[str, Any]]]:
+        c = comments_table
+        found: dict[str, list[dict[str, Any]]] = {}
+        for row in conn.execute(sa.select(c).where(c.c.case_id.in_(cases))
+                                .order_by(c.c.at_us, c.c.id)):
+            found.setdefault(str(row.case_id), []).append(comment_json(dict(row._mapping)))
+        return found
+
     def get(self, case_id: str) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(sa.select(cases_table).where(cases_table.c.id == case_id)).first()
-        return case_json(dict(row._mapping)) if row is not None else None
+        t = cases_table
+        with _available_db(), self.engine.connect() as conn:
+            row = conn.execute(sa.select(t).where(t.c.id == case_id)).first()
+            if row is None:
+                return None
+            comments = self._comments(conn, sa.select(t.c.id).where(t.c.id == case_id))
+        return case_json(dict(row._mapping), comments.get(case_id))
 
     def list(self, *, status: str | None = None, municipality: str | None = None,
              rule: str | None = None, user: str | None = None) -> list[dict[str, Any]]:
         t = cases_table
-        query = sa.select(t).order_by(t.c.opened_us, t.c.id)
-        for value, column in ((status, t.c.status), (municipality, t.c.municipality),
-                              (rule, t.c.rule), (user, t.c.user_id)):
-            if value is not None:
-                query = query.where(column == value)
-        with self.engine.connect() as conn:
-            return [case_json(dict(r._mapping)) for r in conn.execute(query)]
+        conditions = [column == value for value, column in (
+            (status, t.c.status), (municipality, t.c.municipality), (rule, t.c.rule),
+            (user, t.c.user_id)) if value is not None]
+        with _available_db(), self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t).where(*conditions)
+                                .order_by(t.c.opened_us, t.c.id)).all()
+            comments = self._comments(conn, sa.select(t.c.id).where(*conditions))
+        return [case_json(dict(r._mapping), comments.get(str(r.id))) for r in rows]
 
     def count_open(self) -> int:
-        with self.engine.connect() as conn:
+        with _available_db(), self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(cases_table)
                                     .where(cases_table.c.status == "open")).scalar_one())
 
-    def resolve(self, case_id: str, outcome: Literal["justified", "misuse"], note: str,
-                by: str, now_us: int) -> dict[str, Any] | None:
-        """Close an open case; None if there is no open case with that id."""
-        t = cases_table
-        with write_transaction(self.engine) as conn:
-            done = conn.execute(t.update().where(t.c.id == case_id, t.c.status == "open")
-                                .values(status="resolved", outcome=outcome, note=note,
-                                        resolved_by=by, resolved_us=now_us))
-        if not done.rowcount:
-            return None
-        case = self.get(case_id)
-        assert case is not None
-        self.store.apply([], [Event("case.resolved", "case", case_id, case["municipality"],
-                                    by, f"{outcome}: {note}", {"case": case})])
-        return case
-
-
-def case_json(row: dict[str, Any]) -> dict[str, Any]:
-    def when(us: int | None) -> str | None:
-        return from_micros(us).isoformat() if us is not None else None
-
-    return {"id": row["id"], "rule": row["rule"], "user": row["user_id"],
-            "municipality": row["municipality"], "status": row["status"], "hits": row["hits"],
-            "opened_at": when(row["opened_us"]), "updated_at": when(row["updated_us"]),
-            "last_record": row["last_record"], "outcome": row["outcome"], "note": row["note"],
-            "resolved_by": row["resolved_by"], "resolved_at": when(row["resolved_us"])}
-
 
 class Monitor:
-    """The detector fed by the decision log, and the cases it opens.
+    """The detector fed by the decision log, with its windows in the store.
 
-    It runs in a thread of its own, so that the decision log's indexer hands it each
-    batch it moved into the record chain and goes on. A new case is written at once;
-    further hits on an open case are added up in memory and written at most every
-    `flush_seconds` (at night, every decision can be an "unusual hours" hit)."""
+    A thread of its own counts: it wakes when this process moved records into the record
+    chain (it is a move listener) and every `poll_seconds` (records another process
+    moved), and counts what the cursor `monitor` has not, `chunk` records per step."""
 
-    def __init__(self, config: MonitoringConfig, facts: FactIndex, cases: Cases,
-                 flush_seconds: float = 5.0) -> None:
+    def __init__(self, config: MonitoringConfig, facts: FactIndex, cases: Cases, *,
+                 poll_seconds: float = 1.0, chunk: int = 2000, start: bool = True) -> None:
         self.config = config
         self.detector = Detector(config, facts)
         self.cases = cases
-        self.flush_seconds = flush_seconds
-        self._queue: queue.SimpleQueue[list[AuditRecord]] = queue.SimpleQueue()
-        self._written: dict[tuple[str, str], float] = {}  # last write of an open case
-        self._pending: dict[tuple[str, str], tuple[Hit, int]] = {}
+        self.engine = cases.engine
+        self.poll_seconds = poll_seconds
+        self.chunk = chunk
+        self._wake = threading.Event()
+        self._swept = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="pdp-monitor", daemon=True)
-        self._thread.start()
+        if start:
+            self._thread.start()
 
     def __call__(self, records: list[AuditRecord]) -> None:
-        self._queue.put(records)
+        self._wake.set()  # records moved: count them (they are read back in chain order)
+
+    def describe(self, rule: str) -> str:
+        found = self.config.rules.get(rule)
+        return found.description if found is not None else rule
 
     def _run(self) -> None:
         while True:
+            self._wake.wait(self.poll_seconds)
+            self._wake.clear()
             try:
-                records = self._queue.get(timeout=self.flush_seconds)
-            except queue.Empty:
-                records = []
-            try:
-                for hit in self.detector.observe(records):
-                    key = (hit.rule, hit.user)
-                    _, count = self._pending.get(key, (hit, 0))
-                    self._pending[key] = (hit, count + 1)
-                self._flush()
-            except Exception:
-                log.exception("misuse detection failed")
+                while self.step():
+                    pass
+                self.cases.announce(self.describe)
+                if time.monotonic() - self._swept > 600:
+                    self.sweep()
+                    self._swept = time.monotonic()
+            except Exception as error:  # the store is down: the cursor waits
+                log.warning("misuse detection: %s", str(error).splitlines()[0]
+                            if str(error) else type(error).__name__)
+                time.sleep(self.poll_seconds)
 
-    def _flush(self) -> None:
-        now = time.monotonic()
-        for key, (hit, count) in list(self._pending.items()):
-            last = self._written.get(key)
-            if last is not None and now - last < self.flush_seconds:
-                continue  # an open case written a moment ago: add up for now
-            try:
-                self.cases.record_hit(hit, self.config.rules[hit.rule].description, count)
-            except Exception:
-                log.exception("could not record the %s case of %s", hit.rule, hit.user)
+    # carries: C-18, C-19, C-20
+    def step(self) -> int:
+        """Count the next records after the cursor, in one transaction with the windows,
+        the cases and the cursor; how many records it passed (0: nothing new)."""
+        with self.engine.connect() as conn:  # a look without the write lock
+            cursor = conn.execute(sa.select(cursors.c.value).where(
+                cursors.c.name == MONITOR_CURSOR)).scalar_one_or_none()
+            head = conn.execute(sa.select(head_table.c.seq).where(
+                head_table.c.id == RECORD_HEAD)).scalar_one_or_none()
+        if head is None or (cursor is not None and int(head) <= int(cursor)):
+            return 0
+        r = records_table
+        with write_transaction(self.engine) as conn:
+            cursor = conn.execute(sa.select(cursors.c.value).where(
+                cursors.c.name == MONITOR_CURSOR).with_for_update()).scalar_one_or_none()
+            head = int(conn.execute(sa.select(head_table.c.seq).where(
+                head_table.c.id == RECORD_HEAD)).scalar_one())
+            if cursor is None:  # a store without the cursor: start at the head
+                log.warning("misuse detection starts at record %d (no cursor)", head)
+                conn.execute(cursors.insert().values(name=MONITOR_CURSOR, value=head))
+                return 0
+            after = int(cursor)
+            if head <= after:
+                return 0
+            upto = min(head, after + self.chunk)
+            records = [
+                AuditRecord("decision", row.record_id, int(row.at_us), user_id=row.user_id,
+                            user_municipality=row.user_municipality,
+                            client_id=row.client_id, reason=row.reason)
+                for row in conn.execute(
+                    sa.select(r.c.record_id, r.c.at_us, r.c.user_id, r.c.user_municipality,
+                              r.c.client_id, r.c.reason)
+                    .where(r.c.seq > after, r.c.seq <= upto, r.c.record_type == "decision",
+                           r.c.user_id.is_not(None))
+                    .order_by(r.c.seq))]
+            matched = self.detector.matched(records)
+            if matched:
+                keys = {(rule.name, record.user_id or "") for rule, record in matched}
+                windows = self._load(conn, keys)
+                known = set(windows)
+                hits = self.detector.count(matched, windows)
+                self._save(conn, windows, known)
+                self.cases.add_hits(conn, hits)
+            conn.execute(cursors.update().where(cursors.c.name == MONITOR_CURSOR)
+                         .values(value=upto))
+        return upto - after
+
+    def _load(self, conn: Connection, keys: set[tuple[str, str]]
+              ) -> dict[tuple[str, str], _Window]:
+        w = windows_table
+        users = sorted({user for _, user in keys})
+        windows: dict[tuple[str, str], _Window] = {}
+        for start in range(0, len(users), 500):
+            for row in conn.execute(sa.select(w.c.rule, w.c.user_id, w.c.entries).where(
+                    w.c.user_id.in_(users[start:start + 500]))):
+                key = (str(row.rule), str(row.user_id))
+                if key in keys:
+                    windows[key] = _Window.loads(row.entries)
+        return windows
+
+    def _save(self, conn: Connection, windows: dict[tuple[str, str], _Window],
+              known: set[tuple[str, str]]) -> None:
+        w = windows_table
+        updates: list[dict[str, Any]] = []
+        inserts: list[dict[str, Any]] = []
+        deletes: list[dict[str, Any]] = []
+        for (rule, user), window in windows.items():
+            if not window.entries:
+                if (rule, user) in known:
+                    deletes.append({"k_rule": rule, "k_user": user})
                 continue
-            del self._pending[key]
-            self._written[key] = now
+            values = {"k_rule": rule, "k_user": user, "k_entries": window.dumps(),
+                      "k_expires": window.latest() + self.detector.rules[rule].window_us}
+            (updates if (rule, user) in known else inserts).append(values)
+        same = sa.and_(w.c.rule == sa.bindparam("k_rule"), w.c.user_id == sa.bindparam("k_user"))
+        if deletes:
+            conn.execute(w.delete().where(same), deletes)
+        if updates:
+            conn.execute(w.update().where(same).values(
+                entries=sa.bindparam("k_entries"), expires_us=sa.bindparam("k_expires")),
+                updates)
+        if inserts:
+            conn.execute(w.insert().values(
+                rule=sa.bindparam("k_rule"), user_id=sa.bindparam("k_user"),
+                entries=sa.bindparam("k_entries"), expires_us=sa.bindparam("k_expires")),
+                inserts)
+
+    def sweep(self, now_us: int | None = None) -> int:
+        """Forget the windows that no decision can fall into any more (an hour's margin
+        for records that reach the chain late)."""
+        limit = (to_micros(utcnow()) if now_us is None else now_us) - 3_600_000_000
+        with write_transaction(self.engine) as conn:
+            return int(conn.execute(windows_table.delete().where(
+                windows_table.c.expires_us < limit)).rowcount)

@@ -22,7 +22,7 @@ from pydantic.json_schema import models_json_schema
 
 from pdp.access import ACCESS, Open, Rule
 from pdp.api_audit import HoldRelease, HoldRequest
-from pdp.api_monitoring import Resolution
+from pdp.api_monitoring import CaseReport, Comment, Resolution
 from pdp.api_policy import Upload
 from pdp.authzen import (
     ActionSearch,
@@ -85,6 +85,8 @@ BODIES: dict[tuple[str, str], tuple[type[BaseModel], ...]] = {
     ("POST", "/v1/agreements/{code}/{act}"): (AgreementAct,),
     ("POST", "/v1/audit/holds"): (HoldRequest,),
     ("DELETE", "/v1/audit/holds/{hold_id}"): (HoldRelease,),
+    ("POST", "/v1/monitoring/cases"): (CaseReport,),
+    ("POST", "/v1/monitoring/cases/{case_id}/comments"): (Comment,),
     ("POST", "/v1/monitoring/cases/{case_id}/resolve"): (Resolution,),
     ("POST", "/v1/policy/test"): (Upload,),
     ("POST", "/v1/policy/candidates"): (Upload,),
@@ -100,6 +102,7 @@ CONFLICTS = {
     ("POST", "/v1/grant-applications"),
     ("POST", "/v1/grants/{grant_id}/{step}"),
     ("POST", "/v1/agreements/{code}/{act}"),
+    ("POST", "/v1/monitoring/cases/{case_id}/comments"),
     ("POST", "/v1/monitoring/cases/{case_id}/resolve"),
     ("POST", "/v1/policy/reload"),
     ("POST", "/v1/policy/candidates"),
@@ -147,6 +150,9 @@ UNAVAILABLE: dict[tuple[str, str], str] = {
     ("POST", "/v1/agreements/{code}/{act}"): _STORE,
     ("GET", "/v1/grants/{grant_id}/history"): _STORE,
     ("GET", "/v1/events"): _STORE,
+    ("GET", "/v1/monitoring/cases"): _STORE,
+    ("POST", "/v1/monitoring/cases"): _STORE,
+    ("POST", "/v1/monitoring/cases/{case_id}/comments"): _STORE,
     ("POST", "/v1/monitoring/cases/{case_id}/resolve"): _STORE,
     ("POST", "/v1/policy/reload"): _STORE,
     ("POST", "/v1/policy/candidates/{version}/promote"): _STORE,

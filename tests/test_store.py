@@ -35,8 +35,9 @@ from tests.pg import PG_ADMIN_DB, PG_HOST, PG_PORT, fresh_database, pg_connect
 
 PG_TABLES = ("events", "cursors", "fact_changes", "facts", "fact_meta", "audit_records",
              "audit_head", "audit_prunes", "audit_holds", "monitoring_cases", "audit_segments",
-             "taken_ids", "service_secrets", "alembic_version")
-HEAD = "0009"  # the newest migration
+             "taken_ids", "service_secrets", "monitoring_case_comments",
+             "monitoring_windows", "alembic_version")
+HEAD = "0010"  # the newest migration
 
 Opener = Callable[[str], SqlFactStore]
 
