@@ -251,7 +251,7 @@ def throughput(args: argparse.Namespace, workdir: Path) -> None:
     for workers in args.workers:
         with store_env(args, workdir) as env, infra.pdp_server(
                 f"w{workers}", workdir, env, ("--workers", str(workers))) as server:
-            infra.load_facts(server, demo_facts())
+            infra.load_demo(server)
             print(f"{store}, --workers {workers} …", file=sys.stderr, flush=True)
             for name, path, bodies, per in (
                     ("single", "/access/v1/evaluation", single, 1),
@@ -294,7 +294,8 @@ def synthetic(count: int) -> list[dict[str, Any]]:
     starts = (now - timedelta(days=20)).isoformat()
     codes = ("749", "297", "844")
     clients = [{"kind": "client", "id": f"c-syn-{n:06d}",
-                "data": {"home_municipality": codes[n % 3], "protection_order": n % 97 == 0}}
+                "data": {"home_municipality": codes[n % 3], "protection_order": n % 97 == 0,
+                         "area_client": True}}
                for n in range(count)]
     relationships = [{"kind": "relationship", "id": f"r-syn-{n:06d}",
                       "data": {"client": f"c-syn-{n:06d}", "municipality": codes[n % 3],
@@ -344,7 +345,7 @@ def memory(args: argparse.Namespace, workdir: Path) -> None:
 
         rows.append(("started, empty store", rss()))
         demo = demo_facts()
-        infra.load_facts(server, demo)
+        infra.load_demo(server)
         bodies = [orjson.dumps(item) for item in triples()]
         run_load(server.url, "/access/v1/evaluation", bodies, 2, 1.0)
         rows.append((f"demo world ({len(demo)} facts), {len(bodies)} decisions cached",

@@ -25,7 +25,7 @@ from typing import Any
 
 from pdp.api import parse_batch
 from pdp.decider import Decider
-from pdp.demo import demo_facts
+from pdp.demo import demo_facts, demo_grant_facts
 from pdp.factindex import FactIndex
 from pdp.policy_engine import load_policy
 from pdp.search import Page, search_resources
@@ -36,11 +36,12 @@ USER, PURPOSE, CATEGORY = "u-1001", "coaching", "service_needs_plans"
 
 
 def world(clients: int, caseload: int, unassigned: int, now: datetime) -> list[dict[str, Any]]:
-    facts = demo_facts(now)
+    facts = demo_facts(now) + demo_grant_facts(now)
     start = (now - timedelta(days=30)).isoformat()
     for n in range(clients):
         client = f"c-749-b{n:05d}"
-        facts.append({"kind": "client", "id": client, "data": {"home_municipality": "749"}})
+        facts.append({"kind": "client", "id": client, "data": {"home_municipality": "749",
+                                                                  "area_client": True}})
         if n % (clients // caseload) == 0:
             assigned = [USER]
         elif n % (clients // max(unassigned, 1)) == 1 and unassigned:

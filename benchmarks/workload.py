@@ -60,15 +60,19 @@ class Request:
     category: str
     action: str
     purpose: str
+    owner: str = ""  # the record's owner the request names (the user's municipality)
 
     def decision_request(self) -> DecisionRequest:
         return DecisionRequest(self.user, self.client, self.category, self.action,
-                               self.purpose)
+                               self.purpose, self.owner)
 
     def authzen(self) -> dict[str, Any]:
+        properties = {"category": self.category}
+        if self.owner:
+            properties["owner"] = self.owner
         return {"subject": {"type": "user", "id": self.user}, "action": {"name": self.action},
                 "resource": {"type": "client_record", "id": self.client,
-                             "properties": {"category": self.category}},
+                             "properties": properties},
                 "context": {"purpose": self.purpose}}
 
 
@@ -102,7 +106,8 @@ def world_facts(sizes: Sizes, seed: int = 1) -> list[dict[str, Any]]:
         client = f"c-{home}-{n:06d}"
         clients.append((client, home))
         facts.append({"kind": "client", "id": client, "data": {
-            "home_municipality": home, "protection_order": rng.random() < 0.01}})
+            "home_municipality": home, "protection_order": rng.random() < 0.01,
+            "area_client": True}})
     # Users: each municipality's staff; a few suspended or gone; some are clients too.
     users_of: dict[str, list[str]] = {code: [] for code in codes}
     for n in range(sizes.users):
@@ -123,7 +128,8 @@ def world_facts(sizes: Sizes, seed: int = 1) -> list[dict[str, Any]]:
         start = rng.uniform(-300, -10)
         end = start + (rng.uniform(5, 200) if rng.random() < 0.03 else rng.uniform(320, 365))
         facts.append({"kind": "grant", "id": f"g-{user}", "data": {
-            "user": user, "scopes": scopes, "actions": rng.choice([["read"], ["read", "write"]]),
+            "user": user, "purposes": tasks, "scopes": scopes,
+            "actions": rng.choice([["read"], ["read", "write"]]),
             "valid_from": at(start), "valid_until": at(end), "status": status,
             "legal_basis": "380/2023 125 § 1 mom."}})
     # Relationships: mostly with the client's home municipality, named for one or two of
@@ -180,11 +186,15 @@ def request_mix(index: FactIndex, policy: CompiledPolicy, n: int, seed: int = 1,
             user = rng.choice(users) if rng.random() < 0.97 else f"u-nobody-{rng.random()}"
             client = rng.choice(clients) if rng.random() < 0.97 else f"c-x-{rng.random()}"
             purpose = rng.choice([*SERVICES, ""])
-        table = decider.table(user, client, purpose, NOW)
+        # Every request names the user's municipality as the record's owner (a PEP writing
+        # its own records): the peers do not read owners.
+        asker = index.users.get(user)
+        owner = asker.municipality if asker else ""
+        table = decider.table(user, client, purpose, NOW, owner)
         pairs = [(c, a) for c in CATEGORIES for a in ACTIONS]
         for category, action in rng.sample(pairs, per_triple):
             made = table.pick(category, action)
-            request = Request(user, client, category, action, purpose)
+            request = Request(user, client, category, action, purpose, owner)
             if made.decision:
                 if len(allows) < want_allows:
                     allows.append(request)

@@ -525,9 +525,10 @@ def create_app(runtime: Runtime) -> FastAPI:
         else:
             run = partial(search_actions, user=query.subject.id, client=query.resource.id)
             user, client, action = query.subject.id, query.resource.id, None
+        owner = query.resource.properties.owner or ""
         page = await run_in_threadpool(lambda: run(
             runtime.decider, category=category, purpose=purpose, after=after, limit=limit,
-            budget=budget, now=now))
+            budget=budget, now=now, owner=owner))
         results = ([{"name": i} for i in page.ids] if kind == "action" else
                    [{"type": "user" if kind == "subject" else "client_record", "id": i}
                     for i in page.ids])

@@ -3,8 +3,10 @@
 Bad shape, wrong types, an unknown category or action, an id that breaks the id rule of
 API.md (a control character, a direction or zero-width mark, ...), a purpose that is no
 short word (longer than 64 characters, or holding a control, format or other invisible
-character): invalid (400, or an item error in a batch). A missing or unknown purpose is
-not an error: the policy denies it (`purpose_invalid`); unknown users and clients likewise.
+character), an owner of the record that is neither a three-digit municipality code nor
+"authority": invalid (400, or an item error in a batch). A missing or unknown purpose is
+not an error: the policy denies it (`purpose_invalid`); unknown users and clients likewise,
+and a write that names no owner (`action_not_permitted`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ def purpose_word(value: str) -> str:
 
 Purpose = Annotated[str, StringConstraints(max_length=64), AfterValidator(purpose_word)]
 
+# Who produced a record (resource.properties.owner; API.md "Writes name the record's
+# owner"): the three-digit code of a municipality, or "authority" for the employment
+# authority's own records. Writes need it (rule 11); reads do not look at it.
+Owner = Annotated[str, StringConstraints(pattern=r"^(?:[0-9]{3}|authority)$")]
+
 
 class _Open(BaseModel):
     """AuthZEN objects may carry more members than this service reads."""
@@ -53,6 +60,7 @@ class ActionModel(_Open):
 
 class ResourceProperties(_Open):
     category: Category
+    owner: Owner | None = None
 
 
 class Resource(_Open):
@@ -79,6 +87,7 @@ class Evaluation(_Open):
             category=self.resource.properties.category,
             action=self.action.name,
             purpose=self.context.purpose or "",
+            owner=self.resource.properties.owner or "",
         )
 
 

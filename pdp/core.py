@@ -32,6 +32,9 @@ class DecisionRequest:
     category: str
     action: str
     purpose: str  # "" when the request states none
+    # Who produced the record, as the request names it (resource.properties.owner): a
+    # municipality code or "authority"; "" when it names none. Writes need it (rule 11).
+    owner: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,10 +112,11 @@ def evaluate_record(policy: Evaluator, record: Record, facts_version: int) -> De
 
 
 def decide_all(policy: Evaluator, facts: FactIndex, user: str, client: str,
-               purpose: str, now: datetime) -> DecisionTable:
-    """One policy query for all categories and actions of a user x client x purpose."""
+               purpose: str, now: datetime, owner: str = "") -> DecisionTable:
+    """One policy query for all categories and actions of a user x client x purpose (and
+    the record's owner the request names)."""
     with facts.lock:
-        record = policy_record(facts, user, client, purpose, to_micros(now))
+        record = policy_record(facts, user, client, purpose, to_micros(now), owner)
         facts_version = facts.version
     return evaluate_record(policy, record, facts_version)
 
@@ -120,7 +124,8 @@ def decide_all(policy: Evaluator, facts: FactIndex, user: str, client: str,
 def decide(policy: Evaluator, facts: FactIndex, request: DecisionRequest,
            now: datetime) -> Decision:
     """The decision for one request at `now`."""
-    table = decide_all(policy, facts, request.user, request.client, request.purpose, now)
+    table = decide_all(policy, facts, request.user, request.client, request.purpose, now,
+                       request.owner)
     return table.pick(request.category, request.action)
 
 

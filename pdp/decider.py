@@ -1,10 +1,11 @@
 """Decisions with memoisation: the service-side wrapper of the pure core.
 
-A decision table (all categories and actions of a user x client x purpose) is kept and
-reused while (1) the policy version is the same, (2) the stamps of every fact group it
-read — user and grants, agreement, area, client and relationships — are unchanged, and
-(3) now is still inside the time span in which its answer holds. A write that touches
-any of those is therefore seen by the very next decision.
+A decision table (all categories and actions of a user x client x purpose, for the
+record's owner the request names) is kept and reused while (1) the policy version is
+the same, (2) the stamps of every fact group it read — user and grants, agreement,
+area, client and relationships — are unchanged, and (3) now is still inside the time
+span in which its answer holds. A write that touches any of those is therefore seen by
+the very next decision.
 
 Below that, the policy's answers are kept by record shape (`record_shape`: the record
 up to renaming ids and moving timestamps without crossing now) and policy version: a new user x
@@ -56,7 +57,10 @@ class Decider(Generic[P]):
         self.clock = clock
         self.metrics = metrics
         self.cache_size = cache_size
-        self._memo: dict[tuple[str, str, str], _Memo] = {}
+        # Keyed by user, client, purpose and the record's owner the request names: an
+        # answer to a write depends on the owner (rule 11), so one owner's is never
+        # another's.
+        self._memo: dict[tuple[str, str, str, str], _Memo] = {}
         # Policy answers by record shape (pdp.policy_input.record_shape): a record of a
         # shape seen before needs no policy query.
         self._shapes: dict[bytes, tuple[str, Outcomes]] = {}
@@ -77,7 +81,7 @@ class Decider(Generic[P]):
         return (facts.stamp("user", user), facts.stamp("agreement", municipality),
                 facts.stamp("area", area), facts.stamp("client", client))
 
-    def _hit(self, policy: Evaluator, key: tuple[str, str, str], stamps: Stamps,
+    def _hit(self, policy: Evaluator, key: tuple[str, str, str, str], stamps: Stamps,
              now_us: int) -> DecisionTable | None:
         """The memoised table, if it is still the answer (hold `facts.lock`)."""
         memo = self._memo.get(key)
@@ -97,7 +101,8 @@ class Decider(Generic[P]):
         started = time.perf_counter()
         now_us = to_micros(now or self.clock())
         with self.facts.lock:
-            table = self._hit(self.policy, (request.user, request.client, request.purpose),
+            table = self._hit(self.policy, (request.user, request.client, request.purpose,
+                                            request.owner),
                               self._stamps(request.user, request.client), now_us)
         if table is None:
             return None
@@ -107,17 +112,19 @@ class Decider(Generic[P]):
         return made
 
     def table(self, user: str, client: str, purpose: str,
-              now: datetime | None = None) -> DecisionTable:
+              now: datetime | None = None, owner: str = "") -> DecisionTable:
+        """Every category x action of user x client x purpose, for a record that the
+        request says `owner` produced ("" when it names none)."""
         now_us = to_micros(now or self.clock())
         policy = self.policy
-        key = (user, client, purpose)
+        key = (user, client, purpose, owner)
         with self.facts.lock:
             version = self.facts.version
             stamps = self._stamps(user, client)
             hit = self._hit(policy, key, stamps, now_us)
             if hit is not None:
                 return hit
-            record = policy_record(self.facts, user, client, purpose, now_us)
+            record = policy_record(self.facts, user, client, purpose, now_us, owner)
         self.misses += 1
         if self.metrics:
             self.metrics.cache_misses.inc()
@@ -158,7 +165,7 @@ class Decider(Generic[P]):
 
     def decide(self, request: DecisionRequest, now: datetime | None = None) -> Decision:
         started = time.perf_counter()
-        table = self.table(request.user, request.client, request.purpose, now)
+        table = self.table(request.user, request.client, request.purpose, now, request.owner)
         made = table.pick(request.category, request.action)
         if self.metrics:
             self.metrics.decision_seconds.observe(time.perf_counter() - started)

@@ -118,7 +118,7 @@ def explain(policy: CompiledPolicy, facts: FactIndex, request: DecisionRequest,
     """The decision and every rule with passed or failed and the facts it read."""
     with facts.lock:
         record = policy_record(facts, request.user, request.client, request.purpose,
-                               to_micros(now))
+                               to_micros(now), request.owner)
         made = decide(policy, facts, request, now)
     failing = {found["reason"] for found in policy.every("failing", record, var("reason"))}
     rules = []

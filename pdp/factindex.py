@@ -36,7 +36,7 @@ from pdp.store import ChangeRecord, StoredFact
 from pdp.vocab import SERVICES
 
 _intern = sys.intern
-_CLIENT_KEYS = frozenset({"home_municipality", "protection_order"})
+_CLIENT_KEYS = frozenset({"home_municipality", "protection_order", "area_client"})
 _RELATIONSHIP_KEYS = frozenset({"client", "municipality", "service", "starts_at", "ends_at",
                                 "assigned_users"})
 
@@ -49,6 +49,7 @@ class ClientRow:
 
     home_municipality: str
     protection_order: bool
+    area_client: bool  # the employment authority's job-seeker client now (rule 4)
     version: int  # of its last write
 
 
@@ -80,10 +81,11 @@ def client_row(data: Any, version: int) -> ClientRow:
         if not data.keys() <= _CLIENT_KEYS:
             raise ValueError("unknown field")
         home, protected = data["home_municipality"], data.get("protection_order", False)
+        area_client = data["area_client"]
         if not (type(home) is str and len(home) == 3 and home.isdigit()
-                and type(protected) is bool):
+                and type(protected) is bool and type(area_client) is bool):
             raise ValueError("bad value")
-        return ClientRow(_intern(home), protected, version)
+        return ClientRow(_intern(home), protected, area_client, version)
     except (TypeError, ValueError, KeyError, AttributeError):
         parse_fact("client", data)  # raises with the model's message
         raise
@@ -121,7 +123,7 @@ def _iso(micros: int) -> str:
 def client_data(row: ClientRow) -> dict[str, Any]:
     """A client row as the facts API and the store write it."""
     return {"home_municipality": row.home_municipality,
-            "protection_order": row.protection_order}
+            "protection_order": row.protection_order, "area_client": row.area_client}
 
 
 def relationship_data(row: RelationshipRow) -> dict[str, Any]:

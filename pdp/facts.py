@@ -114,6 +114,8 @@ class Agreement(Fact):
     status: AgreementStatus
     signed_at: AwareDatetime
     ends_at: AwareDatetime | None = None
+    # Rule 8: when true, a relationship that names no assigned users lets nobody in.
+    assignment_required: StrictBool = False
 
     @model_validator(mode="after")
     def _notice_has_end(self) -> Agreement:
@@ -138,6 +140,10 @@ def read_only() -> list[Action]:
 
 class Grant(Fact):
     user: Id
+    # The services the right was approved for (rules 7 and 9): it serves no other, even
+    # when the user's tasks include it. Required of every right; rights stored before
+    # purposes existed got their user's tasks of that day (migration 0011).
+    purposes: list[Service] = Field(min_length=1, max_length=3)
     scopes: list[Category] = Field(min_length=1, max_length=10)
     actions: list[Action] = Field(default_factory=read_only, min_length=1, max_length=2)
     valid_from: AwareDatetime
@@ -158,6 +164,9 @@ class Grant(Fact):
 class Client(Fact):
     home_municipality: MunicipalityCode
     protection_order: StrictBool = False
+    # Rule 4: the client is now the employment authority's job-seeker client (a common
+    # client of the area and the municipality). Required; the authority's system keeps it.
+    area_client: StrictBool
 
 
 class Relationship(Fact):

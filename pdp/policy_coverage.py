@@ -143,7 +143,7 @@ def _asked(suites: Iterable[Suite]) -> list[_Asked]:
 def _record(case: Case) -> Record:
     request = case.request
     return policy_record(case.fact_index(), request.user, request.client, request.purpose,
-                         to_micros(case.now))
+                         to_micros(case.now), request.owner)
 
 
 def _noticed(policy: CompiledPolicy, asked: list[_Asked]) -> bool:

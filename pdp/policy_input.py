@@ -22,8 +22,10 @@ OTHERS = "#others"
 
 
 def policy_record(facts: FactIndex, user_id: str, client_id: str, purpose: str,
-                  now: int) -> Record:
-    """The policy input; the caller holds `facts.lock` if facts may change meanwhile."""
+                  now: int, owner: str = "") -> Record:
+    """The policy input; the caller holds `facts.lock` if facts may change meanwhile.
+    `owner`: the owner the request names for the record (a municipality code or
+    "authority"; "" when it names none)."""
     user = facts.users.get(user_id)
     agreement = facts.agreements.get(user.municipality) if user else None
     area = facts.areas.get(agreement.area) if agreement else None
@@ -40,12 +42,15 @@ def policy_record(facts: FactIndex, user_id: str, client_id: str, purpose: str,
         "user_client_id": (user.client_id or "") if user else "",
         "agreement_status": agreement.status if agreement else "",
         "agreement_ends_at": to_micros(agreement.ends_at) if agreement else START_OF_TIME,
+        "agreement_assignment_required": (agreement.assignment_required if agreement
+                                          else False),
         "area_municipalities": [m.code for m in area.municipalities] if area else [],
         "grants": [grant_record(grant_id, grant) for grant_id, grant in grants.items()],
         "client_known": client is not None,
         "client_id": client_id,
         "client_home": client.home_municipality if client else "",
         "client_protection_order": client.protection_order if client else False,
+        "client_area_client": client.area_client if client else False,
         "relationships": [
             {
                 "municipality": rel.municipality,
@@ -57,6 +62,7 @@ def policy_record(facts: FactIndex, user_id: str, client_id: str, purpose: str,
             for rel in relationships.values()
         ],
         "purpose": purpose,
+        "record_owner": owner,
     }
 
 
@@ -68,6 +74,7 @@ def grant_record(grant_id: str, grant: Grant) -> Record:
         "valid_from": to_micros(grant.valid_from),
         "valid_until": to_micros(grant.valid_until),
         "recertify_by": to_micros(grant.recertify_by),
+        "purposes": list(grant.purposes),
         "scopes": list(grant.scopes),
         "actions": list(grant.actions),
     }
@@ -90,8 +97,9 @@ def time_window(record: Record) -> tuple[int, int]:
 def record_shape(record: Record) -> tuple[bytes, Record, dict[str, str]]:
     """The record up to renaming: what a decision can depend on, and no more.
 
-    Ids and municipality codes are renamed `#0`, `#1`, … in order of first appearance
-    (so which are equal is kept, and "" stays ""), `now` becomes 0 and every other
+    Ids and municipality codes (the record's owner too: a code, "authority" or "") are
+    renamed `#0`, `#1`, … in order of first appearance (so which are equal is kept, and
+    "" stays ""), `now` becomes 0 and every other
     timestamp -1, 0 or 1 as it lies before, at or after now (so how each compares with
     now is kept), and the lists only tested for membership (the area's municipalities,
     the relationships) are sorted. Only the relationships of the user's municipality
@@ -126,6 +134,7 @@ def record_shape(record: Record) -> tuple[bytes, Record, dict[str, str]]:
         "client_id": name(record["client_id"]),
         "user_municipality": name(record["user_municipality"]),
         "client_home": name(record["client_home"]),
+        "record_owner": name(record["record_owner"]),
         "area_municipalities": sorted(name(m) for m in record["area_municipalities"]),
         "agreement_ends_at": side(record["agreement_ends_at"]),
         "grants": [{**grant, "id": name(grant["id"]),

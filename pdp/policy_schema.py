@@ -14,18 +14,21 @@ from typing import Any
 # decision(r, ...) in rules.polar: one user x client x purpose (pdp.policy_input).
 DECISION_RECORD = (
     "now", "user_known", "user_id", "user_status", "user_municipality", "user_tasks",
-    "user_client_id", "agreement_status", "agreement_ends_at", "area_municipalities",
-    "grants", "client_known", "client_id", "client_home", "client_protection_order",
-    "relationships", "purpose",
+    "user_client_id", "agreement_status", "agreement_ends_at",
+    "agreement_assignment_required", "area_municipalities", "grants", "client_known",
+    "client_id", "client_home", "client_protection_order", "client_area_client",
+    "relationships", "purpose", "record_owner",
 )
 # One item of r.grants (pdp.policy_input.grant_record).
-GRANT = ("id", "status", "valid_from", "valid_until", "recertify_by", "scopes", "actions")
+GRANT = ("id", "status", "valid_from", "valid_until", "recertify_by", "purposes", "scopes",
+         "actions")
 # One item of r.relationships.
 RELATIONSHIP = ("municipality", "service", "starts_at", "ends_at", "assigned_users")
 # grant_refusal(a, ...) in lifecycle.polar: a right applied for or changed (pdp.lifecycle).
 GRANT_REQUEST = (
     "now", "user_known", "user_status", "user_tasks", "agreement_status",
-    "agreement_ends_at", "scopes", "actions", "valid_from", "valid_until", "max_valid_until",
+    "agreement_ends_at", "purposes", "scopes", "actions", "valid_from", "valid_until",
+    "max_valid_until",
 )
 # change_effect(c, right, ...) in lifecycle.polar: a change of a user or of an agreement,
 # and a live right it may touch (pdp.lifecycle).
@@ -34,7 +37,7 @@ USER_CHANGE = (
     "after_status", "after_municipality", "after_tasks",
 )
 AGREEMENT_CHANGE = ("kind", "status", "ends_at")
-RIGHT = ("state", "scopes", "valid_until")
+RIGHT = ("state", "purposes", "scopes", "valid_until")
 
 INPUTS: dict[str, tuple[str, ...]] = {
     "decision record": DECISION_RECORD, "grant": GRANT, "relationship": RELATIONSHIP,

@@ -15,8 +15,10 @@ A suite file (``*.yaml`` anywhere under the suites directory)::
         facts: {grants: {g-1: {...}}}        # optional: whole facts replaced (or added) by
                                              # id; null deletes the fact for this case
         request: {user: u-1, client: c-1, category: name_contact,
-                  action: read, purpose: coaching}   # action: read by default;
-                                                     # purpose omitted: none stated
+                  action: read, purpose: coaching,   # action: read by default;
+                  owner: "749"}                      # purpose, owner (who produced
+                                                     # the record: a municipality code
+                                                     # or authority) omitted: none stated
         expect: {decision: false, reason: no_active_grant}
 
 Unknown keys are refused at every level, and so are duplicate keys; facts are validated
@@ -49,6 +51,7 @@ from pydantic import (
     model_validator,
 )
 
+from pdp.authzen import Owner
 from pdp.core import DecisionRequest, decide
 from pdp.factindex import FactIndex
 from pdp.facts import COLLECTIONS, Fact, dump_fact, parse_fact
@@ -165,6 +168,7 @@ class _Request(_Model):
     category: Category
     action: Action = "read"
     purpose: str | None = None  # None: the request states no purpose
+    owner: Owner | None = None  # None: the request names no owner of the record
 
 
 class _Expect(_Model):
@@ -355,6 +359,7 @@ def load_suite(file: Path) -> Suite:
             category=case.request.category,
             action=case.request.action,
             purpose=case.request.purpose or "",
+            owner=case.request.owner or "",
         )
         cases.append(Case(case.name, case.description, case.now, world, request,
                           case.expect.decision, case.expect.reason))

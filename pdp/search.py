@@ -14,6 +14,10 @@ id order and keeps those it allows:
   rule, from the client's side);
 - action search (user, client, category, purpose): every action of the vocabulary.
 
+The record's owner a search names (`resource.properties.owner`, "" when none) is asked
+about as an evaluation would ask it: a write is allowed only on a record of the user's
+own municipality, whatever the candidates.
+
 The property test (tests/test_search.py) checks on random worlds that every search
 equals exhaustive evaluation, so a change of the rules that broke the narrowing would
 be caught there.
@@ -133,25 +137,27 @@ def _walk(candidates: Iterable[str], allowed: Callable[[str], bool], after: str 
 
 def search_resources(decider: Decider[Evaluator], *, user: str, category: str, action: str,
                      purpose: str, after: str | None, limit: int, budget: float,
-                     now: datetime) -> Page:
+                     now: datetime, owner: str = "") -> Page:
     def allowed(client: str) -> bool:
-        return decider.table(user, client, purpose, now).pick(category, action).decision
+        return decider.table(user, client, purpose, now, owner).pick(category,
+                                                                     action).decision
 
     return _walk(resource_candidates(decider, user, purpose), allowed, after, limit, budget)
 
 
 def search_subjects(decider: Decider[Evaluator], *, client: str, category: str, action: str,
                     purpose: str, after: str | None, limit: int, budget: float,
-                    now: datetime) -> Page:
+                    now: datetime, owner: str = "") -> Page:
     def allowed(user: str) -> bool:
-        return decider.table(user, client, purpose, now).pick(category, action).decision
+        return decider.table(user, client, purpose, now, owner).pick(category,
+                                                                     action).decision
 
     return _walk(subject_candidates(decider, client), allowed, after, limit, budget)
 
 
 def search_actions(decider: Decider[Evaluator], *, user: str, client: str, category: str,
                    purpose: str, after: str | None, limit: int, budget: float,
-                   now: datetime) -> Page:
-    table = decider.table(user, client, purpose, now)
+                   now: datetime, owner: str = "") -> Page:
+    table = decider.table(user, client, purpose, now, owner)
     return _walk(sorted(ACTIONS), lambda action: table.pick(category, action).decision,
                  after, limit, budget)

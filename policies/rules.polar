@@ -17,14 +17,17 @@
 # The input `r` is a flat record made by pdp/policy_input.py from the facts:
 #   now                        decision time, integer microseconds since the epoch
 #   user_known, user_id, user_status, user_municipality, user_tasks, user_client_id
-#   agreement_status, agreement_ends_at         the agreement of the user's municipality
+#   agreement_status, agreement_ends_at, agreement_assignment_required
+#                              the agreement of the user's municipality
 #   area_municipalities        codes of the municipalities of that agreement's area
 #   grants                     the user's grants: id, status, valid_from, valid_until,
-#                              recertify_by, scopes, actions
-#   client_known, client_id, client_home, client_protection_order
+#                              recertify_by, purposes, scopes, actions
+#   client_known, client_id, client_home, client_protection_order, client_area_client
 #   relationships              the client's relationships: municipality, service,
 #                              starts_at, ends_at, assigned_users
 #   purpose                    the purpose the request states ("" when it states none)
+#   record_owner               who produced the record, as the request names it: a
+#                              municipality code, "authority", or "" when it names none
 #
 # Absent values are never nil: a missing end is the largest integer (open-ended), a
 # missing string is "" and a missing list is []. Comparisons stay in the policy VM.
@@ -35,9 +38,10 @@
 # - timestamps are only compared with `r.now`, never with each other, computed with or
 #   compared with constants; ids (user_id, client_id, user_client_id, grant ids,
 #   assigned users) and municipality codes (user_municipality, client_home,
-#   area_municipalities, a relationship's municipality) only tested for equality or
-#   membership, never with a constant other than ""; the order of area_municipalities
-#   and of relationships never matters;
+#   area_municipalities, a relationship's municipality, record_owner) only tested for
+#   equality or membership, never with a constant other than "" (so record_owner is
+#   never compared with "authority": an owner counts only by being the user's
+#   municipality); the order of area_municipalities and of relationships never matters;
 # - only the relationships with the user's municipality for the purpose asked are read,
 #   and of their assigned users only whether there are any and whether the user is one.
 # So two records alike up to renaming ids and codes, reordering those lists, other
@@ -54,11 +58,13 @@ decision(r, category, action, reason, grant) if
 
 # ---------------------------------------------------------------------------------------
 # 1. Known, active user. Accounts are personal.
+# carries: C-10
 failing(r, "unknown_subject") if not r.user_known;
 failing(r, "user_inactive") if r.user_status != "active";
 
 # 2. Agreement in force: `in_force`, or `notice_given` until its end; never
 #    `terminated` or `rescinded`.
+# carries: C-22, C-23
 failing(r, "agreement_not_in_force") if not agreement_in_force(r);
 
 agreement_in_force(r) if
@@ -68,34 +74,59 @@ agreement_in_force(r) if
 # 3. Active personal grant: approved by the authority, opened by KEHA (status active),
 #    now inside its window [valid_from, valid_until), and re-certified in time
 #    (grant_state in lifecycle.polar).
+# carries: C-5, C-10, C-11, C-14
 failing(r, "no_active_grant") if not active_grant(r, _);
 
 active_grant(r, grant) if
     grant in r.grants and
+    grant_active_now(r, grant);
+
+# (Of a grant taken from r.grants.)
+grant_active_now(r, grant) if
     grant.valid_from <= r.now and
     grant_state(grant, r.now, state) and state = "active";
 
 # The record asked for must exist.
 failing(r, "unknown_resource") if not r.client_known;
 
-# 4. Client of the area: the client's home municipality belongs to the user's area.
-failing(r, "client_outside_area") if not r.client_home in r.area_municipalities;
+# 4. Client of the area: the client's home municipality belongs to the user's area, and
+#    the client is now the employment authority's job-seeker client: a common client of
+#    the area and the municipality (agreement §§ 2, 4; the authority's system keeps it).
+# carries: C-2, C-6, C-9
+failing(r, "client_outside_area") if not client_of_area(r);
+
+client_of_area(r) if
+    r.client_home in r.area_municipalities and
+    r.client_area_client;
 
 # 5. Own municipality: the municipality serves its own residents.
+# carries: C-2
 failing(r, "client_not_own_municipality") if r.client_home != r.user_municipality;
 
 # 6. Not one's own record.
 failing(r, "own_record") if r.user_client_id = r.client_id;
 
-# 7. Purpose: one of the complementary services, and among the user's tasks.
+# 7. Purpose: one of the complementary services, among the user's tasks, and among the
+#    purposes of an active grant of the user (a right is for the services it was
+#    approved for: tasks that grew since give it no new purpose).
+# carries: C-3, C-7
 failing(r, "purpose_invalid") if not valid_purpose(r);
 
 valid_purpose(r) if
     complementary_service(r.purpose) and
-    r.purpose in r.user_tasks;
+    r.purpose in r.user_tasks and
+    purpose_grant(r, _);
+
+# An active grant of the user approved for the purpose asked.
+purpose_grant(r, grant) if
+    grant in r.grants and
+    r.purpose in grant.purposes and
+    grant_active_now(r, grant);
 
 # 8. Active client relationship with the user's municipality for that very service;
-#    if it names assigned users, the user is one of them.
+#    if it names assigned users, the user is one of them. An agreement may require
+#    assignment: then a relationship that names nobody lets nobody in.
+# carries: C-8
 failing(r, "no_active_relationship") if not active_relationship(r);
 
 active_relationship(r) if
@@ -104,16 +135,22 @@ active_relationship(r) if
     relationship.service = r.purpose and
     relationship.starts_at <= r.now and
     r.now < relationship.ends_at and
-    assigned_to(relationship, r.user_id);
+    assigned_to(r, relationship);
 
-assigned_to(relationship, _user_id) if relationship.assigned_users = [];
-assigned_to(relationship, user_id) if user_id in relationship.assigned_users;
+# A relationship naming nobody is the municipality's team's, unless the agreement of the
+# user's municipality requires assignment.
+assigned_to(r, relationship) if
+    relationship.assigned_users = [] and
+    not r.agreement_assignment_required;
+assigned_to(r, relationship) if r.user_id in relationship.assigned_users;
 
 # ---------------------------------------------------------------------------------------
-# 9. Necessary data only: the category is in the task profile of the purpose and in an
-#    active grant's scopes; never-needed categories never; special categories (health)
-#    only where the grant names them — a grant's scopes are always named one by one.
+# 9. Necessary data only: the category is in the task profile of the purpose and in the
+#    scopes of an active grant that covers the purpose; never-needed categories never;
+#    special categories (health) only where the grant names them — a grant's scopes are
+#    always named one by one.
 #    (The first grant that makes a category necessary is found once per category.)
+# carries: C-7, C-12
 category_decision(r, category, action, reason, grant) if
     necessary(r, category, necessary_grant) and cut and
     action(action) and
@@ -125,8 +162,9 @@ necessary(r, category, grant) if
     task_profile(r.purpose, category) and
     not never_needed(category) and
     grant in r.grants and
+    r.purpose in grant.purposes and
     category in grant.scopes and
-    active_grant(r, grant);
+    grant_active_now(r, grant);
 
 # 10. Protection order (turvakielto): contact data is not shown.
 permitted(r, category, _necessary_grant, _action, "protection_order", "") if
@@ -137,9 +175,13 @@ protected(r, category) if
     protected_by_order(category);
 
 # 11. Powers: the action is among the grant's actions; writing only the user's own
-#     service records. (Any grant that makes the category necessary may give the power.)
-permitted(_r, category, _necessary_grant, action, "action_not_permitted", "") if
-    not permitted_on(action, category) and cut;
+#     service records: a writable category, in a record that the user's own
+#     municipality produced (the request names its owner; a write that names none, the
+#     authority or another organisation is denied). Reads do not look at the owner.
+#     (Any grant that makes the category necessary may give the power.)
+# carries: C-11
+permitted(r, category, _necessary_grant, action, "action_not_permitted", "") if
+    not permitted_on(r, action, category) and cut;
 # coverage-exempt: a fast path, the next clause gives the same answer without it
 permitted(_r, _category, necessary_grant, action, "allowed", necessary_grant.id) if
     action in necessary_grant.actions and cut;
@@ -148,9 +190,16 @@ permitted(r, category, _necessary_grant, action, "allowed", grant.id) if
 permitted(_r, _category, _necessary_grant, _action, "action_not_permitted", "");
 
 empowered(r, category, action, grant) if
-    permitted_on(action, category) and
+    permitted_on(r, action, category) and
     necessary(r, category, grant) and
     action in grant.actions;
 
-permitted_on("read", _category);
-permitted_on("write", category) if writable(category);
+permitted_on(_r, "read", _category);
+permitted_on(r, "write", category) if
+    writable(category) and
+    own_municipality_record(r);
+
+# The record the request names was produced by the user's own municipality.
+own_municipality_record(r) if
+    r.record_owner != "" and
+    r.record_owner = r.user_municipality;

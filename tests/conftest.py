@@ -104,7 +104,10 @@ def pep(server: Server) -> Iterator[httpx.Client]:
         yield client
 
 
-_worlds = itertools.count(1)
+# One counter for both copies of this module (pytest imports it as `conftest`, the tests
+# as `tests.conftest`): two worlds of one session never share ids (rights' ids are never
+# reused, and a user of one world would hold the other's rights).
+_worlds = getattr(sys.modules.get("conftest"), "_worlds", None) or itertools.count(1)
 
 # The test area: Kuopio-like. 749 is shared by most tests; the others are for tests that
 # change their municipality's agreement.
@@ -163,14 +166,22 @@ class World:
                 "legal_basis": "380/2023 125 § 1 mom.", **changes}
 
     def request(self, category: str = "service_needs_plans", action: str = "read",
-                purpose: str | None = "coaching", **context: Any) -> dict[str, Any]:
+                purpose: str | None = "coaching", *, owner: str | None = None,
+                **context: Any) -> dict[str, Any]:
+        """An evaluation request; a write names the world's municipality as the record's
+        owner (resource.properties.owner) unless `owner` says otherwise ("": none)."""
         ctx: dict[str, Any] = dict(context)
         if purpose is not None:
             ctx["purpose"] = purpose
+        properties = {"category": category}
+        if owner is None and action == "write":
+            owner = self.municipality
+        if owner:
+            properties["owner"] = owner
         return {"subject": {"type": "user", "id": self.user},
                 "action": {"name": action},
                 "resource": {"type": "client_record", "id": self.client,
-                             "properties": {"category": category}},
+                             "properties": properties},
                 "context": ctx}
 
 

@@ -29,11 +29,11 @@ def world() -> FactIndex:
                               "signed_at": "2025-01-01T00:00:00+00:00"}),
         ("user", "u1", {"municipality": "749", "display_name": "A", "tasks": ["coaching"],
                         "status": "active"}),
-        ("grant", "g1", {"user": "u1", "scopes": ["name_contact"],
+        ("grant", "g1", {"user": "u1", "purposes": ["coaching"], "scopes": ["name_contact"],
                          "valid_from": "2026-01-01T00:00:00+00:00",
                          "valid_until": GRANT_END.isoformat(), "status": "active",
                          "legal_basis": "x"}),
-        ("client", "c1", {"home_municipality": "749"}),
+        ("client", "c1", {"home_municipality": "749", "area_client": True}),
         ("relationship", "r1", {"client": "c1", "municipality": "749", "service": "coaching",
                                 "starts_at": "2026-01-01T00:00:00+00:00"}),
     ]
@@ -87,7 +87,8 @@ def test_memoised_answers_only_what_needs_no_policy_query(policy: Any) -> None:
     assert decider.memoised(REQUEST) is None
     clock.now = GRANT_END - timedelta(seconds=1)
     facts.apply([ChangeRecord(20, "client", "c1", {"home_municipality": "749",
-                                                   "protection_order": True})])
+                                                   "protection_order": True,
+                                                   "area_client": True})])
     assert decider.memoised(REQUEST) is None  # its facts changed
     misses = decider.misses
     assert decider.decide(REQUEST).reason == "protection_order"
@@ -124,13 +125,30 @@ def test_each_fact_group_invalidates(policy: Any) -> None:
     decider = Decider(policy, facts, clock=Clock(T0))
     changes: list[tuple[str, str, dict[str, Any] | None, str]] = [
         ("grant", "g1", None, "no_active_grant"),
-        ("grant", "g1", {"user": "u1", "scopes": ["name_contact"],
+        ("grant", "g1", {"user": "u1", "purposes": ["coaching"], "scopes": ["name_contact"],
                          "valid_from": "2026-01-01T00:00:00+00:00",
                          "valid_until": GRANT_END.isoformat(), "status": "active",
                          "legal_basis": "x"}, "allowed"),
-        ("client", "c1", {"home_municipality": "749", "protection_order": True},
+        ("client", "c1", {"home_municipality": "749", "protection_order": True,
+                          "area_client": True},
          "protection_order"),
-        ("client", "c1", {"home_municipality": "749"}, "allowed"),
+        ("client", "c1", {"home_municipality": "749", "area_client": True}, "allowed"),
+        ("client", "c1", {"home_municipality": "749", "area_client": False},
+         "client_outside_area"),
+        ("client", "c1", {"home_municipality": "749", "area_client": True}, "allowed"),
+        ("grant", "g1", {"user": "u1", "purposes": ["training"], "scopes": ["name_contact"],
+                         "valid_from": "2026-01-01T00:00:00+00:00",
+                         "valid_until": GRANT_END.isoformat(), "status": "active",
+                         "legal_basis": "x"}, "purpose_invalid"),
+        ("grant", "g1", {"user": "u1", "purposes": ["coaching"], "scopes": ["name_contact"],
+                         "valid_from": "2026-01-01T00:00:00+00:00",
+                         "valid_until": GRANT_END.isoformat(), "status": "active",
+                         "legal_basis": "x"}, "allowed"),
+        ("agreement", "749", {"area": "kuopio", "status": "in_force",
+                              "signed_at": "2025-01-01T00:00:00+00:00",
+                              "assignment_required": True}, "no_active_relationship"),
+        ("agreement", "749", {"area": "kuopio", "status": "in_force",
+                              "signed_at": "2025-01-01T00:00:00+00:00"}, "allowed"),
         ("agreement", "749", {"area": "kuopio", "status": "terminated",
                               "signed_at": "2025-01-01T00:00:00+00:00"},
          "agreement_not_in_force"),
@@ -150,6 +168,41 @@ def test_each_fact_group_invalidates(policy: Any) -> None:
         facts.apply([ChangeRecord(version, kind, fact_id, data)])
         assert decider.decide(REQUEST).reason == reason, (kind, data)
         assert decider.decide(REQUEST).reason == reason  # and the cached answer agrees
+
+
+# carries: C-11
+def test_a_write_answer_for_one_owner_is_never_served_for_another(policy: Any) -> None:
+    """The decision table of a user x client x purpose holds every action: its writes
+    depend on the record's owner the request names (rule 11), so the owner is part of
+    what a memoised table is kept under, and an allow for one owner is never another's."""
+    facts = world()
+    facts.apply([ChangeRecord(30, "grant", "g1", {
+        "user": "u1", "purposes": ["coaching"], "scopes": ["service_needs_plans"],
+        "actions": ["read", "write"], "valid_from": "2026-01-01T00:00:00+00:00",
+        "valid_until": GRANT_END.isoformat(), "status": "active", "legal_basis": "x"})])
+    decider = Decider(policy, facts, clock=Clock(T0))
+
+    def write(owner: str) -> DecisionRequest:
+        return DecisionRequest("u1", "c1", "service_needs_plans", "write", "coaching", owner)
+
+    own = decider.decide(write("749"))
+    assert own.decision is True and own.grant == "g1"
+    hit = decider.memoised(write("749"))
+    assert hit is not None and hit.decision is True
+    for other in ("authority", "", "297", "167"):
+        assert decider.memoised(write(other)) is None, other  # not the own owner's table
+        made = decider.decide(write(other))
+        assert (made.decision, made.reason) == (False, "action_not_permitted"), other
+        again = decider.memoised(write(other))
+        assert again is not None and again.decision is False, other
+    # and the other way round: a deny for a foreign owner first, then the own owner
+    fresh = Decider(policy, facts, clock=Clock(T0))
+    assert fresh.decide(write("authority")).reason == "action_not_permitted"
+    assert fresh.memoised(write("749")) is None
+    assert fresh.decide(write("749")).decision is True
+    # reads ignore the owner
+    read = DecisionRequest("u1", "c1", "service_needs_plans", "read", "coaching", "authority")
+    assert fresh.decide(read).decision is True
 
 
 def test_new_policy_version_is_not_served_from_cache(policy: Any, tmp_path: Path) -> None:
@@ -196,7 +249,7 @@ def test_never_needed_wins_over_an_edited_profile(tmp_path: Path) -> None:
     edited = load_policy(tmp_path)
     facts = world()
     facts.apply([ChangeRecord(50, "grant", "g1", {
-        "user": "u1", "scopes": ["name_contact", "benefits"],
+        "user": "u1", "purposes": ["coaching"], "scopes": ["name_contact", "benefits"],
         "valid_from": "2026-01-01T00:00:00+00:00", "valid_until": GRANT_END.isoformat(),
         "status": "active", "legal_basis": "x"})])
     benefits = DecisionRequest("u1", "c1", "benefits", "read", "coaching")

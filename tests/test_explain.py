@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import Server, World
+from tests.conftest import AREA, Server, World
 
 ORDER = ["unknown_subject", "user_inactive", "agreement_not_in_force", "no_active_grant",
          "unknown_resource", "client_outside_area", "client_not_own_municipality",
@@ -41,21 +41,45 @@ def test_a_deny_lists_every_failing_rule_not_only_the_first(server: Server,
                                                            admin: httpx.Client) -> None:
     world = World(admin).build()
     world.put("users", world.user, {"municipality": world.municipality, "display_name": "T",
-                                    "tasks": ["guidance"], "status": "suspended"})
+                                    "tasks": ["coaching"], "status": "suspended"})
     world.put("clients", world.client, {"home_municipality": world.municipality,
-                                        "protection_order": True})
+                                        "protection_order": True, "area_client": False})
     body = explained(server, world.request("name_contact", "write")).json()
     assert body["decision"] is False and body["reason"] == "user_inactive"
     failed = [r["check"] for r in body["rules"] if not r["passed"]]
-    # suspended (1), coaching not among the tasks (7), contact data under a protection
-    # order (10), and contact data may not be written (11).
-    assert failed == ["user_inactive", "purpose_invalid", "protection_order",
+    # suspended (1), no longer the authority's job-seeker client (4), contact data under
+    # a protection order (10), and contact data may not be written (11).
+    assert failed == ["user_inactive", "client_outside_area", "protection_order",
                       "action_not_permitted"]
     by_check = {r["check"]: r for r in body["rules"]}
     assert by_check["user_inactive"]["reads"] == {"user_status": "suspended"}
-    assert by_check["purpose_invalid"]["reads"] == {"purpose": "coaching",
-                                                    "user_tasks": ["guidance"]}
+    assert by_check["client_outside_area"]["reads"] == {
+        "client_home": world.municipality, "area_municipalities": [c for c, _ in AREA],
+        "client_area_client": False}
     assert by_check["protection_order"]["reads"] == {"client_protection_order": True}
+
+
+# carries: C-3, C-11
+def test_the_purposes_of_the_rights_and_the_records_owner_are_read(server: Server,
+                                                                   world: World) -> None:
+    """Rule 7 reads the user's tasks and the rights (their purposes); rule 11 the
+    record's owner the request names and the user's municipality."""
+    body = explained(server, world.request("name_contact", purpose="training")).json()
+    assert body["reason"] == "purpose_invalid"
+    rule7 = {r["check"]: r for r in body["rules"]}["purpose_invalid"]
+    assert rule7["passed"] is False
+    assert rule7["reads"]["purpose"] == "training"
+    assert rule7["reads"]["user_tasks"] == ["coaching"]
+    assert [g["purposes"] for g in rule7["reads"]["grants"]] == [["coaching"]]
+    body = explained(server, world.request("service_needs_plans", "write",
+                                           owner="authority")).json()
+    assert (body["decision"], body["reason"]) == (False, "action_not_permitted")
+    assert [r["check"] for r in body["rules"] if not r["passed"]] == ["action_not_permitted"]
+    rule11 = body["rules"][-1]
+    assert rule11["rule"] == 11 and rule11["reads"]["record_owner"] == "authority"
+    assert rule11["reads"]["user_municipality"] == world.municipality
+    own = explained(server, world.request("service_needs_plans", "write")).json()
+    assert own["decision"] is True
 
 
 def test_only_policy_admins_and_auditors_explain(server: Server, world: World) -> None:

@@ -58,14 +58,25 @@ def test_a_relationship_the_model_refuses_is_refused(bad: dict[str, Any]) -> Non
 
 
 @pytest.mark.parametrize("bad", [
-    {"home_municipality": "749", "protection_order": "yes"},
-    {"home_municipality": 749},
-    {"home_municipality": "749", "extra": 1},
+    {"home_municipality": "749", "protection_order": "yes", "area_client": True},
+    {"home_municipality": 749, "area_client": True},
+    {"home_municipality": "749", "extra": 1, "area_client": True},
+    {"home_municipality": "749"},  # area_client is required (rule 4)
+    {"home_municipality": "749", "area_client": "yes"},
+    {"home_municipality": "749", "area_client": 1},
     {},
 ])
 def test_a_client_the_model_refuses_is_refused(bad: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
+        parse_fact("client", bad)
+    with pytest.raises(ValidationError):
         client_row(bad, 1)
+
+
+def test_a_client_row_keeps_area_client() -> None:
+    row = client_row({"home_municipality": "749", "area_client": False}, 3)
+    assert (row.home_municipality, row.protection_order, row.area_client) == (
+        "749", False, False)
 
 
 def test_a_broken_stored_fact_stops_the_load() -> None:

@@ -43,10 +43,130 @@ def test_each_rule_is_reported_over_http(pep: httpx.Client, world: World) -> Non
 
 
 def test_client_from_another_area_and_municipality(pep: httpx.Client, world: World) -> None:
-    world.put("clients", world.client, {"home_municipality": "167"})
+    world.put("clients", world.client, {"home_municipality": "167", "area_client": True})
     assert decide(pep, world.request())["context"]["reason"] == "client_outside_area"
-    world.put("clients", world.client, {"home_municipality": "297"})
+    world.put("clients", world.client, {"home_municipality": "297", "area_client": True})
     assert decide(pep, world.request())["context"]["reason"] == "client_not_own_municipality"
+
+
+# carries: C-3, C-7
+def test_a_right_is_for_the_purposes_it_was_approved_for(admin: httpx.Client,
+                                                         pep: httpx.Client) -> None:
+    """A right approved for training does not let its holder coach, though coaching is
+    among the user's tasks and a coaching relationship is open; training it allows."""
+    world = World(admin, grant=False).build()
+    world.put("users", world.user, {"municipality": world.municipality, "display_name": "T",
+                                    "tasks": ["coaching", "training"], "status": "active"})
+    world.import_grant(world.grant, world.grant_data(purposes=["training"]))
+    denied = decide(pep, world.request(category="name_contact"))
+    assert (denied["decision"], denied["context"]["reason"]) == (False, "purpose_invalid")
+    world.put("relationships", f"{world.p}-r2", {
+        "client": world.client, "municipality": world.municipality, "service": "training",
+        "starts_at": "2025-06-01T00:00:00+03:00"})
+    allowed = decide(pep, world.request(category="name_contact", purpose="training"))
+    assert allowed["decision"] is True
+    # a second right, for coaching, makes coaching lawful too
+    world.import_grant(f"{world.p}-g2", world.grant_data(purposes=["coaching"]))
+    assert decide(pep, world.request(category="name_contact"))["decision"] is True
+
+
+# carries: C-2, C-9
+def test_a_resident_who_is_no_longer_an_area_client_is_outside_the_area(
+        pep: httpx.Client, world: World) -> None:
+    assert decide(pep, world.request())["decision"] is True
+    world.put("clients", world.client, {"home_municipality": world.municipality,
+                                        "area_client": False})
+    result = decide(pep, world.request())
+    assert (result["decision"], result["context"]["reason"]) == (False, "client_outside_area")
+    world.put("clients", world.client, {"home_municipality": world.municipality,
+                                        "area_client": True})
+    assert decide(pep, world.request())["decision"] is True
+
+
+# carries: C-9
+def test_a_client_fact_must_say_whether_it_is_an_area_client(admin: httpx.Client,
+                                                             world: World) -> None:
+    for body in ({"home_municipality": "749"},
+                 {"home_municipality": "749", "area_client": "yes"},
+                 {"home_municipality": "749", "area_client": None}):
+        response = admin.put(f"/v1/clients/{world.p}-c9", json=body)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["code"] == "invalid_request"
+        assert "area_client" in response.text
+    assert admin.get(f"/v1/clients/{world.p}-c9").status_code == 404
+    stored = admin.get(f"/v1/clients/{world.client}").json()
+    assert stored["area_client"] is True
+
+
+# carries: C-11
+def test_a_write_names_the_records_owner(pep: httpx.Client, world: World) -> None:
+    """Writing is limited to records the user's own municipality produced: a write to
+    the authority's record, another municipality's or one that names no owner is
+    action_not_permitted; reads do not look at the owner. The allow for the own
+    municipality's record is memoised and must not answer for another owner."""
+    own = decide(pep, world.request(action="write", owner=world.municipality))
+    assert own["decision"] is True
+    assert decide(pep, world.request(action="write", owner=world.municipality))["decision"]
+    for owner in ("authority", "", "297", "167"):
+        result = decide(pep, world.request(action="write", owner=owner))
+        assert (result["decision"], result["context"]["reason"]) == (
+            False, "action_not_permitted"), owner
+        read = decide(pep, world.request(owner=owner))
+        assert read["decision"] is True, owner
+    # the other way round: first a deny for the authority's record, then the own one
+    assert not decide(pep, world.request("services_assessments", "write",
+                                         owner="authority"))["decision"]
+    assert decide(pep, world.request("name_contact", "write"))["context"]["reason"] == (
+        "action_not_permitted")  # not a writable category, whoever owns the record
+
+
+# carries: C-11
+def test_a_malformed_owner_is_400_and_an_item_error_in_a_batch(pep: httpx.Client,
+                                                              world: World) -> None:
+    for owner in ("74", "7490", "Authority", "kuopio", " 749", "749\n", 749, True, ""):
+        body = world.request(action="write")
+        body["resource"]["properties"]["owner"] = owner
+        response = pep.post("/access/v1/evaluation", json=body)
+        assert response.status_code == 400, (owner, response.text)
+        assert response.json()["error"]["code"] == "invalid_request"
+        assert "owner" in response.text
+    bad = world.request(action="write", owner="authority")
+    bad["resource"]["properties"]["owner"] = "74"
+    results = _batch(pep, {"evaluations": [world.request(action="write"), bad,
+                                           world.request(action="write", owner="authority")]})
+    assert [r["decision"] for r in results] == [True, False, False]
+    assert results[1]["context"]["error"]["code"] == "invalid_request"
+    assert results[2]["context"]["reason"] == "action_not_permitted"
+    # batch defaults: an item's own resource replaces the default's, owner and all
+    base = world.request(action="write")
+    defaults = _batch(pep, {
+        "subject": base["subject"], "action": base["action"], "context": base["context"],
+        "resource": base["resource"],
+        "evaluations": [{}, {"resource": {"properties": {"category": "service_needs_plans"}}}]})
+    assert [r["context"]["reason"] for r in defaults] == ["allowed", "action_not_permitted"]
+
+
+# carries: C-8
+def test_an_agreement_that_requires_assignment_lets_no_team_in(admin: httpx.Client,
+                                                               pep: httpx.Client) -> None:
+    world = World(admin, "239").build()  # Keitele: no other test writes its agreement
+    try:
+        assert decide(pep, world.request())["decision"] is True  # names nobody: the team
+        world.put("agreements", "239", {"area": "kuopio", "status": "in_force",
+                                        "signed_at": "2025-01-01T00:00:00+02:00",
+                                        "assignment_required": True})
+        result = decide(pep, world.request())
+        assert (result["decision"], result["context"]["reason"]) == (
+            False, "no_active_relationship")
+        world.put("relationships", world.relationship, {
+            "client": world.client, "municipality": "239", "service": "coaching",
+            "starts_at": "2025-06-01T00:00:00+03:00", "assigned_users": [world.user]})
+        assert decide(pep, world.request())["decision"] is True
+    finally:
+        world.put("agreements", "239", {"area": "kuopio", "status": "in_force",
+                                        "signed_at": "2025-01-01T00:00:00+02:00"})
+    stored = admin.get("/v1/agreements/239").json()
+    assert stored["assignment_required"] is False
 
 
 def _batch(pep: httpx.Client, body: dict[str, Any]) -> list[dict[str, Any]]:

@@ -43,7 +43,7 @@ def test_a_switched_off_clause_keeps_the_policy_loadable(tmp_path: Path) -> None
         load_policy(tmp_path)  # raises if the switched-off text is not valid Polar
     fact = next(c for c in clauses("rules.polar", rules) if c.name == "permitted_on")
     assert switched_off(fact, rules)[fact.start:].startswith(
-        'permitted_on("read", _category) if false;')
+        'permitted_on(_r, "read", _category) if false;')
 
 
 def run(policy_dir: Path, suites: Path) -> subprocess.CompletedProcess[str]:

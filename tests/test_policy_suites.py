@@ -105,10 +105,11 @@ facts:
   users:
     u-1: {municipality: "749", display_name: Testi Käyttäjä, tasks: [coaching], status: active}
   grants:
-    g-1: {user: u-1, scopes: [name_contact], valid_from: "2026-01-01T00:00:00+02:00",
+    g-1: {user: u-1, purposes: [coaching], scopes: [name_contact],
+          valid_from: "2026-01-01T00:00:00+02:00",
           valid_until: "2027-01-01T00:00:00+02:00", status: active, legal_basis: "380/2023"}
   clients:
-    c-1: {home_municipality: "749"}
+    c-1: {home_municipality: "749", area_client: true}
   relationships:
     r-1: {client: c-1, municipality: "749", service: coaching,
           starts_at: "2026-02-01T08:00:00+02:00"}
@@ -145,7 +146,7 @@ def test_small_suite_loads_and_passes(tmp_path: Path, policy: CompiledPolicy) ->
     ("purpose: coaching}", "purpose: coaching, resource: x}", "resource"),
     ("expect: {decision: true,", "expect: {why: x, decision: true,", "why"),
     ("  clients:\n", "  customers: {}\n  clients:\n", "customers"),
-    ("c-1: {home_municipality: \"749\"}", "c-1: {home_municipality: \"749\", vip: true}", "vip"),
+    ("area_client: true}", "area_client: true, vip: true}", "vip"),
 ])
 def test_unknown_key_is_rejected(tmp_path: Path, old: str, new: str, key: str) -> None:
     assert old in _SMALL_SUITE
@@ -164,6 +165,8 @@ def test_unknown_key_is_rejected(tmp_path: Path, old: str, new: str, key: str) -
     ('now: "2026-06-01T09:00:00+03:00"', 'now: "2026-06-01T09:00:00"', "offset"),
     ('now: "2026-06-01T09:00:00+03:00"', "now: 2026-06-01", "RFC 3339"),
     ("category: name_contact, purpose", "category: nme_contact, purpose", "category"),
+    ("purpose: coaching}\n    expect", 'purpose: coaching, owner: "74"}\n    expect', "owner"),
+    ("purpose: coaching}\n    expect", "purpose: coaching, owner: 749}\n    expect", "owner"),
     ("    request:", "    facts: {grants: {g-1: {user: u-1}}}\n    request:", "'allowed'"),
     ("    request:", "    facts: {grants: {g-9: null}}\n    request:", "g-9"),
     ('valid_until: "2027-01-01T00:00:00+02:00"', 'valid_until: "2025-01-01T00:00:00+02:00"',
@@ -199,6 +202,33 @@ def test_suites_are_read_recursively(tmp_path: Path) -> None:
     assert [s.file.name for s in suites] == ["deep.yaml"]
 
 
+# carries: C-11
+def test_a_case_names_the_records_owner(tmp_path: Path, policy: CompiledPolicy) -> None:
+    writes = """\
+  - name: a write to the own municipality's record
+    now: "2026-06-01T09:00:00+03:00"
+    facts: {grants: {g-1: &writer {user: u-1, purposes: [coaching],
+                                   scopes: [service_needs_plans], actions: [read, write],
+                                   valid_from: "2026-01-01T00:00:00+02:00",
+                                   valid_until: "2027-01-01T00:00:00+02:00", status: active,
+                                   legal_basis: "380/2023"}}}
+    request: {user: u-1, client: c-1, category: service_needs_plans, action: write,
+              purpose: coaching, owner: "749"}
+    expect: {decision: true, reason: allowed}
+  - name: a write to the authority's record
+    now: "2026-06-01T09:00:00+03:00"
+    facts: {grants: {g-1: *writer}}
+    request: {user: u-1, client: c-1, category: service_needs_plans, action: write,
+              purpose: coaching, owner: authority}
+    expect: {decision: false, reason: action_not_permitted}
+"""
+    _write(tmp_path, _SMALL_SUITE + writes)
+    suites = load_suites(tmp_path)
+    assert [c.request.owner for c in suites[0].cases] == ["", "749", "authority"]
+    report = run_suites(policy, suites)
+    assert (report.passed, report.failed) == (3, 0), format_report(report)
+
+
 def test_override_and_delete_facts_per_case(tmp_path: Path, policy: CompiledPolicy) -> None:
     extra = """\
   - name: grant removed for this case only
@@ -208,7 +238,8 @@ def test_override_and_delete_facts_per_case(tmp_path: Path, policy: CompiledPoli
     expect: {decision: false, reason: no_active_grant}
   - name: client replaced for this case only
     now: "2026-06-01T09:00:00+03:00"
-    facts: {clients: {c-1: {home_municipality: "749", protection_order: true}}}
+    facts: {clients: {c-1: {home_municipality: "749", protection_order: true,
+                            area_client: true}}}
     request: {user: u-1, client: c-1, category: name_contact, purpose: coaching}
     expect: {decision: false, reason: protection_order}
   - name: base world again

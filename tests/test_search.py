@@ -68,7 +68,8 @@ def worlds(draw: st.DrawFn) -> tuple[list[dict[str, Any]], list[str], list[str],
         status = draw(often("in_force", "notice_given", "terminated", "rescinded", None))
         if status is not None:
             data: dict[str, Any] = {"area": "b" if code == "167" else "a", "status": status,
-                                    "signed_at": at(-400)}
+                                    "signed_at": at(-400),
+                                    "assignment_required": draw(often(False, True))}
             if status == "notice_given":
                 data["ends_at"] = at(draw(st.sampled_from([-1, 30])))
             facts.append({"kind": "agreement", "id": code, "data": data})
@@ -84,7 +85,8 @@ def worlds(draw: st.DrawFn) -> tuple[list[dict[str, Any]], list[str], list[str],
     for client in clients:
         facts.append({"kind": "client", "id": client, "data": {
             "home_municipality": draw(often(home, *places)),
-            "protection_order": draw(often(False, True))}})
+            "protection_order": draw(often(False, True)),
+            "area_client": draw(often(True, False))}})
     for user in users:
         data = {"municipality": draw(often(home, *places)), "display_name": user,
                 "tasks": draw(often(list(SERVICES), ["coaching"], [])),
@@ -97,6 +99,8 @@ def worlds(draw: st.DrawFn) -> tuple[list[dict[str, Any]], list[str], list[str],
             start = draw(often(-300, -10, 5))
             facts.append({"kind": "grant", "id": f"{user}-g{g}", "data": {
                 "user": user,
+                "purposes": draw(often([purpose or "coaching"], list(SERVICES),
+                                       *([x] for x in SERVICES if x != purpose))),
                 "scopes": draw(st.lists(st.sampled_from(CATEGORIES), min_size=1, max_size=8,
                                         unique=True)),
                 "actions": draw(often(["read", "write"], ["read"], ["write"])),
@@ -146,19 +150,21 @@ def walk(search: Any, limit: int, budget: float) -> list[str]:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(world=worlds(), limit=st.integers(1, 3), budget=st.sampled_from([0.0, 10.0]))
+@given(world=worlds(), limit=st.integers(1, 3), budget=st.sampled_from([0.0, 10.0]),
+       owner=often("749", "297", "167", "authority", ""))
 def test_every_search_equals_exhaustive_evaluation(
         world: tuple[list[dict[str, Any]], list[str], list[str], str], limit: int,
-        budget: float) -> None:
+        budget: float, owner: str) -> None:
     facts, users, clients, purpose = world
     decider = build(facts)
     askers = [*users, "unknown-user"]
     targets = [*clients, "unknown-client"]
     allowed = {(u, c, cat, act)
                for u in askers for c in targets for cat in CATEGORIES for act in ACTIONS
-               if decider.decide(DecisionRequest(u, c, cat, act, purpose), NOW).decision}
+               if decider.decide(DecisionRequest(u, c, cat, act, purpose, owner),
+                                 NOW).decision}
     target(float(len(allowed)))  # steer towards worlds that allow much
-    common = {"purpose": purpose, "now": NOW}
+    common = {"purpose": purpose, "now": NOW, "owner": owner}
     for category in CATEGORIES:
         for action in ACTIONS:
             for user in askers:
@@ -229,7 +235,7 @@ class Caseload:
 
     def add(self, client: str, n: int) -> None:
         code = self.world.municipality
-        self.world.put("clients", client, {"home_municipality": code})
+        self.world.put("clients", client, {"home_municipality": code, "area_client": True})
         self.world.put("relationships", f"{client}-r", {
             "client": client, "municipality": code, "service": "coaching",
             "starts_at": "2025-06-01T00:00:00+03:00",
@@ -259,11 +265,11 @@ def test_resource_search_over_http_lists_the_allowed_clients(
     load = Caseload(world, 6)
     # Others of 749 that this coach may not see: another service, and a client whose
     # only relationship is with Kuopio.
-    world.put("clients", f"{world.p}-x1", {"home_municipality": "749"})
+    world.put("clients", f"{world.p}-x1", {"home_municipality": "749", "area_client": True})
     world.put("relationships", f"{world.p}-x1-r", {
         "client": f"{world.p}-x1", "municipality": "749", "service": "guidance",
         "starts_at": "2025-06-01T00:00:00+03:00"})
-    world.put("clients", f"{world.p}-x2", {"home_municipality": "749"})
+    world.put("clients", f"{world.p}-x2", {"home_municipality": "749", "area_client": True})
     world.put("relationships", f"{world.p}-x2-r", {
         "client": f"{world.p}-x2", "municipality": "420", "service": "coaching",
         "starts_at": "2025-06-01T00:00:00+03:00"})
@@ -281,6 +287,31 @@ def test_resource_search_over_http_lists_the_allowed_clients(
         assert decided["decision"] is (client in ids), (client, decided)
 
 
+# carries: C-11
+def test_a_write_search_lists_only_for_the_own_municipalitys_records(
+        admin: httpx.Client, pep: httpx.Client) -> None:
+    """A search for writers answers as evaluation does: with the record's owner it names,
+    the user's own municipality, every client of the caseload; with none, the
+    authority's or another municipality's, no one. A malformed owner is 400."""
+    world = World(admin, "749").build()
+    load = Caseload(world, 3)
+    query = {**load.query(), "action": {"name": "write"}}
+
+    def with_owner(owner: str | None) -> dict[str, Any]:
+        properties: dict[str, Any] = {"category": "service_needs_plans"}
+        if owner is not None:
+            properties["owner"] = owner
+        return {**query, "resource": {"type": "client_record", "properties": properties}}
+
+    mine = [r["id"] for r in search(pep, "resource", with_owner("749"))["results"]]
+    # (other worlds' clients of 749 whose relationships name nobody are the team's too)
+    assert {world.client, *load.clients} <= set(mine)
+    for owner in (None, "authority", "297"):
+        assert search(pep, "resource", with_owner(owner))["results"] == [], owner
+    response = pep.post("/access/v1/search/resource", json=with_owner("74"))
+    assert response.status_code == 400, response.text
+
+
 def test_subject_and_action_search_over_http(admin: httpx.Client, pep: httpx.Client) -> None:
     world = World(admin, "297").build()
     colleague = f"{world.p}-u2"
@@ -290,13 +321,18 @@ def test_subject_and_action_search_over_http(admin: httpx.Client, pep: httpx.Cli
     idle = f"{world.p}-u3"  # no grant
     world.put("users", idle, {"municipality": "297", "display_name": "Idle",
                               "tasks": ["coaching"], "status": "active"})
-    body = world.request(category="service_needs_plans")
+    # a record of the user's own municipality: it may be written too (rule 11)
+    body = world.request(category="service_needs_plans", owner=world.municipality)
     subjects = search(pep, "subject", {**body, "subject": {"type": "user"}})
     found = [r["id"] for r in subjects["results"]]
     assert world.user in found and colleague in found and idle not in found
     assert {r["type"] for r in subjects["results"]} == {"user"}
     actions = search(pep, "action", {k: v for k, v in body.items() if k != "action"})
     assert actions["results"] == [{"name": "read"}, {"name": "write"}]
+    for owner in ("", "authority", "844"):  # no owner, or another's record: read only
+        other = world.request(category="service_needs_plans", owner=owner)
+        actions = search(pep, "action", {k: v for k, v in other.items() if k != "action"})
+        assert actions["results"] == [{"name": "read"}], owner
     contact = search(pep, "action", {**{k: v for k, v in body.items() if k != "action"},
                                      "resource": {**body["resource"],
                                                   "properties": {"category": "benefits"}}})
@@ -320,7 +356,7 @@ def test_paging_walks_every_result_once_while_facts_change(
     assert admin.delete(f"/v1/relationships/{gone}-r").status_code == 200
     load.add(added, 1)
     world.put("clients", seen[0], {"home_municipality": world.municipality,
-                                   "protection_order": False})
+                                   "protection_order": False, "area_client": True})
     token = first["page"]["next_token"]
     for _ in range(10):
         page = search(pep, "resource", load.query(limit=3, token=token))

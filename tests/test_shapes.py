@@ -28,8 +28,9 @@ def test_a_shape_gets_the_answer_of_its_record(
     user = pick.draw(st.sampled_from([*users, "unknown-user"]))
     client = pick.draw(st.sampled_from([*clients, "unknown-client"]))
     purpose = pick.draw(st.sampled_from([*SERVICES, "", "other"]))
+    owner = pick.draw(st.sampled_from(["749", "297", "167", "authority", ""]))
     now = to_micros(NOW + timedelta(days=shift))
-    record = policy_record(decider.facts, user, client, purpose, now)
+    record = policy_record(decider.facts, user, client, purpose, now, owner)
     _, shape, back = record_shape(record)
     direct = evaluate_outcomes(policy(), record)
     shaped = evaluate_outcomes(policy(), shape)
@@ -50,7 +51,8 @@ def test_records_of_one_shape_share_one_policy_query() -> None:
         {"kind": "user", "id": "u", "data": {"municipality": "749", "display_name": "U",
                                              "tasks": ["coaching"], "status": "active"}},
         {"kind": "grant", "id": "g", "data": {
-            "user": "u", "scopes": ["service_needs_plans"], "actions": ["read"],
+            "user": "u", "purposes": ["coaching"], "scopes": ["service_needs_plans"],
+            "actions": ["read"],
             "valid_from": "2025-01-01T00:00:00+00:00",
             "valid_until": "2027-01-01T00:00:00+00:00", "status": "active",
             "legal_basis": "test"}},
@@ -58,7 +60,8 @@ def test_records_of_one_shape_share_one_policy_query() -> None:
     for n in range(20):
         # Some relationships began before the grant did, some after: the same shape.
         starts = f"2026-0{1 + n % 5}-01" if n % 2 else f"2024-0{1 + n % 5}-01"
-        facts.append({"kind": "client", "id": f"c{n}", "data": {"home_municipality": "749"}})
+        facts.append({"kind": "client", "id": f"c{n}", "data": {"home_municipality": "749",
+                                                                "area_client": True}})
         facts.append({"kind": "relationship", "id": f"r{n}", "data": {
             "client": f"c{n}", "municipality": "749", "service": "coaching",
             "starts_at": f"{starts}T00:00:00+00:00", "assigned_users": ["u"]}})
@@ -68,7 +71,8 @@ def test_records_of_one_shape_share_one_policy_query() -> None:
     assert all(a.decision and a.grant == "g" for a in answers)
     assert decider.misses == 20 and decider.shape_hits == 19
     # A client whose relationship starts after now is another shape, and denied.
-    facts.append({"kind": "client", "id": "late", "data": {"home_municipality": "749"}})
+    facts.append({"kind": "client", "id": "late", "data": {"home_municipality": "749",
+                                                           "area_client": True}})
     facts.append({"kind": "relationship", "id": "r-late", "data": {
         "client": "late", "municipality": "749", "service": "coaching",
         "starts_at": "2026-12-01T00:00:00+00:00", "assigned_users": ["u"]}})
