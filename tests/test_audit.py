@@ -183,7 +183,7 @@ def test_single_allow_and_deny_are_recorded_with_every_field(
         named_pep: httpx.Client, pep: httpx.Client, auditor: httpx.Client,
         world: World) -> None:
     elsewhere = f"{world.p}-c297"
-    world.put("clients", elsewhere, {"home_municipality": "297"})
+    world.put("clients", elsewhere, {"home_municipality": "297", "area_client": True})
     before = datetime.now(UTC)
     allow = pep_post(named_pep, "/access/v1/evaluation", world.request(), "req-allow-1")
     deny_body = world.request(category="name_contact", action="read")

@@ -79,9 +79,12 @@ def test_import_then_check_against_the_store(tmp_path: Path) -> None:
 
 def test_import_is_all_or_nothing(tmp_path: Path) -> None:
     env = {"PDP_DATABASE_URL": f"sqlite:///{tmp_path / 'facts.sqlite3'}"}
-    good = {"kind": "client", "id": "c-1", "data": {"home_municipality": "749"}}
-    bad = {"kind": "client", "id": "c-2", "data": {"home_municipality": "7490"}}
-    batch = {"facts": [{"kind": "client", "id": "c-3", "data": {"home_municipality": "297"}}]}
+    good = {"kind": "client", "id": "c-1", "data": {"home_municipality": "749",
+                                                    "area_client": True}}
+    bad = {"kind": "client", "id": "c-2", "data": {"home_municipality": "7490",
+                                                   "area_client": True}}
+    batch = {"facts": [{"kind": "client", "id": "c-3", "data": {"home_municipality": "297",
+                                                                "area_client": True}}]}
     done = pdp("facts", "import", "-", env=env, input=_jsonl([good, batch, bad]))
     assert done.returncode == 2
     assert "facts[2]" in done.stderr and "nothing imported" in done.stderr

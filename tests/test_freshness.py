@@ -34,14 +34,14 @@ def test_suspended_user_is_denied_next(pep: httpx.Client, warm: World) -> None:
 
 
 def test_client_who_moved_is_denied_next(pep: httpx.Client, warm: World) -> None:
-    warm.put("clients", warm.client, {"home_municipality": "297"})
+    warm.put("clients", warm.client, {"home_municipality": "297", "area_client": True})
     assert decide(pep, warm.request())["context"]["reason"] == "client_not_own_municipality"
 
 
 def test_protection_order_is_seen_next(pep: httpx.Client, warm: World) -> None:
     assert decide(pep, warm.request(category="name_contact"))["decision"] is True
     warm.put("clients", warm.client, {"home_municipality": warm.municipality,
-                                      "protection_order": True})
+                                      "protection_order": True, "area_client": True})
     result = decide(pep, warm.request(category="name_contact"))
     assert result["context"]["reason"] == "protection_order"
 

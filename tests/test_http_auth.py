@@ -72,7 +72,7 @@ def valid_fact(collection: str) -> dict[str, Any]:
                    "valid_from": "2025-01-01T00:00:00+02:00",
                    "valid_until": "2099-01-01T00:00:00+02:00", "status": "active",
                    "legal_basis": "380/2023 125 § 1 mom."},
-        "clients": {"home_municipality": CODE, "protection_order": False},
+        "clients": {"home_municipality": CODE, "protection_order": False, "area_client": True},
         "relationships": {"client": unique("client"), "municipality": CODE,
                           "service": "coaching", "starts_at": "2025-06-01T00:00:00+03:00"},
     }[collection]

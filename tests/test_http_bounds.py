@@ -393,7 +393,7 @@ def test_id_in_path_with_a_control_or_direction_mark_is_400_and_not_stored(
     fact_id = unique("c")
     for path in (f"/v1/clients/{fact_id}{suffix}", f"/v1/clients/{fact_id[:5]}{suffix}"
                  f"{fact_id[5:]}"):
-        response = admin.put(path, json={"home_municipality": "749"})
+        response = admin.put(path, json={"home_municipality": "749", "area_client": True})
         assert_error(response, 400, "invalid_request")
     assert_error(admin.get(f"/v1/clients/{fact_id}"), 404, "not_found")
     assert_error(admin.get(f"/v1/grants/{fact_id}{suffix}/history"), 400, "invalid_request")
@@ -410,7 +410,8 @@ def test_id_in_a_body_with_a_control_or_direction_mark_is_400(admin: httpx.Clien
     assert_error(response, 400, "invalid_request")
     assert "client" in response.json()["error"]["message"]
     batch = admin.post("/v1/facts:batch", json={"facts": [
-        {"kind": "client", "id": bad, "data": {"home_municipality": "749"}}]})
+        {"kind": "client", "id": bad, "data": {"home_municipality": "749",
+                                               "area_client": True}}]})
     assert_error(batch, 400, "invalid_request")
     assert_error(admin.get(f"/v1/relationships/{relationship}"), 404, "not_found")
 
@@ -448,7 +449,8 @@ def test_body_not_sent_as_json_is_400(server: Server, world: World,
         for method, path, body in [
                 ("POST", "/access/v1/evaluation", world.request()),
                 ("POST", "/access/v1/evaluations", {"evaluations": [world.request()]}),
-                ("PUT", f"/v1/clients/{fact_id}", {"home_municipality": "749"}),
+                ("PUT", f"/v1/clients/{fact_id}", {"home_municipality": "749",
+                                                   "area_client": True}),
                 ("POST", "/v1/facts:batch", {"facts": []})]:
             request = admin.build_request(method, path, content=orjson.dumps(body))
             request.headers.pop("Content-Type", None)  # httpx sets none for bytes
@@ -507,8 +509,9 @@ def test_deeply_nested_json_is_400_not_500(pep: httpx.Client, depth: int) -> Non
 def test_duplicate_key_in_a_batch_item_is_400_and_stores_nothing(admin: httpx.Client) -> None:
     first, second = unique("c"), unique("c")
     body = (b'{"facts": [{"kind": "client", "id": "' + first.encode() + b'", "data": '
-            b'{"home_municipality": "749"}}, {"kind": "client", "id": "' + second.encode()
-            + b'", "id": "' + first.encode() + b'", "data": {"home_municipality": "749"}}]}')
+            b'{"home_municipality": "749", "area_client": true}}, {"kind": "client", "id": "'
+            + second.encode() + b'", "id": "' + first.encode()
+            + b'", "data": {"home_municipality": "749", "area_client": true}}]}')
     assert_error(admin.post("/v1/facts:batch", content=body, headers=JSON), 400,
                  "invalid_request")
     for fact_id in (first, second):
@@ -517,7 +520,8 @@ def test_duplicate_key_in_a_batch_item_is_400_and_stores_nothing(admin: httpx.Cl
 
 def test_duplicate_key_in_a_fact_is_400_and_not_stored(admin: httpx.Client) -> None:
     fact_id = unique("c")
-    body = b'{"home_municipality": "749", "protection_order": false, "protection_order": true}'
+    body = (b'{"home_municipality": "749", "area_client": true, "protection_order": false, '
+            b'"protection_order": true}')
     assert_error(admin.put(f"/v1/clients/{fact_id}", content=body, headers=JSON), 400,
                  "invalid_request")
     assert_error(admin.get(f"/v1/clients/{fact_id}"), 404, "not_found")

@@ -105,7 +105,8 @@ def with_value(body: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 
 
 def client_fact(**changes: Any) -> dict[str, Any]:
-    return {"home_municipality": "749", "protection_order": False, **changes}
+    return {"home_municipality": "749", "protection_order": False, "area_client": True,
+            **changes}
 
 
 def user_fact(**changes: Any) -> dict[str, Any]:

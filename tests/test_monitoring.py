@@ -170,9 +170,9 @@ def test_repeated_no_relationship(admin: httpx.Client, pep: httpx.Client,
 def test_repeated_other_municipality(admin: httpx.Client, pep: httpx.Client,
                                      receiver: Receiver) -> None:
     world = World(admin).build()
-    world.put("clients", world.client, {"home_municipality": "297"})
+    world.put("clients", world.client, {"home_municipality": "297", "area_client": True})
     assert decide(pep, world.request())["context"]["reason"] == "client_not_own_municipality"
-    world.put("clients", world.client, {"home_municipality": "167"})
+    world.put("clients", world.client, {"home_municipality": "167", "area_client": True})
     assert decide(pep, world.request())["context"]["reason"] == "client_outside_area"
     check_case(admin, receiver, world, "other_municipality")
 
@@ -188,7 +188,8 @@ def test_attempts_after_the_right_ended(admin: httpx.Client, pep: httpx.Client,
 
 def test_protection_order(admin: httpx.Client, pep: httpx.Client, receiver: Receiver) -> None:
     world = World(admin).build()
-    world.put("clients", world.client, {"home_municipality": "749", "protection_order": True})
+    world.put("clients", world.client, {"home_municipality": "749", "protection_order": True,
+                                        "area_client": True})
     assert decide(pep, world.request())["decision"] is True  # plans: allowed, still watched
     check_case(admin, receiver, world, "protection_order")
 

@@ -219,7 +219,8 @@ def test_a_candidate_in_shadow_counts_where_it_would_decide_otherwise(
             world.put("grants", world.grant, world.grant_data(
                 scopes=["name_contact", "service_needs_plans", "health_work_capacity"]))
             world.put("clients", world.client, {"home_municipality": world.municipality,
-                                                "protection_order": True})
+                                                "protection_order": True,
+                                                "area_client": True})
         with live.client("t-pep") as pep:
             health = pep.post("/access/v1/evaluation",
                               json=world.request("health_work_capacity")).json()

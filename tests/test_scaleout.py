@@ -637,7 +637,7 @@ def test_kill_9_of_a_replica_loses_nothing_acknowledged(
     def batch(i: int) -> dict[str, Any]:
         return {"facts": [
             {"kind": "client", "id": f"{prefix}-c{i}",
-             "data": {"home_municipality": world.municipality}},
+             "data": {"home_municipality": world.municipality, "area_client": True}},
             {"kind": "relationship", "id": f"{prefix}-r{i}",
              "data": {"client": f"{prefix}-c{i}", "municipality": world.municipality,
                       "service": "coaching", "starts_at": "2025-06-01T00:00:00+03:00"}}]}
