@@ -32,7 +32,7 @@ from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pdp.api_audit import AUDITORS, SUPERVISORS
-from pdp.api_lifecycle import AGREEMENT_ROLES, STEP_ROLES
+from pdp.api_lifecycle import AGREEMENT_ROLES, IMPORTERS, STEP_ROLES
 from pdp.api_lifecycle import READERS as GRANT_READERS
 from pdp.api_monitoring import COMMENTERS, OPENERS, RESOLVERS
 from pdp.api_monitoring import READERS as CASE_READERS
@@ -95,9 +95,10 @@ def _step(params: Mapping[str, Any]) -> Sequence[str]:
 
 
 def _agreement_act(params: Mapping[str, Any]) -> Sequence[str]:
-    if params.get("act") not in ("notice", "rescind"):
-        raise ApiError(404, NOT_FOUND, f"no such step: {params.get('act')}")
-    return AGREEMENT_ROLES
+    act = str(params.get("act"))
+    if act not in AGREEMENT_ROLES:
+        raise ApiError(404, NOT_FOUND, f"no such step: {act}")
+    return AGREEMENT_ROLES[act]
 
 
 # The table: (method, route path) -> rule. One line per route of the app, in the app's
@@ -122,6 +123,7 @@ ACCESS: dict[tuple[str, str], Rule] = {
     ("POST", "/v1/explain"): EXPLAINERS,
     # the life of a right
     ("POST", "/v1/grant-applications"): STEP_ROLES["apply"],
+    ("POST", "/v1/grants:import"): IMPORTERS,
     ("POST", "/v1/grants/{grant_id}/{step}"): _step,
     ("GET", "/v1/grants"): GRANT_READERS,
     ("GET", "/v1/grants/{grant_id}/history"): GRANT_READERS,

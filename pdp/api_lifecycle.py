@@ -10,11 +10,18 @@ from typing import Annotated, Any, cast
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from pdp.auth import MUNICIPALITY_ADMIN, Caller
-from pdp.errors import NOT_FOUND, ApiError
+from pdp.auth import MUNICIPALITY_ADMIN, Caller, forbidden
+from pdp.errors import NOT_FOUND, ApiError, bad_request
 from pdp.events import event_json
 from pdp.http import parse_body, read_json
-from pdp.lifecycle import STEP_BODIES, AgreementAct, Application, Step, WorkflowError
+from pdp.lifecycle import (
+    STEP_BODIES,
+    AgreementAct,
+    Application,
+    GrantRegister,
+    Step,
+    WorkflowError,
+)
 from pdp.runtime import Runtime
 
 # Who may take each step. A municipality admin acts for its own municipality only.
@@ -28,7 +35,14 @@ STEP_ROLES: dict[str, list[str]] = {
     "recertify": ["grant_admin", MUNICIPALITY_ADMIN],
 }
 READERS = ["grant_admin", "keha", "auditor", MUNICIPALITY_ADMIN]
-AGREEMENT_ROLES = ["grant_admin"]
+# Either party may give notice (§ 9): the authority, or the municipality for its own
+# agreement; only the area rescinds (§ 10).
+AGREEMENT_ROLES: dict[str, list[str]] = {
+    "notice": ["grant_admin", MUNICIPALITY_ADMIN],
+    "rescind": ["grant_admin"],
+}
+# The register of rights granted before the service is imported by the admin alone.
+IMPORTERS = ["admin"]
 
 
 def workflow_error(error: WorkflowError) -> ApiError:
@@ -72,6 +86,18 @@ def lifecycle_router(runtime: Runtime) -> APIRouter:
             lifecycle.apply_for, application, caller.name)
         return {"id": grant_id, **grant.model_dump(mode="json"), "state": "applied",
                 "facts_version": version}
+
+    @router.post("/v1/grants:import")
+    async def import_register(request: Request) -> dict[str, Any]:
+        caller = caller_for(request, IMPORTERS)
+        body = await read_json(request, runtime.settings.max_batch_body_bytes)
+        raw = body.get("grants") if isinstance(body, dict) else None
+        if isinstance(raw, list) and len(raw) > runtime.settings.max_facts_batch:
+            raise bad_request(f"{len(raw)} rights; at most {runtime.settings.max_facts_batch}",
+                              field="grants")
+        register = parse_body(GrantRegister, body)
+        version = await run_in_threadpool(lifecycle.import_register, register, caller.name)
+        return {"imported": len(register.grants), "facts_version": version}
 
     @router.post("/v1/grants/{grant_id}/{step}")
     async def take_step(grant_id: str, step: str, request: Request) -> dict[str, Any]:
@@ -118,10 +144,20 @@ def lifecycle_router(runtime: Runtime) -> APIRouter:
     async def agreement_act(code: str, act: str, request: Request) -> dict[str, Any]:
         if act not in ("notice", "rescind"):
             raise ApiError(404, NOT_FOUND, f"no such step: {act}")
-        caller = caller_for(request, AGREEMENT_ROLES)
+        roles = AGREEMENT_ROLES[act]
+        caller = caller_for(request, roles)
+        if not caller.acts_for(code, roles):
+            # a municipality admin gives notice on its own municipality's agreement only
+            raise forbidden([f"{MUNICIPALITY_ADMIN}:{code}", *roles[:1]])
         body = parse_body(AgreementAct, await read_json(request, limit_bytes))
-        step = lifecycle.notice if act == "notice" else lifecycle.rescind
-        agreement, version = await run_in_threadpool(step, code, body, caller.name)
+        if act == "notice":
+            by_area = caller.has_any(["grant_admin"])
+            agreement, version = await run_in_threadpool(
+                lifecycle.notice, code, body, caller.name,
+                "area" if by_area else "municipality")
+        else:
+            agreement, version = await run_in_threadpool(
+                lifecycle.rescind, code, body, caller.name)
         return {"id": code, **agreement.model_dump(mode="json"), "facts_version": version}
 
     @router.get("/v1/events")

@@ -93,10 +93,9 @@ def serve(
     except StoreUnavailable as error:
         raise _fail(f"store: {error}") from None
     if demo:
-        from pdp.api import parse_batch
-        from pdp.demo import demo_facts
+        from pdp.demo import load_demo
 
-        runtime.lifecycle.write_facts(parse_batch(demo_facts()), "demo")
+        load_demo(runtime.lifecycle)
         typer.echo(f"pdp: demo data loaded, facts_version {runtime.facts.index.version}")
     if workers > 1:
         # Each worker builds its own runtime from the environment (pdp.api:app_from_env).
@@ -257,8 +256,10 @@ def facts_import(
     lifecycle = _lifecycle()
     try:
         version = lifecycle.write_facts(changes, "pdp facts import")
-    except WorkflowError as error:  # e.g. a taken id (id_taken): nothing was written
-        raise _fail(f"{file}: {error.code}: {error.message}; nothing imported") from None
+    except WorkflowError as error:  # a taken id (id_taken), a right (use_workflow): nothing
+        hint = (" (the register of rights before the service: pdp grants import)"
+                if error.code == "use_workflow" else "")
+        raise _fail(f"{file}: {error.code}: {error.message}; nothing imported{hint}") from None
     finally:
         lifecycle.facts.store.close()
     typer.echo(f"imported {len(changes)} facts, facts_version {version}")
@@ -338,6 +339,37 @@ def _print_grants(rows: list[dict[str, Any]]) -> None:
         typer.echo(f"{row['id']:<24} {row['user']:<16} {row['municipality']:<4} "
                    f"{row['state']:<20} {row['valid_until']:<26} {row['due'] or '-'}")
     typer.echo(f"{len(rows)} rights")
+
+
+@grants_app.command("import")
+def grants_import(
+    file: Annotated[Path, typer.Argument(help="JSON: {\"grants\": [...]} as for POST "
+                                              "/v1/grants:import; '-' for stdin.")],
+) -> None:
+    """Import the register of rights granted before the service, each with its approval
+    record: all or nothing, each right an event grant.imported."""
+    from pydantic import ValidationError
+
+    from pdp.errors import invalid
+    from pdp.lifecycle import GrantRegister, WorkflowError
+
+    stream = sys.stdin.buffer if str(file) == "-" else file.open("rb")
+    with stream:
+        raw = stream.read()
+    try:
+        register = GrantRegister.model_validate(orjson.loads(raw))
+    except orjson.JSONDecodeError as error:
+        raise _fail(f"{file}: malformed JSON: {error}; nothing imported", 2) from None
+    except ValidationError as error:
+        raise _fail(f"{file}: {invalid(error).message}; nothing imported", 2) from None
+    lifecycle = _lifecycle()
+    try:
+        version = lifecycle.import_register(register, "pdp grants import")
+    except WorkflowError as error:
+        raise _fail(f"{file}: {error.code}: {error.message}; nothing imported") from None
+    finally:
+        lifecycle.facts.store.close()
+    typer.echo(f"imported {len(register.grants)} rights, facts_version {version}")
 
 
 @grants_app.command("list")

@@ -16,9 +16,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from pdp.clock import to_micros, utcnow
+from pdp.errors import validation_details
 from pdp.facts import (
     REAL_TEXT,
     Agreement,
@@ -41,7 +50,7 @@ from pdp.policy_schema import (
     policy_input,
 )
 from pdp.store import Change, Conflict, Event, IdTaken
-from pdp.vocab import Action, Category
+from pdp.vocab import Action, Category, Service
 
 Reason = Annotated[str, StringConstraints(min_length=1, max_length=1000), REAL_TEXT]
 RevokeReason = Literal["task_ended", "employment_ended", "misuse", "agreement_ended", "other"]
@@ -57,10 +66,12 @@ class _Body(BaseModel):
 
 
 class Application(_Body):
-    """POST /v1/grant-applications: a municipality applies for a right for its user."""
+    """POST /v1/grant-applications: a municipality applies for a right for its user, for
+    the services (purposes) it is needed for."""
 
     id: Id | None = None
     user: Id
+    purposes: list[Service] = Field(min_length=1, max_length=3)
     scopes: list[Category] = Field(min_length=1, max_length=10)
     actions: list[Action] = Field(default_factory=read_only, min_length=1, max_length=2)
     valid_from: AwareDatetime
@@ -70,9 +81,10 @@ class Application(_Body):
 
 
 class Approval(_Body):
-    """The authority approves, and may narrow scopes, actions or period."""
+    """The authority approves, and may narrow purposes, scopes, actions or period."""
 
     justification: Reason
+    purposes: list[Service] | None = Field(default=None, min_length=1, max_length=3)
     scopes: list[Category] | None = Field(default=None, min_length=1, max_length=10)
     actions: list[Action] | None = Field(default=None, min_length=1, max_length=2)
     valid_from: AwareDatetime | None = None
@@ -104,6 +116,51 @@ class AgreementAct(_Body):
     """POST /v1/agreements/{code}/notice and /rescind."""
 
     reason: Reason
+
+
+class ApprovalRecord(_Body):
+    """How a right granted before the service came to be: who approved it and when, the
+    decision's reference, and when KEHA opened it. Every field is required."""
+
+    approved_by: Reason
+    approved_at: AwareDatetime
+    decision_ref: Reason
+    activated_at: AwareDatetime
+
+    @model_validator(mode="after")
+    def _order(self) -> ApprovalRecord:
+        if self.activated_at < self.approved_at:
+            raise ValueError("activated_at: a right is opened after it is approved")
+        return self
+
+
+class RegisteredGrant(_Body):
+    """One right of the register of rights granted before the service (POST
+    /v1/grants:import), with its approval record."""
+
+    id: Id
+    user: Id
+    purposes: list[Service] = Field(min_length=1, max_length=3)
+    scopes: list[Category] = Field(min_length=1, max_length=10)
+    actions: list[Action] = Field(default_factory=read_only, min_length=1, max_length=2)
+    valid_from: AwareDatetime
+    valid_until: AwareDatetime
+    status: Literal["active", "suspended", "revoked", "expired"]
+    legal_basis: Annotated[str, StringConstraints(min_length=1, max_length=1000), REAL_TEXT]
+    recertify_by: AwareDatetime
+    approval: ApprovalRecord
+
+    @model_validator(mode="after")
+    def _window(self) -> RegisteredGrant:
+        if self.valid_until <= self.valid_from:
+            raise ValueError("valid_until: must be after valid_from")
+        return self
+
+
+class GrantRegister(_Body):
+    """POST /v1/grants:import: the register, all or nothing."""
+
+    grants: list[RegisteredGrant] = Field(min_length=1)
 
 
 STEP_BODIES: dict[str, type[_Body]] = {
@@ -182,6 +239,7 @@ class Lifecycle:
             "user_tasks": list(user.tasks) if user else [],
             "agreement_status": agreement.status if agreement else "",
             "agreement_ends_at": to_micros(agreement.ends_at) if agreement else 0,
+            "purposes": list(grant.purposes),
             "scopes": list(grant.scopes),
             "actions": list(grant.actions),
             "valid_from": to_micros(grant.valid_from),
@@ -196,6 +254,7 @@ class Lifecycle:
 
     # -- steps -------------------------------------------------------------------------
 
+    # carries: C-4, C-11
     def apply_for(self, application: Application, actor: str) -> tuple[str, Grant, int]:
         """A new right in state `applied`; returns its id, the right and facts_version.
 
@@ -218,7 +277,8 @@ class Lifecycle:
     def _application_plan(self, application: Application, grant_id: str,
                           actor: str) -> Callable[[datetime], Plan]:
         def plan(now: datetime) -> Plan:
-            grant = Grant(user=application.user, scopes=application.scopes,
+            grant = Grant(user=application.user, purposes=application.purposes,
+                          scopes=application.scopes,
                           actions=application.actions, valid_from=application.valid_from,
                           valid_until=application.valid_until, status="applied",
                           legal_basis=application.legal_basis,
@@ -233,8 +293,10 @@ class Lifecycle:
 
         return plan
 
+    # carries: C-5, C-13, C-14
     def step(self, grant_id: str, step: Step, body: _Body, actor: str) -> tuple[Grant, int]:
-        """approve, activate, suspend, restore, revoke or recertify one right."""
+        """approve (C-5; may narrow), activate (C-14: KEHA opens it), suspend, restore,
+        revoke (C-13) or recertify one right."""
 
         def plan(now: datetime) -> Plan:
             grant = self._grant(grant_id)
@@ -274,6 +336,11 @@ class Lifecycle:
     @staticmethod
     def _narrowed(grant: Grant, approval: Approval) -> dict[str, Any]:
         update: dict[str, Any] = {}
+        if approval.purposes is not None:
+            other = sorted(set(approval.purposes) - set(grant.purposes))
+            if other:
+                raise _not_narrower("purposes", f"{other[0]} was not applied for")
+            update["purposes"] = approval.purposes
         if approval.scopes is not None:
             wider = sorted(set(approval.scopes) - set(grant.scopes))
             if wider:
@@ -296,8 +363,11 @@ class Lifecycle:
 
     # -- agreements --------------------------------------------------------------------
 
-    def notice(self, code: str, act: AgreementAct, actor: str) -> tuple[Agreement, int]:
-        """Notice: the agreement ends `notice_months` on, and every right with it."""
+    # carries: C-22
+    def notice(self, code: str, act: AgreementAct, actor: str,
+               party: Literal["area", "municipality"] = "area") -> tuple[Agreement, int]:
+        """Notice, by either party (§ 9): the agreement ends `notice_months` from the day
+        it is given — computed here, never given — and every right with it."""
         def plan(now: datetime) -> Plan:
             agreement = self._agreement(code)
             if agreement.status != "in_force":
@@ -306,11 +376,13 @@ class Lifecycle:
                                     "notice", [{"state": agreement.status, "step": "notice"}])
             ended = agreement.model_copy(update={"status": "notice_given",
                                                  "ends_at": add_months(now, self.notice_months)})
-            return self._agreement_plan(code, ended, actor, act.reason, now, "notice_given")
+            return self._agreement_plan(code, ended, actor, act.reason, now, "notice_given",
+                                        party)
 
         version = self._commit(plan)
         return self._agreement(code), version
 
+    # carries: C-23
     def rescind(self, code: str, act: AgreementAct, actor: str) -> tuple[Agreement, int]:
         """Rescission (§ 10): the agreement and every right of the municipality end now."""
         def plan(now: datetime) -> Plan:
@@ -326,12 +398,12 @@ class Lifecycle:
         return self._agreement(code), version
 
     def _agreement_plan(self, code: str, agreement: Agreement, actor: str, why: str | None,
-                        now: datetime, event: str) -> Plan:
+                        now: datetime, event: str, party: str = "area") -> Plan:
         result = Plan()
         result.changes.append(Change("agreement", code, dump_fact(agreement),
                                      self.facts.index.fact_version("agreement", code)))
         result.events.append(Event(f"agreement.{event}", "agreement", code, code, actor, why,
-                                   {"agreement": dump_fact(agreement)}))
+                                   {"agreement": dump_fact(agreement), "party": party}))
         self._follow_agreement(result, code, agreement, actor, now)
         return result
 
@@ -349,7 +421,8 @@ class Lifecycle:
                       actor: str, now: datetime, agreement_end: datetime | None = None) -> None:
         """Ask the policy what `change` does to one live right, and plan it."""
         state = self.state(grant_id, grant, now)
-        right = policy_input(RIGHT, {"state": state, "scopes": list(grant.scopes),
+        right = policy_input(RIGHT, {"state": state, "purposes": list(grant.purposes),
+                                     "scopes": list(grant.scopes),
                                      "valid_until": to_micros(grant.valid_until)})
         answer = self._policy().first("change_effect", change, right, var("effect"),
                                       var("reason"))
@@ -369,12 +442,76 @@ class Lifecycle:
         self._put_grant(result, grant_id, grant.model_copy(update={"status": status}),
                         f"grant.{status}", actor, reason, previous=state)
 
+    # -- the register of rights granted before the service ------------------------------
+
+    # carries: C-5, C-14
+    def import_register(self, register: GrantRegister, actor: str) -> int:
+        """The rights granted before the service, each with its approval record (who
+        approved it and when, the decision, when KEHA opened it): all or nothing, each
+        right an event `grant.imported`. The one way a right enters other than by
+        application. An id that a right has or had is 409 `id_taken`; a right that would
+        count now (active) must keep the limits a right keeps when it is opened, and its
+        re-certification may be due at most one period from now. Returns facts_version."""
+        first: dict[str, int] = {}
+        for n, item in enumerate(register.grants):
+            if item.id in first:
+                raise _invalid(f"grants[{n}].id", f"the id of grants[{first[item.id]}] too")
+            first[item.id] = n
+
+        def plan(now: datetime) -> Plan:
+            result = Plan()
+            for n, item in enumerate(register.grants):
+                grant = self._registered(n, item, now)
+                if self.facts.index.fact_version("grant", item.id):
+                    raise _register_id_taken(n)
+                approval = item.approval
+                self._put_grant(result, item.id, grant, "grant.imported", actor,
+                                f"register: {approval.decision_ref}", previous=None,
+                                expected=0, approval=approval.model_dump(mode="json"))
+            return result
+
+        return self._commit(plan, taken=lambda error: _register_id_taken(first.get(error.id)))
+
+    def _registered(self, n: int, item: RegisteredGrant, now: datetime) -> Grant:
+        """The right of register item `n`, checked against the facts as they are now."""
+        where = f"grants[{n}]"
+        if item.user not in self.facts.index.users:
+            raise _invalid(f"{where}.user", "no such user")
+        for name in ("approved_at", "activated_at"):
+            if getattr(item.approval, name) > now:
+                raise _invalid(f"{where}.approval.{name}", "must not be in the future")
+        try:
+            grant = Grant(user=item.user, purposes=item.purposes, scopes=item.scopes,
+                          actions=item.actions, valid_from=item.valid_from,
+                          valid_until=item.valid_until, status=item.status,
+                          legal_basis=item.legal_basis, recertify_by=item.recertify_by)
+        except ValidationError as error:
+            details = validation_details(error, where)
+            raise WorkflowError(400, "invalid_request",
+                                f"{details[0]['field']}: {details[0]['message']}",
+                                details) from None
+        if item.status in ("active", "suspended") and (
+                item.recertify_by > now + self.recertification):
+            raise _invalid(f"{where}.recertify_by",
+                           f"at most {self.recertification.days} days from now: a right is "
+                           "re-certified at least that often")
+        if item.status == "active":
+            try:
+                self._check_limits(grant, now)
+            except WorkflowError as refused:
+                raise WorkflowError(refused.status, refused.code,
+                                    f"{where}: {refused.message}",
+                                    [{"field": where, **d} for d in refused.details or []]
+                                    ) from None
+        return grant
+
     # -- changes of facts that must end or change rights ---------------------------------
 
     def write_facts(self, changes: Sequence[Change], actor: str) -> int:
         """Facts-API writes (data None: delete) with what follows from them, in one commit.
-        Raises store.NotFound for a delete of a fact that does not exist; a user or right
-        written under a taken id is 409 `id_taken` (see `write_user`)."""
+        Raises store.NotFound for a delete of a fact that does not exist; a user written
+        under a taken id is 409 `id_taken` (see `write_user`). A right, or an agreement's
+        status or end, is never written here: 409 `use_workflow` naming the step."""
         return self._commit(lambda now: self._facts_plan(changes, actor, now))
 
     def write_user(self, user_id: str, data: dict[str, Any] | None, actor: str,
@@ -403,6 +540,10 @@ class Lifecycle:
     def _facts_plan(self, changes: Sequence[Change], actor: str, now: datetime) -> Plan:
         index = self.facts.index
         for change in changes:
+            if change.kind == "grant":
+                self._refuse_grant_write(change, now)
+            elif change.kind == "agreement":
+                self._check_agreement_write(change, now)
             if (change.kind == "user" and change.data is not None
                     and change.id not in index.users and index.grants_by_user.get(change.id)):
                 # rights that name a user who is not there (any more): a new user under
@@ -438,14 +579,60 @@ class Lifecycle:
                 agreement = parse_fact("agreement", data)
                 assert isinstance(agreement, Agreement)
                 self._follow_agreement(result, fact_id, agreement, actor, now)
-        elif kind == "grant":
-            written = parse_fact("grant", data) if data else index.grants.get(fact_id)
-            user = written.user if isinstance(written, Grant) else ""
-            result.events.append(Event("grant.written" if data else "grant.deleted", "grant",
-                                       fact_id, _municipality_of_user(index.users.get(user)),
-                                       actor, None, {"grant": data}))
+            elif (deleted := index.agreements.get(fact_id)) is not None:
+                # No agreement: its rights end now, as if it were terminated (else a new
+                # agreement written in force would wake them up again).
+                ended = deleted.model_copy(update={"status": "terminated", "ends_at": now})
+                self._follow_agreement(result, fact_id, ended, actor, now)
         return result
 
+    # carries: C-5, C-11
+    def _refuse_grant_write(self, change: Change, now: datetime) -> None:
+        """No right is created, changed or deleted by a facts write (API.md "Rights"):
+        409 `use_workflow` naming the step that would do what the write tries. Deleting
+        a right that does not exist is left to the store (404)."""
+        current = self.facts.index.grants.get(change.id)
+        if current is None and change.data is None:
+            return
+        wanted = parse_fact("grant", change.data) if change.data is not None else None
+        assert wanted is None or isinstance(wanted, Grant)
+        step, field_name = _grant_write_step(
+            current, wanted, self.state(change.id, current, now) if current else "")
+        raise _use_workflow("a right", step, _step_endpoint(step, change.id), field_name)
+
+    # carries: C-22, C-23
+    def _check_agreement_write(self, change: Change, now: datetime) -> None:
+        """An agreement is created in force, and a write may change its other fields; its
+        status and end change only by notice and rescission (409 `use_workflow`)."""
+        current = self.facts.index.agreements.get(change.id)
+        code = change.id
+        if change.data is None:
+            return  # a deleted agreement ends its rights at once (follow_write)
+        wanted = parse_fact("agreement", change.data)
+        assert isinstance(wanted, Agreement)
+        if current is None:
+            if wanted.status == "in_force" and wanted.ends_at is None:
+                return
+        elif (wanted.status, wanted.ends_at) == (current.status, current.ends_at):
+            return
+        if wanted.status in ("rescinded", "terminated"):
+            step = "rescind"
+        elif wanted.status == "notice_given" or wanted.ends_at is not None:
+            step = "notice"
+        else:  # back in force: no step reopens an agreement
+            raise WorkflowError(
+                409, USE_WORKFLOW, "an agreement's status and end change only through "
+                f"POST /v1/agreements/{code}/notice and /rescind, and no step undoes "
+                "them: an agreement is not put back in force (once it has ended, delete "
+                "it and write the new agreement in force)",
+                [{"field": "status", "step": "none",
+                  "message": "notice and rescission are not undone"}])
+        raise _use_workflow("an agreement's status or end", step,
+                            f"POST /v1/agreements/{code}/{step}",
+                            field="status" if wanted.status != (
+                                current.status if current else "in_force") else "ends_at")
+
+    # carries: C-16
     def _follow_user(self, result: Plan, user_id: str, user: Any, actor: str,
                      now: datetime) -> None:
         """Rights that a change of the user ends or suspends (the policy's change_effect)."""
@@ -495,8 +682,10 @@ class Lifecycle:
 
     # -- plumbing ----------------------------------------------------------------------
 
-    def _commit(self, plan: Callable[[datetime], Plan]) -> int:
-        """Plan and write; on a conflicting concurrent write, plan again from the new facts."""
+    def _commit(self, plan: Callable[[datetime], Plan],
+                taken: Callable[[IdTaken], WorkflowError] | None = None) -> int:
+        """Plan and write; on a conflicting concurrent write, plan again from the new facts.
+        `taken`: the answer when the store refuses an id as taken (default: _id_taken)."""
         for _attempt in range(3):
             self.facts.catch_up()
             planned = plan(self.clock())
@@ -504,8 +693,8 @@ class Lifecycle:
                 return self.facts.write(planned.changes, planned.events)
             except Conflict:
                 continue
-            except IdTaken as taken:
-                raise _id_taken(taken.kind) from None
+            except IdTaken as error:
+                raise (taken(error) if taken else _id_taken(error.kind)) from None
         raise WorkflowError(409, "conflict", "the right changed meanwhile; try again")
 
     def _grant(self, grant_id: str) -> Grant:
@@ -532,14 +721,18 @@ class Lifecycle:
 
     def _put_grant(self, result: Plan, grant_id: str, grant: Grant, event: str, actor: str,
                    why: str | None, *, previous: str | None,
-                   expected: int | None = None) -> None:
+                   expected: int | None = None,
+                   approval: dict[str, Any] | None = None) -> None:
         if expected is None:
             expected = self.facts.index.fact_version("grant", grant_id)
         data = dump_fact(grant)
         result.changes.append(Change("grant", grant_id, data, expected))
         municipality = _municipality_of_user(self.facts.index.users.get(grant.user))
+        recorded: dict[str, Any] = {"grant": data, "from": previous}
+        if approval is not None:
+            recorded["approval"] = approval
         result.events.append(Event(event, "grant", grant_id, municipality, actor, why,
-                                   {"grant": data, "from": previous}))
+                                   recorded))
 
 
 def _municipality_of_user(user: User | None) -> str:
@@ -574,6 +767,59 @@ def _id_taken(kind: str = "grant") -> WorkflowError:
                          [{"field": "id", "message": "taken"}])
 
 
+USE_WORKFLOW = "use_workflow"
+
+
+def _grant_write_step(current: Grant | None, wanted: Grant | None,
+                      state: str) -> tuple[str, str]:
+    """The step that would do what a facts write of a right tries to do, and the field
+    that names what it tries."""
+    if current is None:
+        return "apply", "id"
+    if wanted is None:
+        return "revoke", "id"
+    if wanted.status != current.status:
+        if wanted.status == "active":
+            return {"approved": "activate", "suspended": "restore",
+                    "recertification_due": "recertify"}.get(state, "apply"), "status"
+        return {"applied": "apply", "approved": "approve", "suspended": "suspend"}.get(
+            wanted.status, "revoke"), "status"
+    if wanted.recertify_by != current.recertify_by:
+        return "recertify", "recertify_by"
+    # other purposes, scopes, actions or period: a new application
+    changed = [name for name in ("user", "purposes", "scopes", "actions", "valid_from",
+                                 "valid_until", "legal_basis", "justification")
+               if getattr(wanted, name) != getattr(current, name)]
+    return "apply", changed[0] if changed else "id"
+
+
+def _step_endpoint(step: str, grant_id: str) -> str:
+    if step == "apply":
+        return ("POST /v1/grant-applications (a right granted before the service: "
+                "POST /v1/grants:import)")
+    return f"POST /v1/grants/{grant_id}/{step}"
+
+
+def _use_workflow(what: str, step: str, endpoint: str, field: str = "id") -> WorkflowError:
+    return WorkflowError(409, USE_WORKFLOW,
+                         f"{what} is not written through the facts API: use the step "
+                         f"{step!r}, {endpoint}",
+                         [{"field": field, "step": step, "endpoint": endpoint,
+                           "message": f"use the step {step!r}"}])
+
+
+def _register_id_taken(n: int | None) -> WorkflowError:
+    where = "grants" if n is None else f"grants[{n}].id"
+    return WorkflowError(409, ID_TAKEN, f"{where}: this id cannot be used: the ids of rights "
+                         "are never reused; nothing was imported",
+                         [{"field": where, "message": "taken"}])
+
+
+def _invalid(field_name: str, message: str) -> WorkflowError:
+    return WorkflowError(400, "invalid_request", f"{field_name}: {message}",
+                         [{"field": field_name, "message": message}])
+
+
 def _not_narrower(field_name: str, message: str) -> WorkflowError:
     return WorkflowError(400, "invalid_request", f"{field_name}: {message}",
                          [{"field": field_name, "message": message}])
@@ -590,5 +836,6 @@ def _refusal_message(rule: str, detail: str, lifecycle: Lifecycle) -> str:
         "period_past_agreement": "the right would outlast the municipality's agreement",
         "scope_never_needed": f"{detail} is never needed for complementary services",
         "scope_outside_tasks": f"{detail} is not needed by any of the user's tasks",
+        "purpose_outside_tasks": f"{detail} is not among the user's tasks",
     }
     return f"{rule}: {texts.get(rule, detail)}"

@@ -32,7 +32,7 @@ from pdp.authzen import (
     SubjectSearch,
 )
 from pdp.facts import MODELS
-from pdp.lifecycle import STEP_BODIES, AgreementAct, Application
+from pdp.lifecycle import STEP_BODIES, AgreementAct, Application, GrantRegister
 from pdp.vocab import FactKind
 
 REF = "#/components/schemas/{model}"
@@ -78,9 +78,12 @@ BODIES: dict[tuple[str, str], tuple[type[BaseModel], ...]] = {
     ("POST", "/access/v1/search/resource"): (ResourceSearch,),
     ("POST", "/access/v1/search/subject"): (SubjectSearch,),
     ("POST", "/access/v1/search/action"): (ActionSearch,),
-    ("PUT", "/v1/{collection}/{fact_id}"): tuple(dict.fromkeys(MODELS.values())),
+    # a right is never written here (409 use_workflow): the other kinds
+    ("PUT", "/v1/{collection}/{fact_id}"): tuple(
+        dict.fromkeys(model for kind, model in MODELS.items() if kind != "grant")),
     ("POST", "/v1/facts:batch"): (FactsBatch,),
     ("POST", "/v1/grant-applications"): (Application,),
+    ("POST", "/v1/grants:import"): (GrantRegister,),
     ("POST", "/v1/grants/{grant_id}/{step}"): tuple(STEP_BODIES.values()),
     ("POST", "/v1/agreements/{code}/{act}"): (AgreementAct,),
     ("POST", "/v1/audit/holds"): (HoldRequest,),
@@ -100,6 +103,7 @@ CONFLICTS = {
     ("DELETE", "/v1/{collection}/{fact_id}"),
     ("POST", "/v1/facts:batch"),
     ("POST", "/v1/grant-applications"),
+    ("POST", "/v1/grants:import"),
     ("POST", "/v1/grants/{grant_id}/{step}"),
     ("POST", "/v1/agreements/{code}/{act}"),
     ("POST", "/v1/monitoring/cases/{case_id}/comments"),
@@ -146,6 +150,7 @@ UNAVAILABLE: dict[tuple[str, str], str] = {
     ("DELETE", "/v1/{collection}/{fact_id}"): _STORE,
     ("POST", "/v1/facts:batch"): _STORE,
     ("POST", "/v1/grant-applications"): _STORE,
+    ("POST", "/v1/grants:import"): _STORE,
     ("POST", "/v1/grants/{grant_id}/{step}"): _STORE,
     ("POST", "/v1/agreements/{code}/{act}"): _STORE,
     ("GET", "/v1/grants/{grant_id}/history"): _STORE,

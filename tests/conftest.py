@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -119,13 +120,17 @@ NOW = "2026-01-01T00:00:00+02:00"
 
 class World:
     """A small consistent world with unique ids, written through the facts API: one user
-    with one grant, one client with one coaching relationship, all in `municipality`.
+    with one grant (taken in as the register of rights before the service, POST
+    /v1/grants:import: rights are not facts-API writes), one client with one coaching
+    relationship, all in `municipality`. `grant=False`: the user holds no right.
 
     Worlds share the area and the agreements (municipality codes are few): a test that
     changes an agreement uses a municipality of its own (see AREA)."""
 
-    def __init__(self, admin: httpx.Client, municipality: str = "749") -> None:
+    def __init__(self, admin: httpx.Client, municipality: str = "749", *,
+                 grant: bool = True) -> None:
         n = next(_worlds)
+        self.with_grant = grant
         self.admin = admin
         self.municipality = municipality
         self.p = f"w{n}-{os.getpid()}"
@@ -152,18 +157,35 @@ class World:
         self.put("users", self.user, {
             "municipality": self.municipality, "display_name": "Testi Käyttäjä",
             "tasks": ["coaching"], "status": "active"})
-        self.put("grants", self.grant, self.grant_data())
-        self.put("clients", self.client, {"home_municipality": self.municipality})
+        if self.with_grant:
+            self.import_grant(self.grant, self.grant_data())
+        self.put("clients", self.client, {"home_municipality": self.municipality,
+                                          "area_client": True})
         self.put("relationships", self.relationship, {
             "client": self.client, "municipality": self.municipality, "service": "coaching",
             "starts_at": "2025-06-01T00:00:00+03:00"})
         return self
 
     def grant_data(self, **changes: Any) -> dict[str, Any]:
-        return {"user": self.user, "scopes": ["name_contact", "service_needs_plans"],
-                "actions": ["read", "write"], "valid_from": "2025-01-01T00:00:00+02:00",
-                "valid_until": "2099-01-01T00:00:00+02:00", "status": "active",
-                "legal_basis": "380/2023 125 § 1 mom.", **changes}
+        """A right of the world's user, as the register of rights holds it: for coaching,
+        from 30 days ago for 300 days, re-certification due in 80 days."""
+        now = datetime.now(UTC)
+        return {"user": self.user, "purposes": ["coaching"],
+                "scopes": ["name_contact", "service_needs_plans"],
+                "actions": ["read", "write"],
+                "valid_from": (now - timedelta(days=30)).isoformat(),
+                "valid_until": (now + timedelta(days=270)).isoformat(), "status": "active",
+                "legal_basis": "380/2023 125 § 1 mom.",
+                "recertify_by": (now + timedelta(days=80)).isoformat(), **changes}
+
+    def import_grant(self, grant_id: str, data: dict[str, Any]) -> dict[str, Any]:
+        """Take in one right as the register of rights before the service
+        (POST /v1/grants:import), with an approval record."""
+        response = self.admin.post("/v1/grants:import",
+                                   json={"grants": [register_item(grant_id, data)]})
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
 
     def request(self, category: str = "service_needs_plans", action: str = "read",
                 purpose: str | None = "coaching", *, owner: str | None = None,
@@ -183,6 +205,15 @@ class World:
                 "resource": {"type": "client_record", "id": self.client,
                              "properties": properties},
                 "context": ctx}
+
+
+def register_item(grant_id: str, data: dict[str, Any]) -> dict[str, Any]:
+    """A right of the register (POST /v1/grants:import): `data` as World.grant_data gives
+    it, with an approval record of a week ago."""
+    approved = datetime.now(UTC) - timedelta(days=7)
+    return {"id": grant_id, **data, "approval": {
+        "approved_by": "Kuopion työllisyysalue", "approved_at": approved.isoformat(),
+        "decision_ref": f"KUO/{grant_id}", "activated_at": approved.isoformat()}}
 
 
 @pytest.fixture

@@ -870,7 +870,7 @@ def test_data_subject_report(admin: httpx.Client, named_pep: httpx.Client,
     colleague = f"{world.p}-u2"
     world.put("users", colleague, {"municipality": "749", "display_name": "Toinen",
                                    "tasks": ["coaching"], "status": "active"})
-    world.put("grants", f"{world.p}-g2", world.grant_data(user=colleague))
+    world.import_grant(f"{world.p}-g2", world.grant_data(user=colleague))
     second = world.request(category="name_contact")
     second["subject"]["id"] = colleague
     for body in (world.request(), world.request(action="write"), second,

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pdp.demo import demo_facts
+from pdp.demo import demo_facts, demo_register
 from tests.conftest import ROOT, Server
 
 
@@ -63,6 +63,11 @@ def test_import_then_check_against_the_store(tmp_path: Path) -> None:
     done = pdp("facts", "import", str(source), env=env)
     assert done.returncode == 0, done.stderr
     assert f"imported {len(demo_facts())} facts" in done.stdout
+    register = tmp_path / "register.json"
+    register.write_text(json.dumps(demo_register()))
+    done = pdp("grants", "import", str(register), env=env)
+    assert done.returncode == 0, done.stderr
+    assert f"imported {len(demo_register()['grants'])} rights" in done.stdout
 
     allow = pdp("check", "--user", "u-1001", "--client", "c-749-001", "--category",
                 "service_needs_plans", "--purpose", "coaching", env=env)
@@ -96,25 +101,45 @@ def test_import_is_all_or_nothing(tmp_path: Path) -> None:
 
 
 def test_import_refuses_a_taken_user_id(tmp_path: Path) -> None:
-    """A user whom a right names but who is not there: nobody may become that user (the
-    right would be theirs); the import fails as a whole, with no traceback."""
-    env = {"PDP_DATABASE_URL": f"sqlite:///{tmp_path / 'facts.sqlite3'}"}
-    grant = {"kind": "grant", "id": "g-1", "data": {
-        "user": "u-gone", "scopes": ["name_contact"], "actions": ["read"],
-        "valid_from": "2025-01-01T00:00:00+02:00", "valid_until": "2099-01-01T00:00:00+02:00",
-        "status": "active", "legal_basis": "380/2023 125 § 1 mom."}}
-    assert pdp("facts", "import", "-", env=env, input=_jsonl([grant])).returncode == 0
+    """A deleted user whom a right names: nobody may become that user (the right would be
+    theirs); the import fails as a whole, with no traceback. A right of the register names
+    a user who is there (else nothing is imported)."""
+    from pdp.facts_service import FactService
+    from pdp.lifecycle import Lifecycle
+    from pdp.policy_engine import load_policy
+    from pdp.settings import DEFAULT_POLICY_DIR
+    from pdp.sqlstore import open_store
+    from pdp.store import Change
+
+    url = f"sqlite:///{tmp_path / 'facts.sqlite3'}"
+    env = {"PDP_DATABASE_URL": url}
     user = {"kind": "user", "id": "u-gone", "data": {
         "municipality": "749", "display_name": "Uusi", "tasks": ["coaching"],
         "status": "active"}}
-    client = {"kind": "client", "id": "c-1", "data": {"home_municipality": "749"}}
+    agreement = {"kind": "agreement", "id": "749", "data": {
+        "area": "kuopio", "status": "in_force", "signed_at": "2025-01-01T00:00:00+02:00"}}
+    right = {**demo_register()["grants"][4], "id": "g-1", "user": "u-gone"}  # coaching
+    stranger = {"grants": [{**right, "id": "g-2", "user": "u-nobody"}]}
+    refused = pdp("grants", "import", "-", env=env, input=json.dumps(stranger))
+    assert refused.returncode == 1 and "grants[0].user" in refused.stderr, refused.stderr
+    assert pdp("facts", "import", "-", env=env, input=_jsonl([agreement, user])).returncode == 0
+    imported = pdp("grants", "import", "-", env=env, input=json.dumps({"grants": [right]}))
+    assert imported.returncode == 0, imported.stderr
+    policy = load_policy(DEFAULT_POLICY_DIR)
+    facts = FactService(open_store(url))
+    facts.load()
+    Lifecycle(lambda: policy, facts).write_facts([Change("user", "u-gone", None)], "Test")
+    facts.store.close()
+
+    client = {"kind": "client", "id": "c-1", "data": {"home_municipality": "749",
+                                                      "area_client": True}}
     done = pdp("facts", "import", "-", env=env, input=_jsonl([client, user]))
     assert done.returncode == 1, done.stderr
     assert "id_taken" in done.stderr and "nothing imported" in done.stderr
     assert "Traceback" not in done.stderr
     check = pdp("check", "--user", "u", "--client", "c-1", "--category", "name_contact",
                 "--purpose", "coaching", env=env)
-    assert "facts_version 1" in check.stdout
+    assert "facts_version 3" in check.stdout
 
 
 def test_check_against_a_running_server(server: Server) -> None:
@@ -160,6 +185,9 @@ def test_grants_list_due_and_history(tmp_path: Path) -> None:
     now = datetime.now(UTC)
     source.write_text(_jsonl(demo_facts(now)))
     assert pdp("facts", "import", str(source), env=env).returncode == 0
+    register = tmp_path / "register.json"
+    register.write_text(json.dumps(demo_register(now)))
+    assert pdp("grants", "import", str(register), env=env).returncode == 0
     policy = load_policy(DEFAULT_POLICY_DIR)
     facts = FactService(open_store(url))
     facts.load()
@@ -173,9 +201,9 @@ def test_grants_list_due_and_history(tmp_path: Path) -> None:
     assert "g-2001" not in rows  # Kuopio's
     expired = pdp("grants", "list", "--state", "expired", env=env)
     assert [line.split()[0] for line in expired.stdout.splitlines()[1:-1]] == ["g-2003"]
-    # demo rights end 150 days on: due within 151 days, not within 149
-    assert "g-1001" in pdp("grants", "due", "--days", "151", env=env).stdout
-    assert "g-1001" not in pdp("grants", "due", "--days", "149", env=env).stdout
+    # demo rights fall due for re-certification 60 days on: within 61 days, not 59
+    assert "g-1001" in pdp("grants", "due", "--days", "61", env=env).stdout
+    assert "g-1001" not in pdp("grants", "due", "--days", "59", env=env).stdout
     history = pdp("grants", "history", "g-1002", env=env)
     assert history.returncode == 0, history.stderr
     assert "grant.revoked" in history.stdout and "by Test Person — task_ended" in history.stdout

@@ -16,14 +16,18 @@ def warm(pep: httpx.Client, world: World) -> World:
     return world
 
 
-def test_revoked_grant_is_denied_next(pep: httpx.Client, warm: World) -> None:
-    warm.put("grants", warm.grant, warm.grant_data(status="revoked"))
+def test_revoked_grant_is_denied_next(pep: httpx.Client, admin: httpx.Client,
+                                      warm: World) -> None:
+    revoked = admin.post(f"/v1/grants/{warm.grant}/revoke", json={"reason": "task_ended"})
+    assert revoked.status_code == 200, revoked.text
     assert decide(pep, warm.request())["context"]["reason"] == "no_active_grant"
 
 
-def test_deleted_grant_is_denied_next(pep: httpx.Client, admin: httpx.Client,
-                                      warm: World) -> None:
-    assert admin.delete(f"/v1/grants/{warm.grant}").status_code == 200
+def test_suspended_grant_is_denied_next(pep: httpx.Client, admin: httpx.Client,
+                                        warm: World) -> None:
+    suspended = admin.post(f"/v1/grants/{warm.grant}/suspend",
+                           json={"reason": "suspected misuse"})
+    assert suspended.status_code == 200, suspended.text
     assert decide(pep, warm.request())["context"]["reason"] == "no_active_grant"
 
 
@@ -57,10 +61,12 @@ def test_rescinded_agreement_is_denied_next(pep: httpx.Client, admin: httpx.Clie
     world = World(admin, municipality="844").build()
     assert decide(pep, world.request())["decision"] is True
     assert decide(pep, world.request())["decision"] is True
-    world.put("agreements", "844", {"area": "kuopio", "status": "rescinded",
-                                    "signed_at": "2025-01-01T00:00:00+02:00"})
+    rescinded = admin.post("/v1/agreements/844/rescind", json={"reason": "misuse"})
+    assert rescinded.status_code == 200, rescinded.text
     assert decide(pep, world.request())["context"]["reason"] == "agreement_not_in_force"
-    # Rescission revoked every right of the municipality: a new agreement needs new rights.
+    # Rescission revoked every right of the municipality: a new agreement (the ended one
+    # removed first: none is put back in force) needs new rights.
+    assert admin.delete("/v1/agreements/844").status_code == 200
     world.put("agreements", "844", {"area": "kuopio", "status": "in_force",
                                     "signed_at": "2025-01-01T00:00:00+02:00"})
     assert decide(pep, world.request())["context"]["reason"] == "no_active_grant"
@@ -80,8 +86,7 @@ def test_area_membership_change_is_seen_next(pep: httpx.Client, admin: httpx.Cli
 
 def test_new_grant_for_the_user_is_seen_next(pep: httpx.Client, warm: World) -> None:
     assert decide(pep, warm.request(category="education_work_history"))["decision"] is False
-    warm.put("grants", warm.grant + "-extra",
-             warm.grant_data(scopes=["education_work_history"]))
+    warm.import_grant(warm.grant + "-extra", warm.grant_data(scopes=["education_work_history"]))
     assert decide(pep, warm.request(category="education_work_history"))["decision"] is True
 
 
@@ -97,8 +102,9 @@ def test_write_by_another_process_is_picked_up(pep: httpx.Client, warm: World,
 
     from tests.conftest import ROOT
 
-    line = json.dumps({"kind": "grant", "id": warm.grant,
-                       "data": warm.grant_data(status="suspended")})
+    line = json.dumps({"kind": "user", "id": warm.user, "data": {
+        "municipality": warm.municipality, "display_name": "Testi Käyttäjä",
+        "tasks": ["coaching"], "status": "suspended"}})
     env = {**os.environ, "PDP_DATABASE_URL": _database_url(server)}
     done = subprocess.run([sys.executable, "-m", "pdp", "facts", "import", "-"],
                           input=line.encode(), env=env, cwd=ROOT, capture_output=True)
@@ -106,7 +112,7 @@ def test_write_by_another_process_is_picked_up(pep: httpx.Client, warm: World,
     deadline = time.monotonic() + 5
     while decide(pep, warm.request())["decision"] and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert decide(pep, warm.request())["context"]["reason"] == "no_active_grant"
+    assert decide(pep, warm.request())["context"]["reason"] == "user_inactive"
 
 
 def _database_url(server: object) -> str:

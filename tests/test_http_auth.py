@@ -68,7 +68,8 @@ def valid_fact(collection: str) -> dict[str, Any]:
                        "signed_at": "2025-01-01T00:00:00+02:00"},
         "users": {"municipality": CODE, "display_name": "Testi", "tasks": ["coaching"],
                   "status": "active"},
-        "grants": {"user": unique("user"), "scopes": ["name_contact"], "actions": ["read"],
+        "grants": {"user": unique("user"), "purposes": ["coaching"],
+                   "scopes": ["name_contact"], "actions": ["read"],
                    "valid_from": "2025-01-01T00:00:00+02:00",
                    "valid_until": "2099-01-01T00:00:00+02:00", "status": "active",
                    "legal_basis": "380/2023 125 § 1 mom."},
@@ -202,7 +203,18 @@ def test_fact_collections_follow_the_role_matrix(server: Server, admin: httpx.Cl
     path = f"/v1/{collection}/{fact_id(collection)}"
     data = valid_fact(collection)
     with server.client(token) as client:
-        if collection in MAY_WRITE[token]:
+        if collection == "grants":
+            # The role first (403); then no right is written here at all: 409
+            # use_workflow (tests/test_rights_procedure.py).
+            put, deleted = client.put(path, json=data), client.delete(path)
+            if collection in MAY_WRITE[token]:
+                assert_error(put, 409, "use_workflow")
+                assert_error(deleted, 404, "not_found")
+                assert_error(client.get(path), 404, "not_found")
+            else:
+                assert_error(put, 403, "forbidden")
+                assert_error(deleted, 403, "forbidden")
+        elif collection in MAY_WRITE[token]:
             put = client.put(path, json=data)
             assert put.status_code == 200, put.text
             assert put.json()["id"] == path.rsplit("/", 1)[1]
@@ -254,7 +266,10 @@ def test_facts_batch_of_one_kind_follows_the_role_matrix(
     with server.client(token) as client:
         response = client.post("/v1/facts:batch", json={"facts": items})
     try:
-        if collection in MAY_WRITE[token]:
+        if collection in MAY_WRITE[token] and collection == "grants":
+            assert_error(response, 409, "use_workflow")  # the role was checked first
+            assert stored_ids(admin, items) == []
+        elif collection in MAY_WRITE[token]:
             assert response.status_code == 200, response.text
             assert response.json()["count"] == 1
             assert stored_ids(admin, items) == [items[0]["id"]]
@@ -280,7 +295,11 @@ def test_facts_batch_needs_the_roles_of_every_kind_it_holds(
     with server.client(token) as client:
         response = client.post("/v1/facts:batch", json={"facts": items})
     try:
-        if set(collections) <= MAY_WRITE[token]:
+        if set(collections) <= MAY_WRITE[token] and "grants" in collections:
+            assert_error(response, 409, "use_workflow")  # the roles were checked first
+            assert stored_ids(admin, items) == []
+            assert server_version(admin) == version
+        elif set(collections) <= MAY_WRITE[token]:
             assert response.status_code == 200, response.text
             assert response.json()["count"] == len(items)
             assert sorted(stored_ids(admin, items)) == sorted(i["id"] for i in items)

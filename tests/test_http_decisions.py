@@ -266,8 +266,10 @@ def test_invalid_item_does_not_fail_the_batch(pep: httpx.Client, world: World) -
 
 
 def test_min_facts_version(pep: httpx.Client, admin: httpx.Client, world: World) -> None:
-    written = world.put("grants", world.grant, world.grant_data(status="suspended"))
-    version = written["facts_version"]
+    written = admin.post(f"/v1/grants/{world.grant}/suspend",
+                         json={"reason": "suspected misuse"})
+    assert written.status_code == 200, written.text
+    version = written.json()["facts_version"]
     result = decide(pep, world.request(min_facts_version=version))
     assert result["context"]["facts_version"] >= version
     assert result["context"]["reason"] == "no_active_grant"

@@ -54,7 +54,8 @@ BLANK = ["", "   ", "\t\n", "\u00a0\u3000", "\u200b\u200e", "\u202e"]
 
 def application(user: str, justification: str) -> dict[str, Any]:
     now = datetime.now(UTC)
-    return {"id": unique("g"), "user": user, "scopes": ["name_contact"], "actions": ["read"],
+    return {"id": unique("g"), "user": user, "purposes": ["coaching"],
+            "scopes": ["name_contact"], "actions": ["read"],
             "valid_from": (now - timedelta(hours=1)).isoformat(),
             "valid_until": (now + timedelta(days=30)).isoformat(),
             "legal_basis": "380/2023 125 § 1 mom.", "justification": justification}

@@ -87,10 +87,28 @@ def test_openapi_states_the_503s_and_the_body_of_a_hold_release(server: Server) 
 
 
 def test_every_table_of_the_document_names_a_real_operation(server: Server) -> None:
-    """`POST /v1/grants:import` was in the tables, with no such route."""
+    """`POST /v1/grants:import` was in the tables, with no such route (now it has one)."""
     from pdp.openapi import BODIES, CONFLICTS, OPTIONAL_BODIES
 
-    paths = httpx.get(server.url + "/openapi.json", timeout=10).json()["paths"]
-    assert "/v1/grants:import" not in paths
+    document = httpx.get(server.url + "/openapi.json", timeout=10).json()
+    paths = document["paths"]
     for method, path in [*BODIES, *CONFLICTS, *OPTIONAL_BODIES]:
         assert method.lower() in paths.get(path, {}), f"{method} {path}"
+    # the register of rights: its body (with the approval record), admin only, 409
+    register = paths["/v1/grants:import"]["post"]
+    assert register["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/GrantRegister"}
+    assert "admin" in register["responses"]["403"]["description"]
+    assert {"400", "409", "413"} <= set(register["responses"])
+    item = document["components"]["schemas"]["RegisteredGrant"]
+    assert {"id", "user", "purposes", "status", "recertify_by", "approval"} <= set(
+        item["required"])
+    approval = document["components"]["schemas"]["ApprovalRecord"]
+    assert set(approval["required"]) == {"approved_by", "approved_at", "decision_ref",
+                                         "activated_at"}
+    # a right is not among the bodies a facts PUT takes (409 use_workflow)
+    put = paths["/v1/{collection}/{fact_id}"]["put"]["requestBody"]["content"]
+    assert {"$ref": "#/components/schemas/Grant"} not in put["application/json"]["schema"][
+        "oneOf"]
+    assert "use_workflow" in paths["/v1/{collection}/{fact_id}"]["put"]["responses"]["409"][
+        "description"]

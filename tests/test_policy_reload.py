@@ -215,8 +215,8 @@ def test_a_candidate_in_shadow_counts_where_it_would_decide_otherwise(
         assert candidate != active
 
         with live.client("t-admin") as admin:
-            world = World(admin).build()
-            world.put("grants", world.grant, world.grant_data(
+            world = World(admin, grant=False).build()
+            world.import_grant(world.grant, world.grant_data(
                 scopes=["name_contact", "service_needs_plans", "health_work_capacity"]))
             world.put("clients", world.client, {"home_municipality": world.municipality,
                                                 "protection_order": True,

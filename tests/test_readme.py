@@ -59,7 +59,8 @@ def test_readme_has_examples() -> None:
     assert len(reasons - {"allowed"}) >= 5
     answers = " ".join(expected for _, expected in examples())
     for step in ("grant_refused", "invalid_transition", '"status":"applied"',
-                 '"status":"approved"', '"status":"active"', '"status":"revoked"'):
+                 '"status":"approved"', '"status":"active"', '"status":"revoked"',
+                 "use_workflow", '"imported":1', '"status":"notice_given"'):
         assert step in answers  # the life of a right, from application to revocation
 
 

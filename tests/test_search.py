@@ -317,7 +317,7 @@ def test_subject_and_action_search_over_http(admin: httpx.Client, pep: httpx.Cli
     colleague = f"{world.p}-u2"
     world.put("users", colleague, {"municipality": "297", "display_name": "Kollega",
                                    "tasks": ["coaching"], "status": "active"})
-    world.put("grants", f"{world.p}-g2", {**world.grant_data(), "user": colleague})
+    world.import_grant(f"{world.p}-g2", {**world.grant_data(), "user": colleague})
     idle = f"{world.p}-u3"  # no grant
     world.put("users", idle, {"municipality": "297", "display_name": "Idle",
                               "tasks": ["coaching"], "status": "active"})
