@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from pdp.demo import demo_facts
+from pdp.demo import demo_facts, demo_register
 
 TOKEN = "bench-admin"
 USERS = [("u-1001", "749", "coaching"), ("u-1002", "749", "guidance"),
@@ -148,6 +148,7 @@ def main() -> None:
                 with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"},
                                   timeout=30) as http:
                     http.post("/v1/facts:batch", json={"facts": demo_facts()}).raise_for_status()
+                    http.post("/v1/grants:import", json=demo_register()).raise_for_status()
             bodies = requests_for_world()
             results: dict[tuple[str, str], list[float]] = {}
             for _ in range(args.rounds):

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pdp.api import parse_batch
 from pdp.core import DecisionRequest, check_policy, decide
 from pdp.decider import Decider
-from pdp.demo import demo_facts
+from pdp.demo import demo_facts, demo_grant_facts
 from pdp.factindex import FactIndex
 from pdp.policy_engine import load_policy
 from pdp.settings import DEFAULT_POLICY_DIR
@@ -37,7 +37,8 @@ def main() -> None:
     seconds = parser.parse_args().seconds
     now = datetime.now(UTC)
     index = FactIndex()
-    index.apply([ChangeRecord(1, c.kind, c.id, c.data) for c in parse_batch(demo_facts(now))])
+    index.apply([ChangeRecord(1, c.kind, c.id, c.data) for c in parse_batch(
+        demo_facts(now) + demo_grant_facts(now))])
     policy = load_policy(DEFAULT_POLICY_DIR)
     check_policy(policy)
     allow = DecisionRequest("u-1001", "c-749-001", "service_needs_plans", "read", "coaching")

@@ -33,6 +33,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from propagation import ADMIN_TOKEN, KEYS, free_port, stop_process
 from workload import Sizes, world_facts
 
+from pdp.api import parse_batch
+from pdp.sqlstore import open_store
+
 # The world's facts besides clients and their relationships: areas, agreements, users,
 # grants (about this many for 2 000 users).
 FIXED = 4_000
@@ -64,9 +67,15 @@ def run(total: int, seed: int = 1, users: int = 2_000, decisions: int = 2_000,
     try:
         facts = world_facts(sizes_for(total, users), seed)
         source = workdir / "facts.jsonl"
+        # The rights of the synthetic world (in every state) and its agreements (one
+        # rescinded) are seeded into the store directly: the service changes a right or
+        # an agreement's status only through their procedure.
+        procedural = ("grant", "agreement")
+        rights = [fact for fact in facts if fact["kind"] in procedural]
         with source.open("wb") as out:
             for fact in facts:
-                out.write(orjson.dumps(fact) + b"\n")
+                if fact["kind"] not in procedural:
+                    out.write(orjson.dumps(fact) + b"\n")
         clients = [f["id"] for f in facts if f["kind"] == "client"]
         users_ids = [f["id"] for f in facts if f["kind"] == "user"]
         count = len(facts)
@@ -77,6 +86,10 @@ def run(total: int, seed: int = 1, users: int = 2_000, decisions: int = 2_000,
         started = time.perf_counter()
         subprocess.run([sys.executable, "-m", "pdp", "facts", "import", str(source)],
                        env=env, cwd=workdir, check=True, capture_output=True)
+        store = open_store(env["PDP_DATABASE_URL"])
+        store.apply(parse_batch(rights))
+        store.close()
+        del rights
         imported = time.perf_counter() - started
         return {"facts": count, "import_s": imported,
                 **serve(workdir, env, clients, users_ids, decisions, timeout)}
