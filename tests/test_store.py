@@ -16,9 +16,17 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from psycopg import sql
 
-from pdp.sqlstore import SqlFactStore, open_store, upgrade, write_transaction
+from pdp.facts import parse_fact
+from pdp.sqlstore import (
+    SqlFactStore,
+    _alembic_config,
+    open_store,
+    upgrade,
+    write_transaction,
+)
 from pdp.store import (
     Change,
     ChangeRecord,
@@ -37,7 +45,7 @@ PG_TABLES = ("events", "cursors", "fact_changes", "facts", "fact_meta", "audit_r
              "audit_head", "audit_prunes", "audit_holds", "monitoring_cases", "audit_segments",
              "taken_ids", "service_secrets", "monitoring_case_comments",
              "monitoring_windows", "alembic_version")
-HEAD = "0010"  # the newest migration
+HEAD = "0011"  # the newest migration
 
 Opener = Callable[[str], SqlFactStore]
 
@@ -847,6 +855,76 @@ def test_migrating_from_0008_takes_every_user_id_seen(store_url: str, opener: Op
             store.apply([put("user", user, n=2)])
     v4 = store.apply([put("user", "live", n=2), put("user", "fresh", n=1)])
     assert v4 == v3 + 1 and v2 == v1 + 1
+
+
+# carries: C-3, C-7, C-9
+def test_migrating_from_0010_gives_rights_purposes_and_clients_area_client(
+        store_url: str, opener: Opener) -> None:
+    """0011: a right stored without purposes gets its user's tasks of that day (no right
+    gains a purpose); a live right whose user has no tasks, or is gone, could serve none
+    and is revoked (an event says so); a client without area_client is no area client
+    until the facts say it is (fail closed). One new facts_version, in the change log."""
+    grant = {"scopes": ["name_contact"], "actions": ["read"],
+             "valid_from": "2026-01-01T00:00:00+02:00",
+             "valid_until": "2027-01-01T00:00:00+02:00", "status": "active",
+             "legal_basis": "380/2023"}
+    old = SqlFactStore(store_url)
+    try:
+        upgrade(old.engine, "0010")
+        v1 = old.apply([
+            put("user", "u-coach", municipality="749", display_name="C", status="active",
+                tasks=["guidance", "coaching"]),
+            put("user", "u-none", municipality="749", display_name="N", status="active",
+                tasks=[]),
+            put("grant", "g-coach", user="u-coach", **grant),
+            put("grant", "g-none", user="u-none", **grant),
+            put("grant", "g-gone", user="u-gone", **{**grant, "status": "suspended"}),
+            put("grant", "g-old", user="u-gone", **{**grant, "status": "expired"}),
+            put("grant", "g-new", user="u-coach", purposes=["guidance"], **grant),
+            put("client", "c-1", home_municipality="749", protection_order=False),
+            put("client", "c-2", home_municipality="749", area_client=True),
+            put("agreement", "749", area="kuopio", status="in_force",
+                signed_at="2025-01-01T00:00:00+02:00"),
+            put("client", "odd", n=1)])
+    finally:
+        old.close()
+
+    store = opener(store_url)  # migrates to head
+    v2 = store.version()
+    assert v2 == v1 + 1
+
+    def data(kind: str, fact_id: str) -> dict[str, Any]:
+        found = store.get(kind, fact_id)
+        assert found is not None
+        return found.data
+
+    assert data("grant", "g-coach") == {**grant, "user": "u-coach",
+                                        "purposes": ["guidance", "coaching"]}
+    assert data("grant", "g-new")["purposes"] == ["guidance"]  # untouched
+    for revoked in ("g-none", "g-gone"):
+        assert data("grant", revoked)["status"] == "revoked"
+        assert data("grant", revoked)["purposes"] == ["coaching", "guidance", "training"]
+    assert data("grant", "g-old")["status"] == "expired"
+    assert data("client", "c-1") == {"home_municipality": "749", "protection_order": False,
+                                     "area_client": False}
+    assert data("client", "c-2")["area_client"] is True
+    assert data("client", "odd") == {"n": 1}
+    assert "assignment_required" not in data("agreement", "749")
+    touched = {(c.kind, c.id) for c in store.changes_since(v1)}
+    assert touched == {("grant", "g-coach"), ("grant", "g-none"), ("grant", "g-gone"),
+                       ("grant", "g-old"), ("client", "c-1")}
+    assert {s.id: s.version for s in store.all_facts()}["g-coach"] == v2
+    events = [(e.event.type, e.event.subject_id, e.event.municipality, e.facts_version)
+              for e in store.events_after(0, 100)]
+    assert events == [("grant.revoked", "g-gone", "", v2), ("grant.revoked", "g-none", "749", v2)]
+    for stored in store.all_facts():  # every right and client reads as the model now
+        if stored.id != "odd" and stored.kind in ("grant", "client", "agreement"):
+            parse_fact(stored.kind, stored.data)
+    with write_transaction(store.engine) as conn:
+        command.downgrade(_alembic_config(store.engine, conn), "0010")
+    assert "purposes" not in data("grant", "g-new")
+    assert "area_client" not in data("client", "c-2")
+    assert store.version() == v2 + 1
 
 
 # --- unavailability --------------------------------------------------------------------
