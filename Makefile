@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help install lock audit serve demo test lint typecheck policy-test policy-check bench clean
+.PHONY: help install lock audit compliance serve demo test lint typecheck policy-test policy-check bench clean
 
 help:  ## list the tasks
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -12,6 +12,9 @@ install:  ## create .venv and install exactly requirements.lock (hashes checked)
 
 lock:  ## upgrade: re-resolve requirements.lock to the newest releases (uv), reinstall, run the tests
 	scripts/lock
+
+compliance: install  ## regenerate docs/compliance.md from the # carries: C-n tags
+	$(PY) scripts/compliance.py
 
 audit: install  ## pip-audit against requirements.lock: fails on a known vulnerability that has a fix
 	$(PY) scripts/audit_deps.py
