@@ -122,6 +122,9 @@ ClientOption = Annotated[str, typer.Option("--client", help="Resource: the clien
 CategoryOption = Annotated[str, typer.Option("--category", help="Data category code.")]
 PurposeOption = Annotated[str, typer.Option("--purpose", help="coaching, guidance or training.")]
 ActionOption = Annotated[str, typer.Option("--action", help="read or write.")]
+OwnerOption = Annotated[str | None, typer.Option(
+    "--owner", help="Who produced the record (a write names it): a municipality code or "
+                    "'authority'.")]
 UrlOption = Annotated[str | None, typer.Option(
     "--url", help="Ask a running server (e.g. http://127.0.0.1:8080) instead of the store.")]
 TokenOption = Annotated[str | None, typer.Option(
@@ -131,11 +134,11 @@ TokenOption = Annotated[str | None, typer.Option(
 @app.command()
 def check(user: UserOption, client: ClientOption, category: CategoryOption,
           purpose: PurposeOption = "", action: ActionOption = "read", url: UrlOption = None,
-          token: TokenOption = None) -> None:
+          token: TokenOption = None, owner: OwnerOption = None) -> None:
     """Decide one request and print the decision and reason.
 
     Exit status: 0 allowed, 1 denied, 2 error."""
-    body = _evaluation_body(user, client, category, purpose, action)
+    body = _evaluation_body(user, client, category, purpose, action, owner)
     if url:
         result = _post(url, "/access/v1/evaluation", body, token)
         decision, context = result["decision"], result["context"]
@@ -155,10 +158,10 @@ def check(user: UserOption, client: ClientOption, category: CategoryOption,
 
 
 def _evaluation_body(user: str, client: str, category: str, purpose: str,
-                     action: str) -> dict[str, Any]:
+                     action: str, owner: str | None = None) -> dict[str, Any]:
+    properties = {"category": category, **({"owner": owner} if owner is not None else {})}
     return {"subject": {"type": "user", "id": user}, "action": {"name": action},
-            "resource": {"type": "client_record", "id": client,
-                         "properties": {"category": category}},
+            "resource": {"type": "client_record", "id": client, "properties": properties},
             "context": {"purpose": purpose} if purpose else {}}
 
 
@@ -201,11 +204,11 @@ def _local(body: dict[str, Any]) -> tuple[Any, Any, Any]:
 @app.command()
 def explain(user: UserOption, client: ClientOption, category: CategoryOption,
             purpose: PurposeOption = "", action: ActionOption = "read", url: UrlOption = None,
-            token: TokenOption = None) -> None:
+            token: TokenOption = None, owner: OwnerOption = None) -> None:
     """Explain one decision: every rule in order, passed or failed, and the facts it read.
 
     Exit status: 0 allowed, 1 denied, 2 error."""
-    body = _evaluation_body(user, client, category, purpose, action)
+    body = _evaluation_body(user, client, category, purpose, action, owner)
     if url:
         result = _post(url, "/v1/explain", body, token)
     else:

@@ -80,6 +80,20 @@ def test_import_then_check_against_the_store(tmp_path: Path) -> None:
     bad = pdp("check", "--user", "u-1001", "--client", "c-749-001", "--category",
               "no-such-category", "--purpose", "coaching", env=env)
     assert bad.returncode == 2
+    # A write names the record's owner: the user's own municipality's record, or not.
+    own = pdp("check", "--user", "u-1001", "--client", "c-749-001", "--category",
+              "service_needs_plans", "--purpose", "coaching", "--action", "write",
+              "--owner", "749", env=env)
+    assert own.returncode == 0, own.stdout + own.stderr
+    for owner in (("--owner", "authority"), ("--owner", "297"), ()):
+        other = pdp("check", "--user", "u-1001", "--client", "c-749-001", "--category",
+                    "service_needs_plans", "--purpose", "coaching", "--action", "write",
+                    *owner, env=env)
+        assert other.returncode == 1 and "action_not_permitted" in other.stdout, owner
+    explained = pdp("explain", "--user", "u-1001", "--client", "c-749-001", "--category",
+                    "service_needs_plans", "--purpose", "coaching", "--action", "write",
+                    "--owner", "749", env=env)
+    assert explained.returncode == 0 and "allow allowed" in explained.stdout
 
 
 def test_import_is_all_or_nothing(tmp_path: Path) -> None:
