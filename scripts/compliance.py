@@ -10,7 +10,10 @@ A tag is a comment line `# carries: C-2, C-6` right above what carries the claus
 `python scripts/compliance.py` writes docs/compliance.md; `--check` (in `make test`)
 fails when that file is not what the tags give, when a tag names a clause DOMAIN.md does
 not have, or when a clause of kind "software" has no rule or step, or no test.
-DOMAIN.md is read from ../shared/brief/DOMAIN.md (or PDP_DOMAIN_MD).
+The clauses come from DOMAIN.md (../shared/brief/DOMAIN.md, or PDP_DOMAIN_MD). Its
+table is kept in docs/clauses.md too, so that a checkout without the brief beside it can
+still check; where the brief is there, the copy must be the same (`make compliance`
+refreshes it).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DOMAIN_MD = Path(os.environ.get("PDP_DOMAIN_MD", ROOT.parent / "shared/brief/DOMAIN.md"))
 OUTPUT = ROOT / "docs/compliance.md"
+CLAUSES_COPY = ROOT / "docs/clauses.md"
 
 TAG = re.compile(r"^\s*#\s*carries:\s*(.+?)\s*$")
 CLAUSE_ID = re.compile(r"C-\d+\Z")
@@ -61,6 +65,16 @@ def read_clauses(domain: Path) -> list[Clause]:
     if not clauses:
         raise TagError(f"{domain}: no clause table (| C-1 | § | clause | kind |)")
     return clauses
+
+
+def render_copy(clauses: list[Clause]) -> str:
+    """docs/clauses.md: DOMAIN.md's clause table, as read."""
+    rows = [f"| {c.id} | {c.section} | {c.text} | {c.kind} |" for c in clauses]
+    return "\n".join([
+        "# Clauses of the agreement (a copy)", "",
+        "DOMAIN.md's table, copied by `scripts/compliance.py` for checkouts without the",
+        "brief beside them; do not edit by hand.", "",
+        "| id | § | clause | kind |", "| --- | --- | --- | --- |", *rows]) + "\n"
 
 
 def _target(lines: list[str], start: int, pattern: re.Pattern[str]) -> tuple[int, str] | None:
@@ -175,8 +189,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="fail if docs/compliance.md is stale or a clause is uncarried")
     args = parser.parse_args(argv)
+    failed = False
     try:
-        clauses = read_clauses(DOMAIN_MD)
+        if DOMAIN_MD.exists():
+            clauses = read_clauses(DOMAIN_MD)
+            copy = render_copy(clauses)
+            if not args.check:
+                CLAUSES_COPY.write_text(copy, encoding="utf-8")
+            elif not CLAUSES_COPY.exists() or CLAUSES_COPY.read_text("utf-8") != copy:
+                print("compliance: docs/clauses.md is not DOMAIN.md's clause table: run "
+                      "make compliance", file=sys.stderr)
+                failed = True
+        else:
+            print(f"compliance: {DOMAIN_MD} is not here; using docs/clauses.md")
+            clauses = read_clauses(CLAUSES_COPY)
         carriers = collect(ROOT, clauses)
     except (OSError, TagError) as error:
         print(f"compliance: {error}", file=sys.stderr)
@@ -186,7 +212,6 @@ def main(argv: list[str] | None = None) -> int:
     if not args.check:
         OUTPUT.write_text(text, encoding="utf-8")
         print(f"compliance: wrote {OUTPUT.relative_to(ROOT)}")
-    failed = False
     for line in missing:
         print(f"compliance: {line}", file=sys.stderr)
         failed = True

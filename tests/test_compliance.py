@@ -69,3 +69,14 @@ def test_a_wrong_tag_is_an_error(tmp_path: Path, polar: str, error: str) -> None
     root = tree(tmp_path, polar, "")
     with pytest.raises(compliance.TagError, match=error):
         compliance.collect(root, clauses)
+
+
+def test_the_copy_of_the_clause_table_reads_back_the_same(tmp_path: Path) -> None:
+    (tmp_path / "DOMAIN.md").write_text(DOMAIN, encoding="utf-8")
+    clauses = compliance.read_clauses(tmp_path / "DOMAIN.md")
+    (tmp_path / "clauses.md").write_text(compliance.render_copy(clauses), encoding="utf-8")
+    assert compliance.read_clauses(tmp_path / "clauses.md") == clauses
+    # The project's copy is DOMAIN.md's table (when the brief is beside the checkout).
+    if compliance.DOMAIN_MD.exists():
+        assert compliance.CLAUSES_COPY.read_text("utf-8") == compliance.render_copy(
+            compliance.read_clauses(compliance.DOMAIN_MD))
