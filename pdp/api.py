@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import orjson
 from fastapi import FastAPI, Request
@@ -76,7 +76,14 @@ from pdp.facts import (
 )
 from pdp.facts_service import FactsBehind
 from pdp.http import JSONResponse, read_json
-from pdp.lifecycle import GRANT_STATES, WorkflowError
+from pdp.lifecycle import (
+    GRANT_STATES,
+    Lifecycle,
+    WorkflowError,
+    _grant_write_step,
+    _step_endpoint,
+    _use_workflow,
+)
 from pdp.openapi import describe
 from pdp.runtime import Runtime
 from pdp.search import (
@@ -90,7 +97,7 @@ from pdp.search import (
     search_subjects,
 )
 from pdp.store import Change, NotFound, StoreUnavailable
-from pdp.vocab import FACT_KINDS
+from pdp.vocab import FACT_KINDS, GrantStatus
 from pdp.webhooks import WebhookDispatcher
 
 log = logging.getLogger(__name__)
@@ -627,6 +634,12 @@ def create_app(runtime: Runtime) -> FastAPI:
     async def put_fact(collection: str, fact_id: str, request: Request) -> dict[str, Any]:
         kind, caller = authorized_kind(request, collection, WRITE_ROLES)
         check_id(kind, fact_id)
+        if kind == "grant":  # never written here: 409 before the body is validated
+            try:
+                raw: Any = await read_json(request, settings.max_body_bytes)
+            except ApiError:
+                raw = None
+            raise refuse_grant_write(lifecycle, fact_id, raw)
         body = await read_json(request, settings.max_body_bytes)
         try:
             fact = parse_fact(kind, body)
@@ -697,6 +710,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         missing = sorted({KIND_ROLES[k] for k in kinds if not caller.has_any([KIND_ROLES[k]])})
         if missing:
             raise forbidden(missing[:1])
+        refuse_grant_items(lifecycle, raw)
         changes = parse_batch(raw)
         if not changes:
             return {"facts_version": facts.index.version, "count": 0}
@@ -741,6 +755,37 @@ _MUNICIPALITY_CODE: TypeAdapter[str] = TypeAdapter(MunicipalityCode)
 def parse_id(kind: str, fact_id: str) -> str:
     """A fact id, checked (an agreement's id is its municipality's code)."""
     return (_MUNICIPALITY_CODE if kind == "agreement" else _ID).validate_python(fact_id)
+
+
+# carries: C-5, C-11
+def refuse_grant_write(lifecycle: Lifecycle, grant_id: str, data: Any) -> WorkflowError:
+    """The answer to a facts write (not a delete) of a right, given before its body is
+    validated (API.md "Rights": any facts write of a right is 409 `use_workflow`): the
+    step is named from the body when it is a right, else from the status it names, else
+    a new application."""
+    current = lifecycle.facts.index.grants.get(grant_id)
+    if current is None:
+        return _use_workflow("a right", "apply", _step_endpoint("apply", grant_id))
+    wanted = current
+    try:
+        parsed = parse_fact("grant", data)
+        assert isinstance(parsed, Grant)
+        wanted = parsed
+    except ValidationError:
+        status = data.get("status") if isinstance(data, dict) else None
+        if status in get_args(GrantStatus):
+            wanted = current.model_copy(update={"status": status})
+    step, field_name = _grant_write_step(
+        current, wanted, lifecycle.state(grant_id, current, lifecycle.clock()))
+    return _use_workflow("a right", step, _step_endpoint(step, grant_id), field_name)
+
+
+def refuse_grant_items(lifecycle: Lifecycle, raw: list[Any]) -> None:
+    """A facts batch (or `pdp facts import`) with an item of kind grant is 409
+    `use_workflow` for the first, before any item is validated; nothing is stored."""
+    for item in raw:
+        if isinstance(item, dict) and item.get("kind") == "grant":
+            raise refuse_grant_write(lifecycle, str(item.get("id")), item.get("data"))
 
 
 def parse_batch(raw: list[Any]) -> list[Change]:

@@ -232,7 +232,7 @@ def facts_import(
                                               "batch {facts: [...]} per line; '-' for stdin.")],
 ) -> None:
     """Load facts into the configured store, all or nothing (one transaction)."""
-    from pdp.api import parse_batch
+    from pdp.api import parse_batch, refuse_grant_items
     from pdp.errors import ApiError
     from pdp.store import Change
 
@@ -248,16 +248,17 @@ def facts_import(
                 raise _fail(f"{file}:{number}: malformed JSON: {error}", 2) from None
             items.extend(value["facts"] if isinstance(value, dict) and "facts" in value
                          else [value])
-    try:
-        changes: list[Change] = parse_batch(items)
-    except ApiError as error:
-        raise _fail(f"{file}: {error.message}; nothing imported", 2) from None
-    if not changes:
-        raise _fail(f"{file}: no facts", 2)
     from pdp.lifecycle import WorkflowError
 
     lifecycle = _lifecycle()
     try:
+        refuse_grant_items(lifecycle, items)  # a right: use_workflow, whatever its body
+        try:
+            changes: list[Change] = parse_batch(items)
+        except ApiError as error:
+            raise _fail(f"{file}: {error.message}; nothing imported", 2) from None
+        if not changes:
+            raise _fail(f"{file}: no facts", 2)
         version = lifecycle.write_facts(changes, "pdp facts import")
     except WorkflowError as error:  # a taken id (id_taken), a right (use_workflow): nothing
         hint = (" (the register of rights before the service: pdp grants import)"

@@ -175,6 +175,55 @@ def test_a_right_is_never_written_through_the_facts_api(admin: httpx.Client,
     assert outcome(pep, world) == (True, "allowed")
 
 
+# carries: C-5, C-11
+def test_a_grant_write_with_a_bad_body_is_use_workflow_not_invalid(
+        admin: httpx.Client, client: Any) -> None:
+    """API.md "Rights": any facts write of a right is 409 use_workflow, before its body is
+    validated (a body without purposes, not an object, not JSON at all); authentication
+    and the role still come first."""
+    world = World(admin).build()
+    start = version(admin)
+    own = world.grant
+    stored = {k: v for k, v in admin.get(f"/v1/grants/{own}").json().items()
+              if k not in ("id", "facts_version", "state", "purposes")}
+    fresh = new_id(world)
+    use_workflow(admin.put(f"/v1/grants/{fresh}", json={"user": "x"}), "apply", "id")
+    use_workflow(admin.put(f"/v1/grants/{fresh}", json=[1]), "apply", "id")
+    use_workflow(admin.put(f"/v1/grants/{fresh}", content=b"{not json",
+                           headers={"content-type": "application/json"}), "apply", "id")
+    use_workflow(admin.put(f"/v1/grants/{own}", json=stored), "apply", "id")
+    use_workflow(admin.put(f"/v1/grants/{own}", json={**stored, "status": "revoked"}),
+                 "revoke", "status")
+    use_workflow(admin.put(f"/v1/grants/{own}", json={"status": "suspended"}),
+                 "suspend", "status")
+    batch = admin.post("/v1/facts:batch", json={"facts": [
+        {"kind": "client", "id": new_id(world, "c"), "data": {"nonsense": True}},
+        {"kind": "grant", "id": fresh, "data": {"user": "x"}}]})
+    use_workflow(batch, "apply", "id")
+    batch = admin.post("/v1/facts:batch", json={"facts": [
+        {"kind": "grant", "id": own, "data": {**stored, "status": "revoked"}}]})
+    use_workflow(batch, "revoke", "status")
+    # who may not write rights learns nothing more: 401, then 403, as before
+    unauthenticated = httpx.put(f"{admin.base_url}/v1/grants/{fresh}", json={"user": "x"})
+    assert_error(unauthenticated, 401, "unauthorized")
+    assert_error(client("t-facts").put(f"/v1/grants/{fresh}", json={"user": "x"}),
+                 403, "forbidden")
+    assert_error(client("t-facts").post("/v1/facts:batch", json={"facts": [
+        {"kind": "grant", "id": fresh, "data": {"user": "x"}}]}), 403, "forbidden")
+    assert version(admin) == start
+
+
+def test_pdp_facts_import_refuses_a_right_with_a_bad_body(tmp_path: Path) -> None:
+    env = {**os.environ, "PDP_DATABASE_URL": f"sqlite:///{tmp_path / 'facts.sqlite3'}"}
+    grant = {"kind": "grant", "id": "g-1", "data": {"user": "u-1", "status": "active"}}
+    done = subprocess.run([sys.executable, "-m", "pdp", "facts", "import", "-"],
+                          input=json.dumps(grant) + "\n", capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "use_workflow" in done.stderr and "'apply'" in done.stderr
+    assert "nothing imported" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_pdp_facts_import_refuses_a_right(tmp_path: Path) -> None:
     env = {**os.environ, "PDP_DATABASE_URL": f"sqlite:///{tmp_path / 'facts.sqlite3'}"}
     user = {"kind": "user", "id": "u-1", "data": {

@@ -45,7 +45,7 @@ PG_TABLES = ("events", "cursors", "fact_changes", "facts", "fact_meta", "audit_r
              "audit_head", "audit_prunes", "audit_holds", "monitoring_cases", "audit_segments",
              "taken_ids", "service_secrets", "monitoring_case_comments",
              "monitoring_windows", "alembic_version")
-HEAD = "0011"  # the newest migration
+HEAD = "0012"  # the newest migration
 
 Opener = Callable[[str], SqlFactStore]
 
@@ -885,7 +885,9 @@ def test_migrating_from_0010_gives_rights_purposes_and_clients_area_client(
             put("client", "c-2", home_municipality="749", area_client=True),
             put("agreement", "749", area="kuopio", status="in_force",
                 signed_at="2025-01-01T00:00:00+02:00"),
-            put("client", "odd", n=1)])
+            put("client", "odd", n=1)],
+            # the live rights came through the procedure (0012 suspends any that did not)
+            [ev("grant.applied", g, subject_kind="grant") for g in ("g-coach", "g-new")])
     finally:
         old.close()
 
@@ -915,7 +917,7 @@ def test_migrating_from_0010_gives_rights_purposes_and_clients_area_client(
                        ("grant", "g-old"), ("client", "c-1")}
     assert {s.id: s.version for s in store.all_facts()}["g-coach"] == v2
     events = [(e.event.type, e.event.subject_id, e.event.municipality, e.facts_version)
-              for e in store.events_after(0, 100)]
+              for e in store.events_after(0, 100) if e.facts_version == v2]
     assert events == [("grant.revoked", "g-gone", "", v2), ("grant.revoked", "g-none", "749", v2)]
     for stored in store.all_facts():  # every right and client reads as the model now
         if stored.id != "odd" and stored.kind in ("grant", "client", "agreement"):
@@ -925,6 +927,61 @@ def test_migrating_from_0010_gives_rights_purposes_and_clients_area_client(
     assert "purposes" not in data("grant", "g-new")
     assert "area_client" not in data("client", "c-2")
     assert store.version() == v2 + 1
+
+
+# carries: C-5, C-11
+def test_migrating_from_0011_suspends_rights_written_around_the_procedure(
+        store_url: str, opener: Opener) -> None:
+    """0012: a live right with no grant.applied and no grant.imported event was written as
+    a fact (the old back door): it is suspended, with a grant.suspended event, in one new
+    facts_version in the change log. Rights that came through the procedure, and rights
+    that count for nothing already, are untouched; the downgrade leaves the suspension."""
+    grant = {"user": "u1", "purposes": ["guidance"], "scopes": ["name_contact"],
+             "actions": ["read"], "valid_from": "2026-01-01T00:00:00+02:00",
+             "valid_until": "2036-01-01T00:00:00+02:00", "status": "active",
+             "recertify_by": None, "legal_basis": "380/2023"}
+    old = SqlFactStore(store_url)
+    try:
+        upgrade(old.engine, "0011")
+        old.apply([put("user", "u1", municipality="749", display_name="U", status="active",
+                       tasks=["guidance"])])
+        old.apply([put("grant", "g-fact", **grant),
+                   put("grant", "g-old", **{**grant, "status": "expired"}),
+                   put("grant", "g-held", **{**grant, "status": "suspended"})])
+        old.apply([put("grant", "g-applied", **{**grant, "status": "applied"})],
+                  [ev("grant.applied", "g-applied", subject_kind="grant")])
+        old.apply([put("grant", "g-imported", **grant)],
+                  [ev("grant.imported", "g-imported", subject_kind="grant")])
+        v1 = old.version()
+        before = {s.id: s for s in old.all_facts()}
+        events_before = len(old.events_after(0, 100))
+    finally:
+        old.close()
+
+    store = opener(store_url)  # migrates to head
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == HEAD
+    v2 = store.version()
+    assert v2 == v1 + 1
+    suspended = store.get("grant", "g-fact")
+    assert suspended is not None
+    assert suspended.data == {**grant, "status": "suspended"} and suspended.version == v2
+    for untouched in ("g-old", "g-held", "g-applied", "g-imported"):
+        assert store.get("grant", untouched) == before[untouched]
+    assert [(c.kind, c.id, c.data) for c in store.changes_since(v1)] == [
+        ("grant", "g-fact", {**grant, "status": "suspended"})]
+    new_events = store.events_after(0, 100)[events_before:]
+    assert [(e.event.type, e.event.subject_kind, e.event.subject_id, e.event.municipality,
+             e.event.actor, e.facts_version) for e in new_events] == [
+        ("grant.suspended", "grant", "g-fact", "749", "migration 0012", v2)]
+    reason = new_events[0].event.reason or ""
+    assert "around the procedure" in reason and "approval record" in reason
+    assert new_events[0].event.data == {"grant": {**grant, "status": "suspended"},
+                                         "from": "active"}
+    parse_fact("grant", suspended.data)
+    with write_transaction(store.engine) as conn:
+        command.downgrade(_alembic_config(store.engine, conn), "0011")
+    assert store.get("grant", "g-fact") == suspended  # the suspension stays
 
 
 # --- unavailability --------------------------------------------------------------------
