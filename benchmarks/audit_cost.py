@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from pdp.demo import demo_facts, demo_register
+from pdp.demo import demo_facts, demo_register, demo_register_before
 
 TOKEN = "bench-admin"
 USERS = [("u-1001", "749", "coaching"), ("u-1002", "749", "guidance"),
@@ -46,7 +46,8 @@ def start(workdir: Path, audit: bool, database_url: str | None,
           extra: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {**os.environ, "PDP_API_KEYS": json.dumps({TOKEN: ["admin"]}),
-           "PDP_AUDIT_LOG": "true" if audit else "false", **(extra or {})}
+           "PDP_AUDIT_LOG": "true" if audit else "false",
+           "PDP_REGISTER_BEFORE": demo_register_before().isoformat(), **(extra or {})}
     env["PDP_DATABASE_URL"] = database_url or f"sqlite:///{workdir / 'facts.sqlite3'}"
     process = subprocess.Popen([sys.executable, "-m", "pdp", "serve", "--port", str(port),
                                 "--log-level", "warning"], cwd=workdir, env=env,

@@ -47,7 +47,7 @@ import httpx
 import psycopg
 from psycopg import sql
 
-from pdp.demo import demo_facts, demo_register
+from pdp.demo import demo_facts, demo_register, demo_register_before
 
 PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
 ADMIN_TOKEN = "bench-admin"
@@ -182,7 +182,8 @@ def pdp_server(name: str, workdir: Path, env: dict[str, str],
     """`pdp serve` on a free loopback port with the admin key; stopped on exit."""
     port = free_port()
     log = workdir / f"{name}-{port}.log"
-    environment = {**os.environ, "PDP_API_KEYS": json.dumps(KEYS), **env}
+    environment = {**os.environ, "PDP_API_KEYS": json.dumps(KEYS),
+                   "PDP_REGISTER_BEFORE": demo_register_before().isoformat(), **env}
     if "PDP_REDIS_URL" not in env:
         environment.pop("PDP_REDIS_URL", None)
     with log.open("wb") as out:

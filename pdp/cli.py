@@ -73,6 +73,11 @@ def serve(
             for path in demo_file.parent.glob("demo.sqlite3*"):
                 path.unlink()
             settings = settings.model_copy(update={"database_url": f"sqlite:///{demo_file}"})
+        if settings.register_before is None:
+            from pdp.demo import demo_register_before
+
+            # the demo world's rights were granted before its own cut-over
+            settings = settings.model_copy(update={"register_before": demo_register_before()})
         if keys is None:
             keys = DEMO_KEYS
             typer.echo("pdp: demo keys (bearer tokens): " + ", ".join(
@@ -334,7 +339,8 @@ def _lifecycle() -> Any:
     facts.load()
     return Lifecycle(lambda: policy, facts, max_grant_months=settings.max_grant_months,
                      recertification_days=settings.recertification_days,
-                     notice_months=settings.notice_months)
+                     notice_months=settings.notice_months,
+                     register_before=settings.register_before)
 
 
 def _print_grants(rows: list[dict[str, Any]]) -> None:

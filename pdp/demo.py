@@ -106,6 +106,13 @@ def demo_facts(now: datetime | None = None) -> list[dict[str, Any]]:
     return facts
 
 
+def demo_register_before(now: datetime | None = None) -> datetime:
+    """The cut-over of the demo's register (PDP_REGISTER_BEFORE for `pdp serve --demo`):
+    the demo service went live 30 days ago; every right of demo_register was approved and
+    opened before that."""
+    return (now or utcnow()) - timedelta(days=30)
+
+
 def demo_register(now: datetime | None = None) -> dict[str, Any]:
     """The demo rights, as the register of rights granted before the service
     (`POST /v1/grants:import`): each with its purposes and its approval record."""

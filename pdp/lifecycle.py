@@ -204,12 +204,15 @@ def add_months(moment: datetime, months: int) -> datetime:
 class Lifecycle:
     def __init__(self, policy: Callable[[], CompiledPolicy], facts: FactService, *,
                  max_grant_months: int = 12, recertification_days: int = 90,
-                 notice_months: int = 3, clock: Callable[[], datetime] = utcnow) -> None:
+                 notice_months: int = 3, register_before: datetime | None = None,
+                 clock: Callable[[], datetime] = utcnow) -> None:
         self._policy = policy
         self.facts = facts
         self.max_grant_months = max_grant_months
         self.recertification = timedelta(days=recertification_days)
         self.notice_months = notice_months
+        # The cut-over of the register of rights before the service; None: closed.
+        self.register_before = register_before
         self.clock = clock
 
     # -- questions to the policy -------------------------------------------------------
@@ -451,7 +454,18 @@ class Lifecycle:
         right an event `grant.imported`. The one way a right enters other than by
         application. An id that a right has or had is 409 `id_taken`; a right that would
         count now (active) must keep the limits a right keeps when it is opened, and its
-        re-certification may be due at most one period from now. Returns facts_version."""
+        re-certification may be due at most one period from now. Returns facts_version.
+
+        The register holds only rights granted before the service: every approval and
+        opening lies before the configured cut-over `register_before` (400 naming the
+        field); with no cut-over configured the register is closed (409
+        `register_closed`)."""
+        if self.register_before is None:
+            raise WorkflowError(
+                409, REGISTER_CLOSED, "the register of rights granted before the service is "
+                "closed (PDP_REGISTER_BEFORE is not set): a right is applied for, POST "
+                "/v1/grant-applications", [{"field": "grants", "step": "apply",
+                                            "message": "the register is closed"}])
         first: dict[str, int] = {}
         for n, item in enumerate(register.grants):
             if item.id in first:
@@ -480,6 +494,12 @@ class Lifecycle:
         for name in ("approved_at", "activated_at"):
             if getattr(item.approval, name) > now:
                 raise _invalid(f"{where}.approval.{name}", "must not be in the future")
+            if self.register_before is not None and (
+                    getattr(item.approval, name) >= self.register_before):
+                raise _invalid(f"{where}.approval.{name}",
+                               f"must be before {self.register_before.isoformat()}, the "
+                               "cut-over of the register (PDP_REGISTER_BEFORE): the register "
+                               "holds only rights granted before the service")
         try:
             grant = Grant(user=item.user, purposes=item.purposes, scopes=item.scopes,
                           actions=item.actions, valid_from=item.valid_from,
@@ -603,11 +623,18 @@ class Lifecycle:
     # carries: C-22, C-23
     def _check_agreement_write(self, change: Change, now: datetime) -> None:
         """An agreement is created in force, and a write may change its other fields; its
-        status and end change only by notice and rescission (409 `use_workflow`)."""
+        status and end change only by notice and rescission (409 `use_workflow`), and it
+        is never deleted: a delete would end its rights without the rescind step, and an
+        agreement written in force after it would wipe a notice (409 `use_workflow`
+        naming rescind). Deleting one that does not exist is left to the store (404)."""
         current = self.facts.index.agreements.get(change.id)
         code = change.id
         if change.data is None:
-            return  # a deleted agreement ends its rights at once (follow_write)
+            if current is None:
+                return
+            raise _use_workflow("an agreement", "rescind",
+                                f"POST /v1/agreements/{code}/rescind (to end it at once; "
+                                f"notice: POST /v1/agreements/{code}/notice)")
         wanted = parse_fact("agreement", change.data)
         assert isinstance(wanted, Agreement)
         if current is None:
@@ -623,8 +650,7 @@ class Lifecycle:
             raise WorkflowError(
                 409, USE_WORKFLOW, "an agreement's status and end change only through "
                 f"POST /v1/agreements/{code}/notice and /rescind, and no step undoes "
-                "them: an agreement is not put back in force (once it has ended, delete "
-                "it and write the new agreement in force)",
+                "them: an agreement is not put back in force, nor deleted",
                 [{"field": "status", "step": "none",
                   "message": "notice and rescission are not undone"}])
         raise _use_workflow("an agreement's status or end", step,
@@ -768,6 +794,7 @@ def _id_taken(kind: str = "grant") -> WorkflowError:
 
 
 USE_WORKFLOW = "use_workflow"
+REGISTER_CLOSED = "register_closed"
 
 
 def _grant_write_step(current: Grant | None, wanted: Grant | None,
@@ -835,7 +862,7 @@ def _refusal_message(rule: str, detail: str, lifecycle: Lifecycle) -> str:
         "period_too_long": f"a right may last at most {lifecycle.max_grant_months} months",
         "period_past_agreement": "the right would outlast the municipality's agreement",
         "scope_never_needed": f"{detail} is never needed for complementary services",
-        "scope_outside_tasks": f"{detail} is not needed by any of the user's tasks",
+        "scope_outside_purposes": f"{detail} is not needed by any of the right's purposes",
         "purpose_outside_tasks": f"{detail} is not among the user's tasks",
     }
     return f"{rule}: {texts.get(rule, detail)}"

@@ -120,7 +120,8 @@ STATUSES = {
     "404": "not_found",
     "408": "request_timeout: the body did not arrive in time (the connection is closed)",
     "409": "a conflict: the step is not allowed in this state, or the change must go "
-           "through its workflow (use_workflow), or the policy may not go live",
+           "through its workflow (use_workflow), or the register of rights before the "
+           "service is closed (register_closed), or the policy may not go live",
     "413": "payload_too_large: the body is over the limit",
 }
 # Routes that can answer 503, and why (each with Retry-After).

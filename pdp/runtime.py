@@ -92,7 +92,8 @@ def build_runtime(settings: Settings, keys: dict[str, Any]) -> Runtime:
     lifecycle = Lifecycle(lambda: decider.policy, facts,
                           max_grant_months=settings.max_grant_months,
                           recertification_days=settings.recertification_days,
-                          notice_months=settings.notice_months)
+                          notice_months=settings.notice_months,
+                          register_before=settings.register_before)
     log.info("policy %s, facts_version %d", policy.version, facts.index.version)
     monitoring = load_config(settings.monitoring_rules or settings.policy_dir / "monitoring.yaml")
     cases = Cases(store.engine, store, on_open=lambda rule: metrics.cases_opened.labels(rule).inc())

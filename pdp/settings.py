@@ -10,7 +10,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pdp.auth import check_role, key_spec
@@ -113,7 +120,12 @@ class Settings(BaseSettings):
     # The life of a right (issue 3).
     max_grant_months: int = Field(default=12, ge=1, le=120)
     recertification_days: int = Field(default=90, ge=1, le=3650)
-    notice_months: int = Field(default=3, ge=0, le=24)
+    # Notice ends the agreement no sooner than the agreement's three months (§ 9).
+    notice_months: int = Field(default=3, ge=3, le=24)
+    # The cut-over of the register of rights granted before the service (POST
+    # /v1/grants:import): an RFC 3339 time with offset; every imported right was approved
+    # and opened before it. Unset: the register is closed (409 register_closed).
+    register_before: AwareDatetime | None = None
     webhooks: list[Webhook] = Field(default_factory=list)
     # Where webhooks may go besides public addresses (pdp.egress): IP addresses, CIDR
     # networks or exact host names; loopback, private, link-local and metadata addresses

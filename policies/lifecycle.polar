@@ -53,11 +53,14 @@ refused(a, "purpose_outside_tasks", purpose) if
     purpose in a.purposes and
     not purpose in a.user_tasks;
 refused(a, "scope_never_needed", scope) if scope in a.scopes and never_needed(scope);
-refused(a, "scope_outside_tasks", scope) if
+# A scope must fit the right's own purposes: some purpose of the right needs it (the task
+# profiles in data.polar), not merely some task of the user.
+refused(a, "scope_outside_purposes", scope) if
     scope in a.scopes and
-    not scope_fits_tasks(scope, a.user_tasks);
+    not scope_fits_tasks(scope, a.purposes);
 
-# A scope fits when some task of the user needs it (the task profiles in data.polar).
+# A scope fits when some task (or purpose) in the list needs it (the task profiles in
+# data.polar).
 scope_fits_tasks(scope, tasks) if task in tasks and task_profile(task, scope);
 
 # A right fits the user's tasks when every one of its scopes does (used when tasks change).

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,8 +48,9 @@ class Server:
         return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kwargs)
 
 
-def start_server(tmp: Path, *, env: dict[str, str] | None = None,
+def start_server(tmp: Path, *, env: Mapping[str, str | None] | None = None,
                  args: tuple[str, ...] = ()) -> Server:
+    """`pdp serve` on a free port; `env` adds to the environment (None: unset)."""
     port = free_port()
     log = tmp / f"server-{port}.log"
     environment = {
@@ -57,12 +58,15 @@ def start_server(tmp: Path, *, env: dict[str, str] | None = None,
         "PDP_DATABASE_URL": f"sqlite:///{tmp / 'facts.sqlite3'}",
         "PDP_API_KEYS": __import__("json").dumps(KEYS),
         "PDP_POLL_INTERVAL_SECONDS": "0.2",
+        # the register of rights before the service is open for rights approved before now
+        "PDP_REGISTER_BEFORE": datetime.now(UTC).isoformat(),
         **(env or {}),
     }
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "pdp", "serve", "--port", str(port), *args],
-            cwd=tmp, env=environment, stdout=out, stderr=subprocess.STDOUT)
+            cwd=tmp, env={k: v for k, v in environment.items() if v is not None},
+            stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pdp.demo import demo_facts, demo_register
+from pdp.demo import demo_facts, demo_register, demo_register_before
 from tests.conftest import ROOT, Server
 
 
@@ -52,12 +52,29 @@ def test_serve_refuses_without_keys(tmp_path: Path) -> None:
     assert "PDP_API_KEYS" in done.stderr
 
 
+@pytest.mark.parametrize(("name", "value"), [
+    ("PDP_NOTICE_MONTHS", "0"), ("PDP_NOTICE_MONTHS", "2"),
+    ("PDP_REGISTER_BEFORE", "2025-01-01T00:00:00"),  # no offset
+    ("PDP_REGISTER_BEFORE", "yesterday")])
+def test_serve_refuses_a_bad_lifecycle_setting_at_start(tmp_path: Path, name: str,
+                                                        value: str) -> None:
+    """Notice runs at least the agreement's three months (§ 9); the register's cut-over
+    is an RFC 3339 time with offset."""
+    done = pdp("serve", "--port", "1", cwd=tmp_path, env={
+        name: value, "PDP_API_KEYS": json.dumps({"t-admin": ["admin"]})})
+    assert done.returncode == 2, done.stderr
+    assert "invalid configuration" in done.stderr
+    assert name.removeprefix("PDP_").lower() in done.stderr
+    assert value not in done.stderr or name == "PDP_NOTICE_MONTHS"
+
+
 def _jsonl(items: list[dict[str, Any]]) -> str:
     return "\n".join(json.dumps(item) for item in items) + "\n"
 
 
 def test_import_then_check_against_the_store(tmp_path: Path) -> None:
-    env = {"PDP_DATABASE_URL": f"sqlite:///{tmp_path / 'facts.sqlite3'}"}
+    env = {"PDP_DATABASE_URL": f"sqlite:///{tmp_path / 'facts.sqlite3'}",
+           "PDP_REGISTER_BEFORE": demo_register_before().isoformat()}
     source = tmp_path / "facts.jsonl"
     source.write_text(_jsonl(demo_facts()))
     done = pdp("facts", "import", str(source), env=env)
@@ -126,7 +143,7 @@ def test_import_refuses_a_taken_user_id(tmp_path: Path) -> None:
     from pdp.store import Change
 
     url = f"sqlite:///{tmp_path / 'facts.sqlite3'}"
-    env = {"PDP_DATABASE_URL": url}
+    env = {"PDP_DATABASE_URL": url, "PDP_REGISTER_BEFORE": demo_register_before().isoformat()}
     user = {"kind": "user", "id": "u-gone", "data": {
         "municipality": "749", "display_name": "Uusi", "tasks": ["coaching"],
         "status": "active"}}
@@ -194,9 +211,10 @@ def test_grants_list_due_and_history(tmp_path: Path) -> None:
     from pdp.sqlstore import open_store
 
     url = f"sqlite:///{tmp_path / 'facts.sqlite3'}"
-    env = {"PDP_DATABASE_URL": url}
-    source = tmp_path / "facts.jsonl"
     now = datetime.now(UTC)
+    env = {"PDP_DATABASE_URL": url,
+           "PDP_REGISTER_BEFORE": demo_register_before(now).isoformat()}
+    source = tmp_path / "facts.jsonl"
     source.write_text(_jsonl(demo_facts(now)))
     assert pdp("facts", "import", str(source), env=env).returncode == 0
     register = tmp_path / "register.json"

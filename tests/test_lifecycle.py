@@ -558,10 +558,26 @@ def test_refused_for_a_scope_outside_the_users_tasks(api: Api, admin: httpx.Clie
     grant_id = new_id(world)
     response = post_application(api, world, grant_id, purposes=["guidance"],
                                 scopes=["service_needs_plans", scope])
-    assert refusal(response) == ("scope_outside_tasks", scope)
+    assert refusal(response) == ("scope_outside_purposes", scope)
     assert_not_stored(api, grant_id)
     assert apply(api, world, purposes=["guidance"],
                  scopes=["service_needs_plans"])["state"] == "applied"
+
+
+def test_refused_for_a_scope_outside_the_rights_own_purposes(
+        api: Api, admin: httpx.Client) -> None:
+    """A scope fits the right's purposes, not merely some task of the user: a right for
+    training does not get health_work_capacity because the user also coaches."""
+    world = bare_world(admin, tasks=["coaching", "training"])
+    grant_id = new_id(world)
+    response = post_application(api, world, grant_id, purposes=["training"],
+                                scopes=["name_contact", "health_work_capacity"])
+    assert response.status_code == 400, response.text
+    assert "health_work_capacity" in response.json()["error"]["message"]
+    assert refusal(response) == ("scope_outside_purposes", "health_work_capacity")
+    assert_not_stored(api, grant_id)
+    assert apply(api, world, purposes=["training", "coaching"],
+                 scopes=["name_contact", "health_work_capacity"])["state"] == "applied"
 
 
 # carries: C-3, C-7, C-15
@@ -1061,9 +1077,9 @@ def test_a_change_of_tasks_suspends_rights_that_no_longer_fit(
     coaching_only = new_id(world)
     world.import_grant(coaching_only, world.grant_data(
         purposes=["coaching"], scopes=["offers_referrals"], **period))
-    health = new_id(world)  # its purpose stays a task; one of its scopes no task needs
+    health = new_id(world)  # a coaching scope, for coaching, which is no task any more
     world.import_grant(health, world.grant_data(
-        purposes=["guidance"], scopes=["service_needs_plans", "health_work_capacity"],
+        purposes=["coaching"], scopes=["service_needs_plans", "health_work_capacity"],
         **period))
     both = new_id(world)  # its scopes fit guidance; one of its purposes is no task
     world.import_grant(both, world.grant_data(
@@ -1093,8 +1109,7 @@ def test_a_change_of_tasks_suspends_rights_that_no_longer_fit(
     # a suspended right that still does not fit cannot be restored
     assert refusal(step(api, coaching_only, "restore")) == ("purpose_outside_tasks", "coaching")
     assert refusal(step(api, both, "restore")) == ("purpose_outside_tasks", "coaching")
-    assert refusal(step(api, health, "restore")) == (
-        "scope_outside_tasks", "health_work_capacity")
+    assert refusal(step(api, health, "restore")) == ("purpose_outside_tasks", "coaching")
 
 
 # -- agreements: rescission and notice -------------------------------------------------

@@ -46,8 +46,9 @@ def matches(expected: str, output: str) -> bool:
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     # The embedded default store and the demo keys: no PDP_DATABASE_URL, no PDP_API_KEYS.
     tmp = tmp_path_factory.mktemp("demo")
-    server = start_server(tmp, env={"PDP_DATABASE_URL": "", "PDP_API_KEYS": ""},
-                          args=("--demo",))
+    # No PDP_REGISTER_BEFORE either: --demo sets the register's cut-over of its own.
+    server = start_server(tmp, env={"PDP_DATABASE_URL": "", "PDP_API_KEYS": "",
+                                    "PDP_REGISTER_BEFORE": None}, args=("--demo",))
     yield server
     stop_server(server)
 

@@ -297,16 +297,20 @@ def test_an_agreements_status_and_end_change_only_by_notice_and_rescission(
         "valid_until"]) == datetime.fromisoformat(ends_at)
     assert outcome(pep, world) == (True, "allowed")
 
-    # Nor around it by deleting: no agreement ends every right at once, and a new
-    # agreement in force wakes none of them up.
-    assert admin.delete("/v1/agreements/915").status_code == 200
-    got = admin.get(f"/v1/grants/{world.grant}").json()
-    assert got["state"] == "revoked"
-    last = history(admin, world.grant)[-1]
-    assert (last["type"], last["reason"]) == ("grant.revoked", "agreement_ended")
-    assert admin.put("/v1/agreements/915", json={**base, "status": "in_force"}
-                     ).status_code == 200
-    assert outcome(pep, world) == (False, "no_active_grant")
+    # Nor around it by deleting: a delete would end the rights without the rescind step,
+    # and a new agreement written in force after it would wipe the notice. An agreement
+    # is not deleted: 409 use_workflow naming rescind, and nothing changes.
+    events = history(admin, world.grant)
+    at = version(admin)
+    use_workflow(admin.delete("/v1/agreements/915"), "rescind", "id")
+    assert version(admin) == at
+    kept = admin.get("/v1/agreements/915").json()
+    assert (kept["status"], kept["ends_at"]) == ("notice_given", ends_at)
+    assert history(admin, world.grant) == events
+    assert admin.get(f"/v1/grants/{world.grant}").json()["state"] == "active"
+    assert outcome(pep, world) == (True, "allowed")
+    # a delete of an agreement that does not exist is not found, as before
+    assert_error(admin.delete("/v1/agreements/996"), 404, "not_found")
 
 
 # -- the register of rights before the service -------------------------------------------
@@ -425,6 +429,61 @@ def test_the_register_is_all_or_nothing(admin: httpx.Client) -> None:
         "valid_until": iso(utcnow() + timedelta(days=30)), "legal_basis": "x",
         "justification": "again"})
     assert_error(taken, 409, "id_taken")
+
+
+def test_the_register_holds_only_rights_granted_before_its_cut_over(
+        tmp_path: Path) -> None:
+    """DOMAIN.md: the register is of rights granted before the service, imported once.
+    Every approval and opening lies before PDP_REGISTER_BEFORE (400 naming the field);
+    with no cut-over configured the register is closed (409 register_closed)."""
+    now = utcnow()
+    cut_over = now - timedelta(days=20)
+    (tmp_path / "open").mkdir()
+    (tmp_path / "closed").mkdir()
+    running = start_server(tmp_path / "open", env={"PDP_REGISTER_BEFORE": iso(cut_over)})
+    try:
+        with running.client("t-admin") as admin:
+            world = World(admin, grant=False).build()
+            start = version(admin)
+            for name in ("approved_at", "activated_at"):
+                item = register_item(new_id(world), world.grant_data())
+                item["approval"] = {**item["approval"],
+                                    "approved_at": iso(now - timedelta(days=30)),
+                                    "activated_at": iso(now - timedelta(days=25))}
+                # a minute ago, or exactly at the cut-over: after the service began
+                for late in (now - timedelta(minutes=1), cut_over):
+                    item["approval"][name] = iso(late)
+                    if name == "approved_at":
+                        item["approval"]["activated_at"] = iso(late)
+                    error = assert_error(admin.post("/v1/grants:import",
+                                                    json={"grants": [item]}),
+                                         400, "invalid_request")
+                    assert error["details"][0]["field"] == f"grants[0].approval.{name}"
+                    assert "PDP_REGISTER_BEFORE" in error["message"], error
+                    assert_error(admin.get(f"/v1/grants/{item['id']}"), 404, "not_found")
+            assert version(admin) == start
+            item = register_item(new_id(world), world.grant_data())
+            item["approval"] = {**item["approval"],
+                                "approved_at": iso(cut_over - timedelta(days=3)),
+                                "activated_at": iso(cut_over - timedelta(seconds=1))}
+            done = admin.post("/v1/grants:import", json={"grants": [item]})
+            assert done.status_code == 200, done.text
+    finally:
+        stop_server(running)
+
+    closed = start_server(tmp_path / "closed", env={"PDP_REGISTER_BEFORE": None})
+    try:
+        with closed.client("t-admin") as admin:
+            world = World(admin, grant=False).build()
+            start = version(admin)
+            item = register_item(new_id(world), world.grant_data())
+            error = assert_error(admin.post("/v1/grants:import", json={"grants": [item]}),
+                                 409, "register_closed")
+            assert "PDP_REGISTER_BEFORE" in error["message"], error
+            assert_error(admin.get(f"/v1/grants/{item['id']}"), 404, "not_found")
+            assert version(admin) == start
+    finally:
+        stop_server(closed)
 
 
 # -- a right is for its purposes ----------------------------------------------------------
