@@ -118,8 +118,13 @@ def tags_in(path: Path, relative: str) -> list[tuple[list[str], str, str]]:
             where = f"`{relative}::{name}`"
         elif kind == "tests":
             where = f"`{relative}`: {name}"
+        elif path.suffix == ".polar":
+            # The rule's head names it (several clauses share a name); no line numbers,
+            # so that an edit elsewhere in the file leaves the matrix as it is.
+            head = lines[line_number - 1].split(" if", 1)[0].rstrip(" ;")
+            where = f"`{relative}` `{head[:100]}`"
         else:
-            where = f"`{relative}:{line_number}` {name}"
+            where = f"`{relative}` {name}"
         found.append((ids, kind, where))
     return found
 
