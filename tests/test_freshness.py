@@ -58,20 +58,23 @@ def test_ended_relationship_is_denied_next(pep: httpx.Client, warm: World) -> No
 
 
 def test_rescinded_agreement_is_denied_next(pep: httpx.Client, admin: httpx.Client) -> None:
-    world = World(admin, municipality="844").build()
+    # 178 is this test's own: a rescinded agreement is never put back in force.
+    world = World(admin, municipality="178").build()
     assert decide(pep, world.request())["decision"] is True
     assert decide(pep, world.request())["decision"] is True
-    rescinded = admin.post("/v1/agreements/844/rescind", json={"reason": "misuse"})
+    rescinded = admin.post("/v1/agreements/178/rescind", json={"reason": "misuse"})
     assert rescinded.status_code == 200, rescinded.text
     assert decide(pep, world.request())["context"]["reason"] == "agreement_not_in_force"
-    # Rescission revoked every right of the municipality: a new agreement (the ended one
-    # removed first: none is put back in force) needs new rights.
-    assert admin.delete("/v1/agreements/844").status_code == 200
-    world.put("agreements", "844", {"area": "kuopio", "status": "in_force",
-                                    "signed_at": "2025-01-01T00:00:00+02:00"})
-    assert decide(pep, world.request())["context"]["reason"] == "no_active_grant"
+    # Rescission revoked every right of the municipality, and no write puts the
+    # agreement back in force or removes it.
     revoked = world.admin.get(f"/v1/grants/{world.grant}").json()
     assert revoked["status"] == "revoked"
+    back = admin.put("/v1/agreements/178", json={"area": "kuopio", "status": "in_force",
+                                                  "signed_at": "2025-01-01T00:00:00+02:00"})
+    assert back.status_code == 409 and back.json()["error"]["code"] == "use_workflow"
+    gone = admin.delete("/v1/agreements/178")
+    assert gone.status_code == 409 and gone.json()["error"]["code"] == "use_workflow"
+    assert decide(pep, world.request())["context"]["reason"] == "agreement_not_in_force"
 
 
 def test_area_membership_change_is_seen_next(pep: httpx.Client, admin: httpx.Client) -> None:

@@ -57,7 +57,8 @@ def test_a_right_is_for_the_purposes_it_was_approved_for(admin: httpx.Client,
     world = World(admin, grant=False).build()
     world.put("users", world.user, {"municipality": world.municipality, "display_name": "T",
                                     "tasks": ["coaching", "training"], "status": "active"})
-    world.import_grant(world.grant, world.grant_data(purposes=["training"]))
+    world.import_grant(world.grant, world.grant_data(purposes=["training"],
+                                                     scopes=["name_contact"]))
     denied = decide(pep, world.request(category="name_contact"))
     assert (denied["decision"], denied["context"]["reason"]) == (False, "purpose_invalid")
     world.put("relationships", f"{world.p}-r2", {
