@@ -17,7 +17,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, StringConstraints
 from starlette.concurrency import run_in_threadpool
 
-from pdp.auth import MUNICIPALITY_ADMIN
+from pdp.auth import MUNICIPALITY_ADMIN, Caller
 from pdp.clock import to_micros
 from pdp.errors import NOT_FOUND, ApiError
 from pdp.facts import REAL_TEXT, Id
@@ -105,14 +105,20 @@ def monitoring_router(runtime: Runtime) -> APIRouter:
             observed=body.observed, justification=body.justification, by=caller.name,
             now_us=now_us()))
 
+    async def case_for(caller: Caller, case_id: str, roles: list[str]) -> dict[str, Any]:
+        """The case, if the caller acts for its municipality in one of `roles`; 404 for
+        another municipality's case as for an unknown one."""
+        case: dict[str, Any] | None = await run_in_threadpool(cases.get, case_id)
+        if case is None or not caller.acts_for(case["municipality"], roles):
+            raise ApiError(404, NOT_FOUND, f"no case {case_id!r}")
+        return case
+
     # carries: C-18, C-19
     @router.post("/v1/monitoring/cases/{case_id}/comments", status_code=201)
     async def comment(case_id: str, request: Request) -> dict[str, Any]:
         caller = auth.require(request.headers.get("authorization"), COMMENTERS)
         body = parse_body(Comment, await read_json(request, limit_bytes))
-        case = await run_in_threadpool(cases.get, case_id)
-        if case is None or not caller.acts_for(case["municipality"], COMMENTERS):
-            raise ApiError(404, NOT_FOUND, f"no case {case_id!r}")
+        await case_for(caller, case_id, COMMENTERS)
         try:
             added = await run_in_threadpool(cases.comment, case_id, body.text, caller.name,
                                             now_us())
@@ -127,9 +133,7 @@ def monitoring_router(runtime: Runtime) -> APIRouter:
     async def resolve(case_id: str, request: Request) -> dict[str, Any]:
         caller = auth.require(request.headers.get("authorization"), RESOLVERS)
         body = parse_body(Resolution, await read_json(request, limit_bytes))
-        case = await run_in_threadpool(cases.get, case_id)
-        if case is None or not caller.acts_for(case["municipality"], RESOLVERS):
-            raise ApiError(404, NOT_FOUND, f"no case {case_id!r}")
+        case = await case_for(caller, case_id, RESOLVERS)
         try:
             resolved = await run_in_threadpool(
                 cases.resolve, case_id, body.outcome, body.note, caller.name, now_us())
