@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from pdp.demo import demo_facts, demo_register, demo_register_before
+from pdp.service.demo import demo_facts, demo_register, demo_register_before
 
 TOKEN = "bench-admin"
 USERS = [("u-1001", "749", "coaching"), ("u-1002", "749", "guidance"),

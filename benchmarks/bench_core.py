@@ -11,14 +11,14 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from pdp.api import parse_batch
-from pdp.core import DecisionRequest, check_policy, decide
-from pdp.decider import Decider
-from pdp.demo import demo_facts, demo_grant_facts
-from pdp.factindex import FactIndex
-from pdp.policy_engine import load_policy
-from pdp.settings import DEFAULT_POLICY_DIR
-from pdp.store import ChangeRecord
+from pdp.engine.core import DecisionRequest, check_policy, decide
+from pdp.engine.decider import Decider
+from pdp.engine.factindex import FactIndex
+from pdp.engine.facts_service import parse_batch
+from pdp.engine.policy_engine import load_policy
+from pdp.service.demo import demo_facts, demo_grant_facts
+from pdp.service.settings import DEFAULT_POLICY_DIR
+from pdp.store.protocols import ChangeRecord
 
 
 def per_call(fn: Callable[[], object], seconds: float) -> float:

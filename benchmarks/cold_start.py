@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from propagation import ADMIN_TOKEN, KEYS, free_port, stop_process
 from workload import Sizes, world_facts
 
-from pdp.api import parse_batch
-from pdp.sqlstore import open_store
+from pdp.engine.facts_service import parse_batch
+from pdp.store.sql import open_store
 
 # The world's facts besides clients and their relationships: areas, agreements, users,
 # grants (about this many for 2 000 users).

@@ -47,7 +47,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import propagation as infra  # the shared benchmark infrastructure
 
-from pdp.demo import demo_facts
+from pdp.service.demo import demo_facts
 
 CATEGORIES = ["name_contact", "service_needs_plans", "client_relationship",
               "education_work_history", "offers_referrals", "services_assessments",

@@ -28,10 +28,10 @@ import httpx
 from peers import cerbos_peer
 from workload import Request
 
-from pdp.api import parse_batch
-from pdp.factindex import FactIndex
-from pdp.sqlstore import open_store
-from pdp.vocab import ACTIONS, CATEGORIES, SERVICES
+from pdp.engine.factindex import FactIndex
+from pdp.engine.facts_service import parse_batch
+from pdp.model.vocab import ACTIONS, CATEGORIES, SERVICES
+from pdp.store.sql import open_store
 
 TOKEN = "bench-pep"
 LUA = """

@@ -47,7 +47,7 @@ import httpx
 import psycopg
 from psycopg import sql
 
-from pdp.demo import demo_facts, demo_register, demo_register_before
+from pdp.service.demo import demo_facts, demo_register, demo_register_before
 
 PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
 ADMIN_TOKEN = "bench-admin"

@@ -40,14 +40,14 @@ import propagation
 from peers import cedar, cerbos_peer
 from workload import NOW, Request, Sizes, describe, fact_index, request_mix, world_facts
 
-from pdp.api import tune_gc
-from pdp.clock import to_micros
-from pdp.core import decide
-from pdp.decider import Decider
-from pdp.factindex import FactIndex
-from pdp.policy_engine import CompiledPolicy, load_policy
-from pdp.search import search_resources
-from pdp.settings import DEFAULT_POLICY_DIR
+from pdp.engine.core import decide
+from pdp.engine.decider import Decider
+from pdp.engine.factindex import FactIndex
+from pdp.engine.policy_engine import CompiledPolicy, load_policy
+from pdp.engine.search import search_resources
+from pdp.http.app import tune_gc
+from pdp.model.clock import to_micros
+from pdp.service.settings import DEFAULT_POLICY_DIR
 
 WARM, SHAPES, COLD = ("pdp warm (memoised)", "pdp cold, answers by shape kept",
                       "pdp cold, nothing memoised")

@@ -23,14 +23,14 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pdp.api import parse_batch
-from pdp.decider import Decider
-from pdp.demo import demo_facts, demo_grant_facts
-from pdp.factindex import FactIndex
-from pdp.policy_engine import load_policy
-from pdp.search import Page, search_resources
-from pdp.settings import DEFAULT_POLICY_DIR
-from pdp.store import ChangeRecord
+from pdp.engine.decider import Decider
+from pdp.engine.factindex import FactIndex
+from pdp.engine.facts_service import parse_batch
+from pdp.engine.policy_engine import load_policy
+from pdp.engine.search import Page, search_resources
+from pdp.service.demo import demo_facts, demo_grant_facts
+from pdp.service.settings import DEFAULT_POLICY_DIR
+from pdp.store.protocols import ChangeRecord
 
 USER, PURPOSE, CATEGORY = "u-1001", "coaching", "service_needs_plans"
 

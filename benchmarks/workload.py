@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pdp.api import parse_batch
-from pdp.core import DecisionRequest
-from pdp.decider import Decider
-from pdp.factindex import FactIndex
-from pdp.policy_engine import CompiledPolicy
-from pdp.store import ChangeRecord
-from pdp.vocab import ACTIONS, CATEGORIES, SERVICES
+from pdp.engine.core import DecisionRequest
+from pdp.engine.decider import Decider
+from pdp.engine.factindex import FactIndex
+from pdp.engine.facts_service import parse_batch
+from pdp.engine.policy_engine import CompiledPolicy
+from pdp.model.vocab import ACTIONS, CATEGORIES, SERVICES
+from pdp.store.protocols import ChangeRecord
 
 AREA = [("297", "Kuopio"), ("749", "Siilinjärvi"), ("844", "Tuusniemi"), ("686", "Rautavaara"),
         ("204", "Kaavi"), ("420", "Leppävirta"), ("915", "Varkaus"), ("239", "Keitele"),

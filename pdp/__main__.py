@@ -1,4 +1,4 @@
-from pdp.cli import main
+from pdp.cli.main import main
 
 if __name__ == "__main__":  # not when a spawned worker process imports this module
     main()

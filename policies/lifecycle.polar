@@ -35,7 +35,7 @@ checked_step("restore");
 # Limits on a right (at application, approval, opening and restoring), in order:
 # grant_refusal(a, rule, detail) gives the first limit the right breaks.
 #
-# The input `a` is a flat record (pdp/lifecycle.py): now, user_known, user_status,
+# The input `a` is a flat record (pdp/rights/lifecycle.py): now, user_known, user_status,
 # user_tasks, agreement_status, agreement_ends_at, purposes (the services the right is
 # for), scopes, actions, valid_from, valid_until, max_valid_until (valid_from plus the
 # longest period allowed).

@@ -14,7 +14,7 @@
 # reason holds for every category and action (twenty solutions would cost twenty times
 # the work in the Polar VM, which is slow per step: keep the rules lean).
 #
-# The input `r` is a flat record made by pdp/policy_input.py from the facts:
+# The input `r` is a flat record made by pdp/engine/policy_input.py from the facts:
 #   now                        decision time, integer microseconds since the epoch
 #   user_known, user_id, user_status, user_municipality, user_tasks, user_client_id
 #   agreement_status, agreement_ends_at, agreement_assignment_required
@@ -32,7 +32,7 @@
 # Absent values are never nil: a missing end is the largest integer (open-ended), a
 # missing string is "" and a missing list is []. Comparisons stay in the policy VM.
 #
-# Invariants the decision cache relies on (pdp/decider.py, pdp/policy_input.py):
+# Invariants the decision cache relies on (pdp/engine/decider.py, pdp/engine/policy_input.py):
 # - `r.now` is only ever compared (<, <=) with timestamps from the input, so a decision
 #   holds until the next of them after now;
 # - timestamps are only compared with `r.now`, never with each other, computed with or

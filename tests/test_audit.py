@@ -30,9 +30,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from pdp.audit import RECORD_FIELDS, AuditLog, AuditRecord, record_hash, records_table
-from pdp.clock import to_micros
-from pdp.sqlstore import open_store
+from pdp.audit.log import RECORD_FIELDS, AuditLog, AuditRecord, record_hash, records_table
+from pdp.model.clock import to_micros
+from pdp.store.sql import open_store
 from tests.conftest import KEYS, Server, World, start_server, stop_server
 
 AUDITOR = "t-auditor"
@@ -46,7 +46,7 @@ FINGERPRINT_KEY = "audit-fingerprint-key-0123456789"
 
 
 def key_name(token: str) -> str:
-    """The name the service gives a key that has none (pdp.auth's fingerprint: an HMAC
+    """The name the service gives a key that has none (pdp.model.callers's fingerprint: an HMAC
     of the token with PDP_FINGERPRINT_KEY)."""
     return "key-" + hmac.new(FINGERPRINT_KEY.encode(), token.encode(),
                              hashlib.sha256).hexdigest()[:16]
@@ -1302,7 +1302,7 @@ def test_export_runs_in_constant_memory(fmt: str,
 def test_two_logs_on_one_postgresql_chain_every_record_once() -> None:
     """Two processes' logs (two AuditLog objects, as two replicas) write segments at once
     and index each other's: every record lands once in the record chain, which verifies."""
-    from pdp.sqlstore import open_store
+    from pdp.store.sql import open_store
     from tests.pg import PG_HOST, PG_PORT, fresh_database
 
     with fresh_database("pdp_audit") as name:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pdp.demo import demo_facts, demo_register, demo_register_before
+from pdp.service.demo import demo_facts, demo_register, demo_register_before
 from tests.conftest import ROOT, Server
 
 
@@ -135,12 +135,12 @@ def test_import_refuses_a_taken_user_id(tmp_path: Path) -> None:
     """A deleted user whom a right names: nobody may become that user (the right would be
     theirs); the import fails as a whole, with no traceback. A right of the register names
     a user who is there (else nothing is imported)."""
-    from pdp.facts_service import FactService
-    from pdp.lifecycle import Lifecycle
-    from pdp.policy_engine import load_policy
-    from pdp.settings import DEFAULT_POLICY_DIR
-    from pdp.sqlstore import open_store
-    from pdp.store import Change
+    from pdp.engine.facts_service import FactService
+    from pdp.engine.policy_engine import load_policy
+    from pdp.rights.lifecycle import Lifecycle
+    from pdp.service.settings import DEFAULT_POLICY_DIR
+    from pdp.store.protocols import Change
+    from pdp.store.sql import open_store
 
     url = f"sqlite:///{tmp_path / 'facts.sqlite3'}"
     env = {"PDP_DATABASE_URL": url, "PDP_REGISTER_BEFORE": demo_register_before().isoformat()}
@@ -204,11 +204,11 @@ def test_policy_test_passes_and_a_broken_case_fails(tmp_path: Path) -> None:
 def test_grants_list_due_and_history(tmp_path: Path) -> None:
     from datetime import UTC, datetime
 
-    from pdp.facts_service import FactService
-    from pdp.lifecycle import Lifecycle, Revocation
-    from pdp.policy_engine import load_policy
-    from pdp.settings import DEFAULT_POLICY_DIR
-    from pdp.sqlstore import open_store
+    from pdp.engine.facts_service import FactService
+    from pdp.engine.policy_engine import load_policy
+    from pdp.rights.lifecycle import Lifecycle, Revocation
+    from pdp.service.settings import DEFAULT_POLICY_DIR
+    from pdp.store.sql import open_store
 
     url = f"sqlite:///{tmp_path / 'facts.sqlite3'}"
     now = datetime.now(UTC)

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from pdp.core import POLICY_ERROR, DecisionRequest, check_policy, decide
-from pdp.decider import Decider
-from pdp.factindex import FactIndex
-from pdp.policy_engine import PolicyError, load_policy
-from pdp.settings import DEFAULT_POLICY_DIR
-from pdp.store import ChangeRecord
+from pdp.engine.core import POLICY_ERROR, DecisionRequest, check_policy, decide
+from pdp.engine.decider import Decider
+from pdp.engine.factindex import FactIndex
+from pdp.engine.policy_engine import PolicyError, load_policy
+from pdp.service.settings import DEFAULT_POLICY_DIR
+from pdp.store.protocols import ChangeRecord
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 GRANT_END = T0 + timedelta(days=10)

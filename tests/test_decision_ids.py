@@ -20,7 +20,7 @@ import httpx
 import pytest
 from conftest import Server, World
 
-from pdp.facts import ID_RULE
+from pdp.model.facts import ID_RULE
 
 _ids = itertools.count(1)
 

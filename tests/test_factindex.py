@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from pdp.demo import demo_facts
-from pdp.factindex import FactIndex, client_row, relationship_row
-from pdp.facts import dump_fact, parse_fact
-from pdp.store import StoredFact
+from pdp.engine.factindex import FactIndex, client_row, relationship_row
+from pdp.model.facts import dump_fact, parse_fact
+from pdp.service.demo import demo_facts
+from pdp.store.protocols import StoredFact
 
 GOOD = {"client": "c-1", "municipality": "749", "service": "coaching",
         "starts_at": "2026-01-01T00:00:00+02:00", "assigned_users": ["u-1"]}

@@ -30,7 +30,7 @@ import orjson
 import pytest
 from conftest import KEYS, Server, World, start_server, stop_server
 
-from pdp.access import ACCESS, Open, compile_table, find_rule
+from pdp.http.access import ACCESS, Open, compile_table, find_rule
 
 _ids = itertools.count(1)
 JSON = {"Content-Type": "application/json"}
@@ -97,9 +97,9 @@ def metrics_statuses(server: Server) -> set[str]:
 def app_routes(tmp: Path) -> list[tuple[str, str]]:
     """(method, path) of every route of the app, from its route table (included routers
     walked into), as `pdp serve` builds it."""
-    from pdp.api import create_app
-    from pdp.runtime import build_runtime
-    from pdp.settings import Settings
+    from pdp.http.app import create_app
+    from pdp.service.runtime import build_runtime
+    from pdp.service.settings import Settings
 
     settings = Settings(database_url=f"sqlite:///{tmp / 'routes.sqlite3'}", audit_log=False,
                         public_url="http://127.0.0.1:8080")
@@ -158,7 +158,7 @@ def test_every_route_of_the_app_has_a_line_in_the_access_table(
     for method, path in routes:
         entry, rule, _ = find_rule(paths, method, concrete(path, junk=False))
         assert rule is not None and entry is not None and entry.path == path, \
-            f"{method} {path}: no line of its own in pdp.access.ACCESS"
+            f"{method} {path}: no line of its own in pdp.http.access.ACCESS"
         assert isinstance(rule, Open) == (path in OPEN), f"{method} {path}"
 
 

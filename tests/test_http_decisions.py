@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from pdp.settings import check_public_url, public_url_for
+from pdp.service.settings import check_public_url, public_url_for
 from tests.conftest import World, decide, start_server, stop_server
 
 

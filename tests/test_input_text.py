@@ -31,8 +31,8 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
 
 def test_codes_and_patterns_are_checked_exactly() -> None:
     """Python's `re` lets `$` match before a trailing newline: every check is a fullmatch."""
-    from pdp.auth import check_role
-    from pdp.report import month_bounds
+    from pdp.model.callers import check_role
+    from pdp.rights.report import month_bounds
 
     check_role("municipality_admin:749")
     for bad in ("municipality_admin:749\n", "municipality_admin:7490", "pep\n"):
@@ -115,7 +115,7 @@ REAL = ["court case 12/2026", "line one\n\tline two", "a form's\r\nline break",
 
 
 def test_one_rule_of_real_text() -> None:
-    from pdp.facts import is_real_text, real_text
+    from pdp.model.facts import is_real_text, real_text
 
     for text in [*BLANK, *INVISIBLE.values()]:
         assert not is_real_text(text), repr(text)
@@ -200,8 +200,8 @@ def test_a_legal_hold_is_placed_and_released_only_with_a_real_reason(
 
 
 def test_the_log_itself_refuses_a_hold_without_a_real_reason(tmp_path: Path) -> None:
-    from pdp.audit import AuditLog
-    from pdp.sqlstore import open_store
+    from pdp.audit.log import AuditLog
+    from pdp.store.sql import open_store
 
     store = open_store(f"sqlite:///{tmp_path / 'holds.sqlite3'}")
     log = AuditLog(store.engine)

@@ -66,7 +66,7 @@ REFUSED = [(state, step) for state, steps in ALLOWED.items() for step in STEPS
            if step not in steps]
 WALKS = [(state, step) for state, steps in ALLOWED.items() for step in steps]
 
-# Who may take each step (pdp/api_lifecycle.py STEP_ROLES); the rest get 403.
+# Who may take each step (pdp/http/rights.py STEP_ROLES); the rest get 403.
 MAY_TAKE: dict[str, set[str]] = {
     "approve": {"t-grants", "t-both", "t-admin"},
     "activate": {"t-keha", "t-admin"},
@@ -123,7 +123,7 @@ def api(server: Server) -> Iterator[Api]:
 
 
 def actor(token: str) -> str:
-    """Who the history says acted for a token configured without a name (pdp/auth.py):
+    """Who the history says acted for a token configured without a name (pdp/model/callers.py):
     an HMAC of the token with this module's PDP_FINGERPRINT_KEY."""
     return "key-" + hmac.new(FINGERPRINT_KEY.encode(), token.encode(),
                              hashlib.sha256).hexdigest()[:16]

@@ -474,9 +474,9 @@ def test_random_sample_of_allowed_accesses(monitored: Server, admin: httpx.Clien
 
 def test_bulk_window_counts_distinct_clients_and_forgets_old_ones() -> None:
     """Unit level: the window keeps distinct clients in constant time per decision."""
-    from pdp.audit import AuditRecord
-    from pdp.factindex import FactIndex
-    from pdp.monitoring import Detector, MonitoringConfig
+    from pdp.audit.log import AuditRecord
+    from pdp.engine.factindex import FactIndex
+    from pdp.rights.monitoring import Detector, MonitoringConfig
 
     config = MonitoringConfig.model_validate({"rules": {"bulk": {
         "description": "bulk", "distinct_clients": True, "threshold": 3,

@@ -44,7 +44,7 @@ def test_openapi_states_the_real_statuses_and_bodies(server: Server) -> None:
 def test_openapi_states_the_503s_and_the_body_of_a_hold_release(server: Server) -> None:
     """No 503 was listed anywhere, though /readyz, decisions, searches, reads of the log
     and writes to the store answer it; the JSON body of a hold's release was missing."""
-    from pdp.openapi import UNAVAILABLE
+    from pdp.http.openapi import UNAVAILABLE
 
     document = httpx.get(server.url + "/openapi.json", timeout=10).json()
     paths = document["paths"]
@@ -88,7 +88,7 @@ def test_openapi_states_the_503s_and_the_body_of_a_hold_release(server: Server) 
 
 def test_every_table_of_the_document_names_a_real_operation(server: Server) -> None:
     """`POST /v1/grants:import` was in the tables, with no such route (now it has one)."""
-    from pdp.openapi import BODIES, CONFLICTS, OPTIONAL_BODIES
+    from pdp.http.openapi import BODIES, CONFLICTS, OPTIONAL_BODIES
 
     document = httpx.get(server.url + "/openapi.json", timeout=10).json()
     paths = document["paths"]

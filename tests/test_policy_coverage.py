@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pdp.policy_coverage import clauses, exemptions, reachable, switched_off
-from pdp.policy_engine import load_policy
+from pdp.engine.policy_coverage import clauses, exemptions, reachable, switched_off
+from pdp.engine.policy_engine import load_policy
 
 ROOT = Path(__file__).parent.parent
 SOURCE = '''# a comment; with a semicolon

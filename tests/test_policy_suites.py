@@ -1,5 +1,5 @@
 """The policy's test suites (policies/tests/*.yaml), one pytest test per case, and tests
-of the suite runner itself (pdp.policy_tests)."""
+of the suite runner itself (pdp.engine.policy_tests)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from pdp.core import check_policy
-from pdp.policy_engine import CompiledPolicy, load_policy
-from pdp.policy_tests import (
+from pdp.engine.core import check_policy
+from pdp.engine.policy_engine import CompiledPolicy, load_policy
+from pdp.engine.policy_tests import (
     Case,
     Suite,
     SuiteError,
@@ -22,7 +22,7 @@ from pdp.policy_tests import (
     run_case,
     run_suites,
 )
-from pdp.vocab import REASONS, SERVICES
+from pdp.model.vocab import REASONS, SERVICES
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY_DIR = ROOT / "policies"

@@ -1,6 +1,6 @@
-"""No code runs from a policy: the safe subset (pdp.policy_vet), the guarded query loop
-(pdp.policy_engine) and the sandbox of candidates (pdp.policy_sandbox), each tested with
-the escapes an attacker with a policy_admin token would try, over every way in."""
+"""No code runs from a policy: the safe subset (pdp.engine.policy_vet), the guarded query
+loop (pdp.engine.policy_engine) and the sandbox of candidates (pdp.engine.policy_sandbox),
+each tested with the escapes an attacker with a policy_admin token would try, over every way in."""
 
 from __future__ import annotations
 
@@ -12,16 +12,23 @@ from typing import Any
 
 import pytest
 
-import pdp.policy_engine as engine
-from pdp.clock import to_micros
-from pdp.factindex import FactIndex
-from pdp.policy_engine import PolicyError, PolicyEscape, compile_sources, read_policy
-from pdp.policy_input import policy_record
-from pdp.policy_manager import PolicyRejected, vet_policy
-from pdp.policy_sandbox import SandboxedPolicy, SandboxLimits
-from pdp.policy_schema import DECISION_RECORD, FIELDS, GRANT, RELATIONSHIP, RIGHT, policy_input
-from pdp.policy_vet import violations_in
-from pdp.settings import DEFAULT_POLICY_DIR
+import pdp.engine.policy_engine as engine
+from pdp.engine.factindex import FactIndex
+from pdp.engine.policy_engine import PolicyError, PolicyEscape, compile_sources, read_policy
+from pdp.engine.policy_input import policy_record
+from pdp.engine.policy_manager import PolicyRejected, vet_policy
+from pdp.engine.policy_sandbox import SandboxedPolicy, SandboxLimits
+from pdp.engine.policy_vet import violations_in
+from pdp.model.clock import to_micros
+from pdp.model.policy_schema import (
+    DECISION_RECORD,
+    FIELDS,
+    GRANT,
+    RELATIONSHIP,
+    RIGHT,
+    policy_input,
+)
+from pdp.service.settings import DEFAULT_POLICY_DIR
 from tests.conftest import Server, start_server, stop_server
 
 # The escape of the issue, verbatim in spirit: from a string to os.system.
@@ -364,15 +371,15 @@ def test_terms_just_within_the_limits_load_and_answer() -> None:
 
 
 def test_no_more_than_two_candidates_are_tested_at_once(tmp_path: Path) -> None:
-    from pdp.metrics import Metrics
-    from pdp.shadow import MAX_CANDIDATE_RUNS, CandidateError, Candidates
+    from pdp.engine.metrics import Metrics
+    from pdp.engine.shadow import MAX_CANDIDATE_RUNS, CandidateError, Candidates
 
     candidates = Candidates(DEFAULT_POLICY_DIR, FactIndex(), Metrics(), budget_seconds=0.2)
     for _ in range(MAX_CANDIDATE_RUNS):  # as if that many were running
         assert candidates._runs.acquire(timeout=1)
     with pytest.raises(CandidateError) as busy:
         candidates.test(read_policy(DEFAULT_POLICY_DIR))
-    assert busy.value.status == 503
+    assert busy.value.code == "unavailable" and busy.value.retry_after == 5
     candidates._runs.release()
     candidates.budget_seconds = 60
     version, report = candidates.test(read_policy(DEFAULT_POLICY_DIR))

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from pdp.audit import AuditLog, AuditRecord, new_record_id
-from pdp.clock import to_micros
-from pdp.monitoring import Cases, Hit
-from pdp.report import month_bounds, monthly_report
-from pdp.sqlstore import open_store
-from pdp.store import Change
+from pdp.audit.log import AuditLog, AuditRecord, new_record_id
+from pdp.model.clock import to_micros
+from pdp.rights.monitoring import Cases, Hit
+from pdp.rights.report import month_bounds, monthly_report
+from pdp.store.protocols import Change
+from pdp.store.sql import open_store
 from tests.conftest import ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -14,12 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings, target
 from hypothesis import strategies as st
 
-from pdp.api import parse_batch
-from pdp.core import DecisionRequest
-from pdp.decider import Decider
-from pdp.factindex import FactIndex
-from pdp.policy_engine import CompiledPolicy, load_policy
-from pdp.search import (
+from pdp.engine.core import DecisionRequest
+from pdp.engine.decider import Decider
+from pdp.engine.factindex import FactIndex
+from pdp.engine.facts_service import parse_batch
+from pdp.engine.policy_engine import CompiledPolicy, load_policy
+from pdp.engine.search import (
     BadToken,
     Page,
     decode_token,
@@ -28,9 +28,9 @@ from pdp.search import (
     search_resources,
     search_subjects,
 )
-from pdp.settings import DEFAULT_POLICY_DIR
-from pdp.store import ChangeRecord
-from pdp.vocab import ACTIONS, CATEGORIES, SERVICES
+from pdp.model.vocab import ACTIONS, CATEGORIES, SERVICES
+from pdp.service.settings import DEFAULT_POLICY_DIR
+from pdp.store.protocols import ChangeRecord
 from tests.conftest import Server, World, start_server, stop_server
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

@@ -7,13 +7,13 @@ import threading
 import time
 from typing import Any
 
-from pdp.core import Decision, DecisionRequest
-from pdp.factindex import FactIndex
-from pdp.metrics import Metrics
-from pdp.policy_engine import read_policy
-from pdp.policy_sandbox import SandboxedPolicy
-from pdp.settings import DEFAULT_POLICY_DIR
-from pdp.shadow import Shadow
+from pdp.engine.core import Decision, DecisionRequest
+from pdp.engine.factindex import FactIndex
+from pdp.engine.metrics import Metrics
+from pdp.engine.policy_engine import read_policy
+from pdp.engine.policy_sandbox import SandboxedPolicy
+from pdp.engine.shadow import Shadow
+from pdp.service.settings import DEFAULT_POLICY_DIR
 
 REQUEST = DecisionRequest("u", "c", "name_contact", "read", "coaching")
 

@@ -11,10 +11,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pdp.clock import to_micros
-from pdp.core import DecisionRequest, evaluate_outcomes
-from pdp.policy_input import policy_record, record_shape
-from pdp.vocab import SERVICES
+from pdp.engine.core import DecisionRequest, evaluate_outcomes
+from pdp.engine.policy_input import policy_record, record_shape
+from pdp.model.clock import to_micros
+from pdp.model.vocab import SERVICES
 from tests.test_search import NOW, build, policy, worlds
 
 

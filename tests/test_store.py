@@ -19,15 +19,8 @@ import sqlalchemy as sa
 from alembic import command
 from psycopg import sql
 
-from pdp.facts import parse_fact
-from pdp.sqlstore import (
-    SqlFactStore,
-    _alembic_config,
-    open_store,
-    upgrade,
-    write_transaction,
-)
-from pdp.store import (
+from pdp.model.facts import parse_fact
+from pdp.store.protocols import (
     Change,
     ChangeRecord,
     Conflict,
@@ -38,6 +31,13 @@ from pdp.store import (
     StoredEvent,
     StoredFact,
     StoreUnavailable,
+)
+from pdp.store.sql import (
+    SqlFactStore,
+    _alembic_config,
+    open_store,
+    upgrade,
+    write_transaction,
 )
 from tests.pg import PG_ADMIN_DB, PG_HOST, PG_PORT, fresh_database, pg_connect
 

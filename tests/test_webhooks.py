@@ -25,12 +25,12 @@ from typing import Any
 import httpx
 import pytest
 
-from pdp.egress import AllowList, EgressRefused, checked_addresses, refusal
-from pdp.events import signature, verify, webhook_headers
-from pdp.settings import Settings, Webhook
-from pdp.sqlstore import open_store
-from pdp.store import Event
-from pdp.webhooks import WebhookDispatcher
+from pdp.rights.egress import AllowList, EgressRefused, checked_addresses, refusal
+from pdp.rights.events import signature, verify, webhook_headers
+from pdp.rights.webhooks import Webhook, WebhookDispatcher
+from pdp.service.settings import Settings
+from pdp.store.protocols import Event
+from pdp.store.sql import open_store
 from tests.conftest import Server, World, free_port, start_server, stop_server
 
 
@@ -47,7 +47,7 @@ TOLERANCE = 5 * 60
 
 def spec_verify(secret: str, headers: Any, body: bytes, now: float) -> str | None:
     """A receiver's check written from the Standard Webhooks spec alone (not with
-    pdp.events): None if the request is authentic and fresh, else why not."""
+    pdp.rights.events): None if the request is authentic and fresh, else why not."""
     msg_id, stamp = headers.get("webhook-id"), headers.get("webhook-timestamp")
     if not msg_id or not stamp or not stamp.isdigit():
         return "missing webhook-id or webhook-timestamp"

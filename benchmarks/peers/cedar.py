@@ -8,9 +8,9 @@ from typing import Any
 
 import cedarpy
 
-from pdp.clock import END_OF_TIME, START_OF_TIME
-from pdp.factindex import FactIndex
-from pdp.policy_input import policy_record
+from pdp.engine.factindex import FactIndex
+from pdp.engine.policy_input import policy_record
+from pdp.model.clock import END_OF_TIME, START_OF_TIME
 
 POLICIES = cedarpy.PolicySet.from_str((Path(__file__).parent / "rules.cedar").read_text())
 NO_ENTITIES = cedarpy.Entities.from_json_str("[]")

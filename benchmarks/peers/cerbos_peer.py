@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 
-from pdp.factindex import FactIndex
-from pdp.policy_input import policy_record
+from pdp.engine.factindex import FactIndex
+from pdp.engine.policy_input import policy_record
 
 VERSION = "0.55.0"
 HERE = Path(__file__).parent

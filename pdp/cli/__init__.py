@@ -1,0 +1,2 @@
+"""The `pdp` command line. Beside pdp.http: neither imports the other.
+"""

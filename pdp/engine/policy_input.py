@@ -1,0 +1,156 @@
+"""Shape the facts of one user x client x purpose into the flat record the policy reads.
+
+This is data shaping only: it looks facts up and converts them (times to integer
+microseconds, absent values to "" / [] / END_OF_TIME). Every judgement — what is active,
+in force, in the area, necessary — is the policy's. See the header of policies/rules.polar.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from pdp.engine.factindex import FactIndex
+from pdp.model.clock import END_OF_TIME, START_OF_TIME, to_micros
+from pdp.model.facts import Grant
+
+Record = dict[str, Any]
+
+# In a record shape, every assigned user other than the user asking (record_shape).
+OTHERS = "#others"
+
+
+def policy_record(facts: FactIndex, user_id: str, client_id: str, purpose: str,
+                  now: int, owner: str = "") -> Record:
+    """The policy input; the caller holds `facts.lock` if facts may change meanwhile.
+    `owner`: the owner the request names for the record (a municipality code or
+    "authority"; "" when it names none)."""
+    user = facts.users.get(user_id)
+    agreement = facts.agreements.get(user.municipality) if user else None
+    area = facts.areas.get(agreement.area) if agreement else None
+    client = facts.clients.get(client_id)
+    grants = facts.grants_by_user.get(user_id, {}) if user else {}
+    relationships = facts.relationships_by_client.get(client_id, {}) if client else {}
+    return {
+        "now": now,
+        "user_known": user is not None,
+        "user_id": user_id,
+        "user_status": user.status if user else "",
+        "user_municipality": user.municipality if user else "",
+        "user_tasks": list(user.tasks) if user else [],
+        "user_client_id": (user.client_id or "") if user else "",
+        "agreement_status": agreement.status if agreement else "",
+        "agreement_ends_at": to_micros(agreement.ends_at) if agreement else START_OF_TIME,
+        "agreement_assignment_required": (agreement.assignment_required if agreement
+                                          else False),
+        "area_municipalities": [m.code for m in area.municipalities] if area else [],
+        "grants": [grant_record(grant_id, grant) for grant_id, grant in grants.items()],
+        "client_known": client is not None,
+        "client_id": client_id,
+        "client_home": client.home_municipality if client else "",
+        "client_protection_order": client.protection_order if client else False,
+        "client_area_client": client.area_client if client else False,
+        "relationships": [
+            {
+                "municipality": rel.municipality,
+                "service": rel.service,
+                "starts_at": rel.starts_at,
+                "ends_at": rel.ends_at,
+                "assigned_users": list(rel.assigned_users),
+            }
+            for rel in relationships.values()
+        ],
+        "purpose": purpose,
+        "record_owner": owner,
+    }
+
+
+def grant_record(grant_id: str, grant: Grant) -> Record:
+    """One grant as the policy reads it (rules.polar, lifecycle.polar)."""
+    return {
+        "id": grant_id,
+        "status": grant.status,
+        "valid_from": to_micros(grant.valid_from),
+        "valid_until": to_micros(grant.valid_until),
+        "recertify_by": to_micros(grant.recertify_by),
+        "purposes": list(grant.purposes),
+        "scopes": list(grant.scopes),
+        "actions": list(grant.actions),
+    }
+
+
+def time_window(record: Record) -> tuple[int, int]:
+    """The span [from, until) around record["now"] in which no timestamp of the record
+    falls, so in which every comparison of now with them — and the decision — holds."""
+    now: int = record["now"]
+    moments = [record["agreement_ends_at"]]
+    for grant in record["grants"]:
+        moments += (grant["valid_from"], grant["valid_until"], grant["recertify_by"])
+    for rel in record["relationships"]:
+        moments += (rel["starts_at"], rel["ends_at"])
+    start = max((m for m in moments if m <= now), default=START_OF_TIME)
+    end = min((m for m in moments if m > now), default=END_OF_TIME)
+    return start, end
+
+
+def record_shape(record: Record) -> tuple[bytes, Record, dict[str, str]]:
+    """The record up to renaming: what a decision can depend on, and no more.
+
+    Ids and municipality codes (the record's owner too: a code, "authority" or "") are
+    renamed `#0`, `#1`, … in order of first appearance (so which are equal is kept, and
+    "" stays ""), `now` becomes 0 and every other
+    timestamp -1, 0 or 1 as it lies before, at or after now (so how each compares with
+    now is kept), and the lists only tested for membership (the area's municipalities,
+    the relationships) are sorted. Only the relationships of the user's municipality
+    for the purpose asked are kept, once each, and of their assigned users only the user
+    and, as OTHERS, whether there is anyone else. The rules compare ids and codes only
+    for equality and membership, timestamps only with now, and read no other
+    relationship (the invariants in the header of policies/rules.polar), so records of
+    one shape get one answer; the decider asks the policy once per shape. Returns the
+    shape as canonical JSON (a key), the shape itself (to ask the policy about) and the
+    renaming back, token -> id, for the grant ids in the answer."""
+    now: int = record["now"]
+
+    def side(moment: int) -> int:
+        return (moment > now) - (moment < now)
+
+    names: dict[str, str] = {}
+    user = record["user_id"]
+
+    def name(value: str) -> str:
+        if not value:
+            return value
+        token = names.get(value)
+        if token is None:
+            token = names[value] = f"#{len(names)}"
+        return token
+
+    shape = {
+        **record,
+        "now": 0,
+        "user_id": name(record["user_id"]),
+        "user_client_id": name(record["user_client_id"]),
+        "client_id": name(record["client_id"]),
+        "user_municipality": name(record["user_municipality"]),
+        "client_home": name(record["client_home"]),
+        "record_owner": name(record["record_owner"]),
+        "area_municipalities": sorted(name(m) for m in record["area_municipalities"]),
+        "agreement_ends_at": side(record["agreement_ends_at"]),
+        "grants": [{**grant, "id": name(grant["id"]),
+                    "valid_from": side(grant["valid_from"]),
+                    "valid_until": side(grant["valid_until"]),
+                    "recertify_by": side(grant["recertify_by"])}
+                   for grant in record["grants"]],
+        "relationships": [orjson.loads(rel) for rel in sorted({
+            orjson.dumps({**rel, "municipality": name(rel["municipality"]),
+                          "starts_at": side(rel["starts_at"]), "ends_at": side(rel["ends_at"]),
+                          "assigned_users": sorted({name(u) if u == user else OTHERS
+                                                    for u in rel["assigned_users"]})},
+                         option=orjson.OPT_SORT_KEYS)
+            for rel in record["relationships"]
+            if rel["municipality"] == record["user_municipality"]
+            and rel["service"] == record["purpose"]})],
+    }
+    return (orjson.dumps(shape, option=orjson.OPT_SORT_KEYS), shape,
+            {token: value for value, token in names.items()})

@@ -1,0 +1,160 @@
+"""The active policy of one process, and replacing it without a restart, gated by tests.
+
+`PolicyManager.reload()` loads the policy directory into a fresh engine, checks that it
+answers every category and action, runs the policy test suites (`<policy dir>/tests`)
+against it, and only when every case passes swaps it in (one reference assignment:
+decisions in flight finish on the engine they started with). Otherwise it raises
+`PolicyRejected` with the syntax error's file and line or the failing cases, and the
+current version keeps serving. Memoised answers carry their policy version, so none of
+the old version is served after a swap (pdp.engine.decider).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pdp.engine.core import check_policy
+from pdp.engine.policy_engine import CompiledPolicy, Evaluator, PolicyError, load_policy
+from pdp.engine.policy_tests import Report, SuiteError, load_suites, run_suites
+from pdp.model.clock import utcnow
+
+log = logging.getLogger(__name__)
+
+
+class PolicyRejected(Exception):
+    """A policy that may not go live; `details` say why (API.md error details)."""
+
+    def __init__(self, message: str, details: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    @property
+    def unsafe(self) -> bool:
+        """Refused for a construct outside the safe subset of Polar (nothing of it ran)."""
+        return any("construct" in detail for detail in self.details)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyState:
+    """What is live: the engine, when it went live and what its suites said."""
+
+    policy: CompiledPolicy
+    loaded_at: datetime
+    report: Report | None  # None: went live without running the suites (at start)
+
+    def describe(self) -> dict[str, Any]:
+        report = self.report
+        return {
+            "version": self.policy.version,
+            "loaded_at": self.loaded_at.isoformat(),
+            "files": [path.name for path in self.policy.files],
+            "suites": None if report is None else {
+                "passed": report.passed, "failed": report.failed, "total": report.total},
+        }
+
+
+def _report_details(report: Report) -> list[dict[str, Any]]:
+    return [{"suite": r.suite, "case": r.case, "file": str(r.file),
+             "expected": {"decision": r.expected_decision, "reason": r.expected_reason},
+             "actual": {"decision": r.actual_decision, "reason": r.actual_reason}}
+            for r in report.results if not r.passed]
+
+
+def refused_load(error: PolicyError) -> PolicyRejected:
+    """The refusal of a policy that does not load (or is outside the safe subset)."""
+    detail: dict[str, Any] = {"message": error.message}
+    if error.file is not None:
+        detail.update(file=error.file, line=error.line, column=error.column)
+    if error.construct is not None:
+        detail.update(construct=error.construct)
+    return PolicyRejected(f"the policy does not load: {error}", [detail])
+
+
+def vet(policy_dir: Path, suites_dir: Path | None = None) -> tuple[CompiledPolicy, Report]:
+    """Load, check and test a policy directory; PolicyRejected unless all is well."""
+    try:
+        policy = load_policy(policy_dir)
+    except PolicyError as error:
+        raise refused_load(error) from None
+    return policy, vet_policy(policy, suites_dir or policy_dir / "tests")
+
+
+def vet_policy(policy: Evaluator, suites_dir: Path, failure: Callable[[], str] = str
+               ) -> Report:
+    """Check that a loaded policy answers everything and passes every case of the suites
+    in `suites_dir`; PolicyRejected unless all is well. `failure()` says why queries
+    failed, when the policy can tell (a sandboxed candidate out of time)."""
+    try:
+        check_policy(policy)
+    except PolicyError as error:
+        raise refused_load(error) from None
+    try:
+        suites = load_suites(suites_dir)
+    except SuiteError as error:
+        raise PolicyRejected(f"the policy's test suites do not load: {error}",
+                             [{"message": str(error)}]) from None
+    report = run_suites(policy, suites)
+    if report.total == 0:
+        raise PolicyRejected("the policy has no test cases", [])
+    if not report.ok:
+        why = failure()
+        raise PolicyRejected(f"{report.failed} of {report.total} policy test cases fail"
+                             + (f" ({why})" if why else ""), _report_details(report))
+    return report
+
+
+@dataclass
+class PolicyManager:
+    """Owns the live policy of a process; `swap` is how every other part learns of it."""
+
+    policy_dir: Path
+    swap: Callable[[CompiledPolicy], None]
+    state: PolicyState
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def started(cls, policy_dir: Path, policy: CompiledPolicy,
+                swap: Callable[[CompiledPolicy], None]) -> PolicyManager:
+        return cls(policy_dir, swap, PolicyState(policy, utcnow(), None))
+
+    def reload(self, before_swap: Callable[[str, list[str]], None] | None = None
+               ) -> tuple[PolicyState, bool]:
+        """Vet the policy directory and make it live; (the live state, whether it
+        changed). Raises PolicyRejected and changes nothing if it may not go live.
+        `before_swap(version, files)` runs just before a new version goes live (to record
+        it); if it raises, nothing changes."""
+        with self._lock:  # one reload at a time
+            policy, report = vet(self.policy_dir)
+            changed = policy.version != self.state.policy.version
+            if changed:
+                if before_swap is not None:
+                    before_swap(policy.version, [path.name for path in policy.files])
+                self.swap(policy)
+                self.state = PolicyState(policy, utcnow(), report)
+            else:
+                self.state = PolicyState(self.state.policy, self.state.loaded_at, report)
+            return self.state, changed
+
+    def follow(self, version: str) -> None:
+        """Another replica put `version` in force: reload this replica's policy
+        directory (vetted the same way) unless it is in force here already."""
+        if version == self.state.policy.version:
+            return
+        try:
+            state, _ = self.reload()
+        except PolicyRejected as error:
+            log.error("policy %s is in force elsewhere, but here it is refused: %s",
+                      version, error.message)
+            return
+        if state.policy.version != version:
+            log.error("policy %s is in force elsewhere, but this replica's files are "
+                      "version %s", version, state.policy.version)
+        else:
+            log.info("policy %s in force (following another replica)", version)

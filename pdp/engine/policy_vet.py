@@ -1,0 +1,517 @@
+"""Vet a policy's text against the safe subset of Polar before any of it runs.
+
+Polar can reach the host's Python objects: a dot after a string reaches its methods, and
+from there `__class__`, `__subclasses__()`, `os.system`. So no policy text is loaded until
+it has been read here, token by token and rule by rule, by the Polar grammar as oso 0.27
+lexes and parses it (polar-core's lexer.rs and polar.lalrpop), and found to use only:
+
+- rules `name(params) if body;` and facts `name(params);` — no inline queries (`?=`, which
+  run at load), no resource blocks, no `type` declarations, no specializers (`x: Class`);
+- variables, strings, numbers, booleans, and lists and dictionaries of constants only
+  (a list holding a variable builds a term at each use: a recursive rule could double
+  one until memory runs out);
+- terms at most `MAX_TERM_DEPTH` deep, counting each operand of a chain such as
+  `a + b + c` or `r.x.y` (oso nests those, and a deep enough term ends its process);
+- `and`, `or`, `not`, `cut`, `forall`, `in`, `=`, `:=`, comparisons, arithmetic, and
+  calls of rules;
+- `x.field` where `field` is one of the fields the service gives a policy
+  (`pdp.model.policy_schema.FIELDS`) and is not called.
+
+Refused: any method call, any other attribute, `new`, `matches`/`isa`, `print`, `debug`,
+the dynamic lookups `x.(y)` / `x.("name")` / `.(x, y)`, names with `__`, names that
+start with a capital letter (oso binds class names such as `String` to host classes),
+non-ASCII characters outside strings and comments (look-alike letters), and control,
+format (bidi) or other invisible characters anywhere. A refusal names the file, line and
+column and the construct. This module imports nothing of oso: it is pure text checking,
+the first of the guards (pdp.engine.policy_engine also refuses at run time any call the Polar
+VM would make into Python, and candidates run in pdp.engine.policy_sandbox).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from pdp.model.policy_schema import FIELDS
+
+MAX_SOURCE_CHARS = 512 * 1024
+MAX_TOKENS = 200_000
+MAX_TERM_DEPTH = 100  # oso ends the process somewhere past ten thousand
+MAX_NESTING = 32
+
+_NAME = re.compile(r"[a-z_][A-Za-z0-9_]*\Z")
+_KEYWORDS = {
+    "true": "bool", "false": "bool", "inf": "number", "nan": "number", "new": "new",
+    "in": "in", "cut": "cut", "debug": "debug", "print": "print", "isa": "isa",
+    "forall": "forall", "if": "if", "and": "and", "or": "or", "not": "not",
+    "matches": "matches", "type": "type", "mod": "mod", "rem": "rem", "trace": "trace",
+}
+# Keywords whose very presence is refused, with the construct named.
+_REFUSED_KEYWORDS = {
+    "new": "`new` (constructs a host object)",
+    "debug": "`debug` (stops the engine for a debugger)",
+    "print": "`print` (writes to the service's output)",
+    "isa": "`isa`", "matches": "`matches` (asks the host about classes)",
+    "type": "a `type` declaration", "trace": "`trace`",
+}
+_TWO_CHAR = {":=": ":=", "==": "==", "<=": "<=", ">=": ">=", "!=": "!=", "?=": "?="}
+_ONE_CHAR = set(":=<>!|,[]{}().;*/+-")
+_COMPARISONS = {"==", "!=", "<=", ">=", "<", ">"}
+_ALLOWED_SPACE = {" ", "\n", "\r", "\t"}
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One construct outside the safe subset, where it stands."""
+
+    file: str
+    line: int
+    column: int
+    construct: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}: {self.construct}"
+
+
+class UnsafePolicy(Exception):
+    """The policy text is outside the safe subset; `violations` say where and what."""
+
+    def __init__(self, violations: list[Violation]) -> None:
+        first = violations[0]
+        more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
+        super().__init__(f"{first}{more}")
+        self.violations = violations
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    kind: str  # "name", "string", "number", "bool", a keyword, or the operator itself
+    text: str
+    offset: int
+
+
+class _Refused(Exception):
+    def __init__(self, offset: int, construct: str) -> None:
+        super().__init__(construct)
+        self.offset = offset
+        self.construct = construct
+
+
+def _character_problem(char: str) -> str | None:
+    """Why `char` may stand nowhere in a policy, or None."""
+    if char in _ALLOWED_SPACE:
+        return None
+    category = unicodedata.category(char)
+    if category in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp") or (
+            category == "Zs" and char != " "):
+        name = unicodedata.name(char, "unnamed")
+        return f"a control, format or invisible character U+{ord(char):04X} ({name})"
+    return None
+
+
+_DIGITS = "0123456789"
+
+
+def _digits(text: str, i: int) -> int:
+    while i < len(text) and text[i] in _DIGITS:
+        i += 1
+    return i
+
+
+def _tokens(text: str) -> list[_Token]:
+    """oso's lexer, restricted: ASCII outside strings and comments."""
+    tokens: list[_Token] = []
+    i, n = 0, len(text)
+    while i < n:
+        char = text[i]
+        if char in _ALLOWED_SPACE:
+            i += 1
+        elif char == "#":  # a comment runs to \r or \n, exactly as oso's lexer has it
+            while i < n and text[i] not in "\r\n":
+                i += 1
+        elif char == '"':
+            start = i
+            i += 1
+            value = []
+            while True:
+                if i >= n or text[i] == "\n":
+                    raise _Refused(start, "an unterminated string")
+                if text[i] == '"':
+                    i += 1
+                    break
+                if text[i] == "\\":
+                    i += 1
+                    if i >= n:
+                        raise _Refused(start, "an unterminated string")
+                    value.append({"n": "\n", "r": "\r", "t": "\t", "0": "\0"}.get(text[i], text[i]))
+                else:
+                    value.append(text[i])
+                i += 1
+            tokens.append(_Token("string", "".join(value), start))
+        elif not char.isascii():
+            raise _Refused(i, f"a non-ASCII character {char!r} outside a string or comment")
+        elif char in _DIGITS:
+            start = i
+            i = _digits(text, i)
+            if i < n and text[i] == ".":
+                i = _digits(text, i + 1)
+            if i < n and text[i] in "eE":
+                i = _digits(text, i + 1)
+                if i < n and text[i] in "+-":
+                    i += 1
+                i = _digits(text, i)
+            tokens.append(_Token("number", text[start:i], start))
+        elif char == "_" or char.isalpha():
+            start = i
+            while i < n:
+                if text[i] == "_" or (text[i].isascii() and text[i].isalnum()):
+                    i += 1
+                elif text[i:i + 2] == "::":  # oso reads Module::Name as one symbol
+                    i += 2
+                elif text[i] == "?":  # and allows one ? at the end of a symbol
+                    i += 1
+                    break
+                else:
+                    break
+            word = text[start:i]
+            if i < n and not text[i].isascii():
+                # oso's symbols go on through any non-ASCII character: a look-alike letter.
+                raise _Refused(i, f"a non-ASCII character {text[i]!r} in a name")
+            kind = _KEYWORDS.get(word, "name")
+            if kind in _REFUSED_KEYWORDS:
+                raise _Refused(start, _REFUSED_KEYWORDS[kind])
+            tokens.append(_Token(kind, word, start))
+        elif text[i:i + 2] in _TWO_CHAR:
+            tokens.append(_Token(text[i:i + 2], text[i:i + 2], i))
+            i += 2
+        elif char in _ONE_CHAR and char not in "!":
+            tokens.append(_Token(char, char, i))
+            i += 1
+        else:
+            raise _Refused(i, f"the character {char!r}, which Polar does not use here")
+        if len(tokens) > MAX_TOKENS:
+            raise _Refused(i, f"more than {MAX_TOKENS} tokens")
+    return tokens
+
+
+class _Parser:
+    """Recursive descent over the safe subset of polar.lalrpop (see module doc).
+
+    Each parse method returns the depth of the term oso would build for what it read:
+    oso nests a chain of one operator (`a + b + c`, `r.x.y`) one level per operand and
+    walks terms recursively, so a deep term can overflow its stack and end the process.
+    `MAX_TERM_DEPTH` bounds that; `MAX_NESTING` bounds brackets, calls and `not` (and so
+    this parser's own recursion)."""
+
+    def __init__(self, tokens: list[_Token], end: int) -> None:
+        self.tokens = tokens
+        self.i = 0
+        self.end = end
+        self.nesting = 0
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def peek(self, ahead: int = 0) -> _Token | None:
+        j = self.i + ahead
+        return self.tokens[j] if j < len(self.tokens) else None
+
+    def at(self, *kinds: str) -> bool:
+        token = self.peek()
+        return token is not None and token.kind in kinds
+
+    def offset(self) -> int:
+        token = self.peek()
+        return token.offset if token is not None else self.end
+
+    def take(self, kind: str, what: str | None = None) -> _Token:
+        token = self.peek()
+        if token is None or token.kind != kind:
+            found = "the end of the file" if token is None else repr(token.text)
+            raise _Refused(self.offset(), f"{what or repr(kind)} expected, found {found}")
+        self.i += 1
+        return token
+
+    def name(self, token: _Token, role: str) -> None:
+        if "__" in token.text:
+            raise _Refused(token.offset, f"the name {token.text!r} (no `__` in names)")
+        if not _NAME.match(token.text):
+            raise _Refused(token.offset, f"the {role} {token.text!r} (names start with a "
+                                         f"small letter or _, and hold letters, digits, _)")
+
+    def deeper(self, depth: int, offset: int) -> int:
+        if depth > MAX_TERM_DEPTH:
+            raise _Refused(offset, f"an expression nested or chained deeper than "
+                                   f"{MAX_TERM_DEPTH} (split it into rules)")
+        return depth
+
+    def enter(self) -> None:
+        self.nesting += 1
+        if self.nesting > MAX_NESTING:
+            raise _Refused(self.offset(), f"brackets, calls or `not` nested deeper than "
+                                          f"{MAX_NESTING}")
+
+    def leave(self) -> None:
+        self.nesting -= 1
+
+    def chain(self, operand: Callable[[], int], *operators: str) -> int:
+        """A left-associative chain of one precedence level: one level per operand."""
+        start = self.offset()
+        depth = operand()
+        while self.at(*operators):
+            self.i += 1
+            depth = self.deeper(max(depth, operand()) + 1, start)
+        return depth
+
+    # -- lines -----------------------------------------------------------------------------
+
+    def lines(self) -> None:
+        while self.peek() is not None:
+            self.rule()
+
+    def rule(self) -> None:
+        token = self.peek()
+        assert token is not None
+        if token.kind == "?=":
+            raise _Refused(token.offset, "an inline query `?=` (it runs when loaded)")
+        head = self.take("name", "a rule name")
+        self.name(head, "rule name")
+        if not self.at("("):
+            raise _Refused(self.offset(), "a resource block or declaration "
+                                          "(only rules are allowed)")
+        self.take("(")
+        if not self.at(")"):
+            self.parameter()
+            while self.at(","):
+                self.take(",")
+                self.parameter()
+        self.take(")", "')'")
+        if self.at("if"):
+            self.take("if")
+            self.expression()
+        elif self.at(":="):
+            raise _Refused(self.offset(), "`:=` after a rule head (write `if`)")
+        self.take(";", "';' at the end of the rule")
+
+    def parameter(self) -> None:
+        self.additive()
+        if self.at(":"):
+            raise _Refused(self.offset(), "a specializer `x: Type` (it asks the host "
+                                          "about classes)")
+
+    # -- expressions, loosest first (polar.lalrpop Exp1 ... Exp10) -------------------------
+    # oso makes `and` and `or` chains one flat term; the others nest per operand.
+
+    def expression(self) -> int:  # or
+        start = self.offset()
+        depth = self.conjunction()
+        while self.at("or"):
+            self.take("or")
+            depth = max(depth, self.conjunction())
+        return self.deeper(depth + 1, start)
+
+    def conjunction(self) -> int:  # and
+        start = self.offset()
+        depth = self.negation()
+        while self.at("and"):
+            self.take("and")
+            depth = max(depth, self.negation())
+        return self.deeper(depth + 1, start)
+
+    def negation(self) -> int:  # not
+        if self.at("not"):
+            start = self.take("not").offset
+            self.enter()
+            depth = self.negation()
+            self.leave()
+            return self.deeper(depth + 1, start)
+        return self.unification()
+
+    def unification(self) -> int:  # = and :=
+        return self.chain(self.comparison, "=", ":=")
+
+    def comparison(self) -> int:
+        return self.chain(self.additive, *_COMPARISONS)
+
+    def additive(self) -> int:
+        return self.chain(self.multiplicative, "+", "-")
+
+    def multiplicative(self) -> int:
+        return self.chain(self.membership, "*", "/", "mod", "rem")
+
+    def membership(self) -> int:  # in
+        return self.chain(self.lookup, "in")
+
+    def lookup(self) -> int:  # x.field
+        start = self.offset()
+        depth = self.primary()
+        while self.at("."):
+            dot = self.take(".")
+            field = self.peek()
+            if field is None or field.kind != "name":
+                what = "(...)" if field is not None and field.kind == "(" else (
+                    "" if field is None else field.text)
+                raise _Refused(dot.offset, f"the dynamic or keyword lookup `.{what}` (a "
+                                           f"policy reads only `.field` of its input)")
+            self.i += 1
+            if self.at("("):
+                raise _Refused(field.offset, f"the method call `.{field.text}(...)`")
+            if field.text not in FIELDS:
+                raise _Refused(field.offset, f"the attribute `.{field.text}` (a policy reads "
+                                             f"only the fields of its input)")
+            depth = self.deeper(depth + 1, start)
+        return depth
+
+    def primary(self) -> int:
+        token = self.peek()
+        if token is None:
+            raise _Refused(self.end, "an expression expected, found the end of the file")
+        kind = token.kind
+        if kind in ("string", "number", "bool", "cut"):
+            self.i += 1
+            return 1
+        if kind in ("+", "-"):
+            following = self.peek(1)
+            if following is None or following.kind != "number":
+                raise _Refused(token.offset, f"{kind!r} where a value is expected")
+            self.i += 2
+            return 1
+        if kind == "name":
+            self.i += 1
+            self.name(token, "name")
+            if self.at("("):
+                return self.deeper(self.arguments() + 1, token.offset)
+            if self.at("{"):
+                raise _Refused(token.offset, "an instance pattern `Name{...}`")
+            return 1
+        if kind == "forall":
+            self.i += 1
+            self.take("(", "'(' after forall")
+            self.enter()
+            depth = self.expression()
+            self.take(",", "',' in forall")
+            depth = max(depth, self.expression())
+            self.take(")", "')'")
+            self.leave()
+            return self.deeper(depth + 1, token.offset)
+        if kind == "(":
+            self.i += 1
+            self.enter()
+            depth = self.expression()
+            self.take(")", "')'")
+            self.leave()
+            return depth
+        if kind in ("[", "{"):
+            return self.constant()
+        if kind in (".", "in"):
+            raise _Refused(token.offset, f"the operator form `{token.text}(...)`")
+        raise _Refused(token.offset, f"{token.text!r} where a value is expected")
+
+    def arguments(self) -> int:
+        self.take("(")
+        self.enter()
+        depth = 0
+        if not self.at(")"):
+            depth = self.argument()
+            while self.at(","):
+                self.take(",")
+                if self.at(")"):
+                    break
+                depth = max(depth, self.argument())
+        self.take(")", "')' after the arguments")
+        self.leave()
+        return depth
+
+    def argument(self) -> int:
+        if self.at("name") and (following := self.peek(1)) is not None and following.kind == ":":
+            raise _Refused(self.offset(), "a keyword argument `name: value`")
+        return self.expression()
+
+    # -- lists and dictionaries: constants only ---------------------------------------------
+    # A list or dictionary holding a variable builds a new term at each use; rules that
+    # call themselves could then double a term at each step until memory runs out. The
+    # service's inputs bring every list a policy needs, so a policy writes only constant
+    # ones (`["revoked", "expired"]`, `[]`).
+
+    def constant(self) -> int:
+        token = self.peek()
+        assert token is not None
+        if token.kind in ("string", "number", "bool"):
+            self.i += 1
+            return 1
+        if token.kind in ("+", "-") and (following := self.peek(1)) is not None and (
+                following.kind == "number"):
+            self.i += 2
+            return 1
+        if token.kind == "[":
+            self.take("[")
+            self.enter()
+            depth = 0
+            while not self.at("]"):
+                depth = max(depth, self.constant())
+                if not self.at(","):
+                    break
+                self.take(",")
+            self.take("]", "']'")
+            self.leave()
+            return self.deeper(depth + 1, token.offset)
+        if token.kind == "{":
+            self.take("{")
+            self.enter()
+            depth = 0
+            keys: set[str] = set()
+            while not self.at("}"):
+                key = self.take("name", "a field name")
+                self.name(key, "field name")
+                if key.text in keys:
+                    raise _Refused(key.offset, f"the field {key.text!r} twice")
+                keys.add(key.text)
+                self.take(":", "':' and a constant value (a dictionary holds constants only)")
+                depth = max(depth, self.constant())
+                if not self.at(","):
+                    break
+                self.take(",")
+            self.take("}", "'}'")
+            self.leave()
+            return self.deeper(depth + 1, token.offset)
+        what = "a rest variable `*x`" if token.kind == "*" else repr(token.text)
+        raise _Refused(token.offset, f"{what} in a list or dictionary (they hold constants "
+                                     f"only: strings, numbers, booleans, lists of them)")
+
+
+def _position(text: str, offset: int) -> tuple[int, int]:
+    """1-based line and column, lines split as oso's lexer splits them (at \\n)."""
+    line = text.count("\n", 0, offset) + 1
+    column = offset - (text.rfind("\n", 0, offset) + 1) + 1
+    return line, column
+
+
+def violations_in(file: str, text: str) -> list[Violation]:
+    """The constructs of one policy file outside the safe subset (the first per file:
+    after a refusal the rest of the file cannot be read reliably)."""
+    def at(offset: int, construct: str) -> list[Violation]:
+        line, column = _position(text, offset)
+        return [Violation(file, line, column, construct)]
+
+    if len(text) > MAX_SOURCE_CHARS:
+        return at(0, f"a file larger than {MAX_SOURCE_CHARS} characters")
+    for offset, char in enumerate(text):
+        problem = _character_problem(char)
+        if problem is not None:
+            return at(offset, problem)
+    try:
+        _Parser(_tokens(text), len(text)).lines()
+    except _Refused as refused:
+        return at(refused.offset, refused.construct)
+    except RecursionError:  # MAX_NESTING keeps well below it; fail closed all the same
+        return at(0, "an expression nested too deeply to read")
+    return []
+
+
+def vet_sources(sources: Mapping[str, str] | Iterable[tuple[str, str]]) -> None:
+    """Raise UnsafePolicy unless every (file name, text) is inside the safe subset."""
+    items = sources.items() if isinstance(sources, Mapping) else sources
+    found = [v for file, text in items for v in violations_in(file, text)]
+    if found:
+        raise UnsafePolicy(found)

@@ -1,0 +1,117 @@
+"""The running parts of one service process, built once from validated settings."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from pdp.audit.log import AuditLog, AuditRecord
+from pdp.engine.core import check_policy
+from pdp.engine.decider import Decider
+from pdp.engine.facts_service import FactService
+from pdp.engine.metrics import Metrics
+from pdp.engine.policy_engine import CompiledPolicy, load_policy, set_query_timeout
+from pdp.engine.policy_manager import PolicyManager
+from pdp.engine.policy_sandbox import SandboxLimits
+from pdp.engine.shadow import Candidates
+from pdp.model.callers import Authenticator
+from pdp.rights.lifecycle import Lifecycle
+from pdp.rights.monitoring import Cases, Monitor, MonitoringConfig, load_config
+from pdp.service.settings import Settings
+from pdp.store.bus import RedisBus
+from pdp.store.sql import open_store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    facts: FactService
+    decider: Decider[CompiledPolicy]
+    metrics: Metrics
+    auth: Authenticator
+    lifecycle: Lifecycle
+    audit: AuditLog | None
+    cases: Cases
+    monitoring: MonitoringConfig
+    policies: PolicyManager
+    candidates: Candidates
+
+    @property
+    def policy(self) -> CompiledPolicy:
+        return self.decider.policy
+
+    def close(self) -> None:
+        if self.audit is not None:
+            self.audit.stop()
+        self.facts.close()
+
+
+def count_records(metrics: Metrics, records: list[AuditRecord]) -> None:
+    for record_type, count in Counter(record.record_type for record in records).items():
+        metrics.audit_records.labels(record_type).inc(count)
+    metrics.audit_last_write.set_to_current_time()
+
+
+def load_checked_policy(settings: Settings) -> CompiledPolicy:
+    set_query_timeout(settings.policy_query_timeout_ms)
+    policy = load_policy(settings.policy_dir)
+    check_policy(policy)
+    return policy
+
+
+def build_runtime(settings: Settings, keys: dict[str, Any]) -> Runtime:
+    policy = load_checked_policy(settings)
+    store = open_store(settings.store_url())
+    bus = RedisBus(settings.redis_url, settings.redis_prefix) if settings.redis_url else None
+    facts = FactService(store, bus, staleness_bound=settings.staleness_bound_seconds)
+    facts.load()
+    metrics = Metrics()
+    metrics.policy_info.labels(policy.version).set(1)
+    metrics.facts_version.set(facts.index.version)
+    decider = Decider(policy, facts.index, cache_size=settings.decision_cache_size,
+                      metrics=metrics)
+
+    def swap(new: CompiledPolicy) -> None:
+        decider.swap_policy(new)
+        metrics.policy_info.clear()
+        metrics.policy_info.labels(new.version).set(1)
+
+    policies = PolicyManager.started(settings.policy_dir, policy, swap)
+    if bus is not None:
+        # Another replica put a policy version in force: follow it, off the bus thread.
+        def follow(version: str) -> None:
+            threading.Thread(target=policies.follow, args=(version,), name="pdp-policy",
+                             daemon=True).start()
+
+        bus.listen(facts.on_bus_changes, facts.on_bus_connect, follow)
+    lifecycle = Lifecycle(lambda: decider.policy, facts,
+                          max_grant_months=settings.max_grant_months,
+                          recertification_days=settings.recertification_days,
+                          notice_months=settings.notice_months,
+                          register_before=settings.register_before)
+    log.info("policy %s, facts_version %d", policy.version, facts.index.version)
+    monitoring = load_config(settings.monitoring_rules or settings.policy_dir / "monitoring.yaml")
+    cases = Cases(store.engine, store, on_open=lambda rule: metrics.cases_opened.labels(rule).inc())
+    audit = AuditLog(store.engine, index_delay=settings.audit_index_delay_seconds,
+                     max_pending=settings.audit_max_pending_records) if settings.audit_log else None
+    if audit is not None:
+        audit.listeners.append(lambda records: count_records(metrics, records))
+        audit.move_listeners.append(Monitor(monitoring, facts.index, cases))
+        audit.start()
+    candidates = Candidates(settings.policy_dir, facts.index, metrics,
+                            settings.shadow_sample_rate, settings.shadow_queue_size,
+                            SandboxLimits(settings.sandbox_query_ms, settings.sandbox_cpu_seconds,
+                                          settings.sandbox_memory_mb * 1024 * 1024),
+                            settings.candidate_budget_seconds)
+    # Keys without a name are named by an HMAC of the token with a server secret.
+    fingerprint_key = (settings.fingerprint_key.get_secret_value().encode()
+                       if settings.fingerprint_key is not None
+                       else store.deployment_secret("fingerprint_key"))
+    auth = Authenticator(keys, fingerprint_key=fingerprint_key)
+    return Runtime(settings, facts, decider, metrics, auth, lifecycle, audit,
+                   cases, monitoring, policies, candidates)
