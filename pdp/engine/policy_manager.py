@@ -7,6 +7,11 @@ decisions in flight finish on the engine they started with). Otherwise it raises
 `PolicyRejected` with the syntax error's file and line or the failing cases, and the
 current version keeps serving. Memoised answers carry their policy version, so none of
 the old version is served after a swap (pdp.engine.decider).
+
+`PolicyManager.put_in_force(by, facts)` is the domain's one way to activate: reload, record
+who did it in the history (before the swap) and announce it to the other replicas; it
+raises `Refused(POLICY_REJECTED)` when the policy may not go live. The HTTP routes and the
+policy watch are thin wrappers around it.
 """
 
 from __future__ import annotations
@@ -17,12 +22,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pdp.engine.core import check_policy
 from pdp.engine.policy_engine import CompiledPolicy, Evaluator, PolicyError, load_policy
 from pdp.engine.policy_tests import Report, SuiteError, load_suites, run_suites
 from pdp.model.clock import utcnow
+from pdp.model.errors import POLICY_REJECTED, Refused
+from pdp.store.bus import BusUnavailable
+from pdp.store.protocols import Event
+
+if TYPE_CHECKING:
+    from pdp.engine.facts_service import FactService
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +152,38 @@ class PolicyManager:
             else:
                 self.state = PolicyState(self.state.policy, self.state.loaded_at, report)
             return self.state, changed
+
+    def put_in_force(self, by: str, facts: FactService) -> dict[str, Any]:
+        """Vet the policy directory and put it in force here and, through the bus, on
+        every replica; `by` is who asked (recorded as the `policy.activated` event's
+        actor). Refused(POLICY_REJECTED), and nothing changes, if it may not go live.
+        Blocking: an async caller runs it in a thread."""
+        before = self.state.policy.version
+
+        def record(version: str, files: list[str]) -> None:
+            # Who put which policy in force is part of the history (written before the
+            # swap: if it cannot be written, the policy does not change).
+            facts.write([], [Event("policy.activated", "policy", version, "", by, None,
+                                   {"version": version, "previous": before,
+                                    "files": files})])
+
+        try:
+            state, changed = self.reload(record)
+        except PolicyRejected as error:
+            log.warning("policy reload by %s refused: %s", by, error.message)
+            raise Refused(POLICY_REJECTED, error.message, error.details) from None
+        notified = None
+        if changed:
+            log.info("policy %s in force (was %s), by %s", state.policy.version, before, by)
+            if facts.bus is not None:
+                try:
+                    facts.bus.publish_policy(state.policy.version)
+                    notified = True
+                except BusUnavailable as error:
+                    log.warning("policy %s not announced to the other replicas: %s",
+                                state.policy.version, error)
+                    notified = False
+        return {**state.describe(), "changed": changed, "replicas_notified": notified}
 
     def follow(self, version: str) -> None:
         """Another replica put `version` in force: reload this replica's policy
