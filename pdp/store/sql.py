@@ -332,6 +332,67 @@ def _take_id(conn: Connection, kind: str, fact_id: str, version: int, live: bool
     conn.execute(sa.insert(taken_ids).values(kind=kind, id=fact_id, first_version=version))
 
 
+
+def _encoded_changes(changes: Sequence[Change]) -> list[tuple[Change, str | None]]:
+    """The changes checked for size and their data encoded, before the transaction."""
+    encoded: list[tuple[Change, str | None]] = []
+    for change in changes:
+        _check_length("kind", change.kind, 1, KIND_LENGTH)
+        _check_length("id", change.id, 1, ID_LENGTH)
+        if change.expected_version is not None and change.expected_version < 0:
+            raise ValueError(f"expected_version must be >= 0: {change.expected_version}")
+        encoded.append((change, None if change.data is None else _encode(change.data)))
+    return encoded
+
+
+def _event_rows(events: Sequence[Event]) -> list[dict[str, Any]]:
+    """The events checked for size, as rows (their time and version come in the write)."""
+    rows: list[dict[str, Any]] = []
+    for e in events:
+        _check_length("event type", e.type, 1, EVENT_TYPE_LENGTH)
+        _check_length("event subject_kind", e.subject_kind, 1, KIND_LENGTH)
+        _check_length("event subject_id", e.subject_id, 1, ID_LENGTH)
+        _check_length("event municipality", e.municipality, 0, MUNICIPALITY_LENGTH)
+        _check_length("event actor", e.actor, 0, ACTOR_LENGTH)
+        rows.append({"type": e.type, "subject_kind": e.subject_kind,
+                     "subject_id": e.subject_id, "municipality": e.municipality,
+                     "actor": e.actor, "reason": e.reason, "data": _encode(e.data)})
+    return rows
+
+
+def _write_changes(conn: Connection, encoded: Sequence[tuple[Change, str | None]],
+                   version: int, now: datetime) -> list[dict[str, Any]]:
+    """Write the changes as `version`; returns their change-log rows. Plain writes go in
+    runs, one statement each (an upsert per row of the run); a delete or a conditional
+    write first flushes the run before it, in order."""
+    log: list[dict[str, Any]] = []
+    run: list[dict[str, Any]] = []
+    for seq, (change, data) in enumerate(encoded):
+        row = {"kind": change.kind, "id": change.id, "data": data, "version": version}
+        never_reused = change.kind in NEVER_REUSED and data is not None
+        if data is not None and change.expected_version is None:
+            run.append(row)
+        else:
+            _write_run(conn, run, version)
+            run = []
+            key = (facts.c.kind == change.kind) & (facts.c.id == change.id)
+            current = conn.execute(sa.select(facts.c.version).where(key)).scalar()
+            if change.expected_version is not None and (
+                    0 if current is None else int(current)) != change.expected_version:
+                raise Conflict(change.kind, change.id)
+            if never_reused:
+                _take_id(conn, change.kind, change.id, version, live=current is not None)
+            if data is None:
+                if conn.execute(sa.delete(facts).where(key)).rowcount == 0:
+                    raise NotFound(change.kind, change.id)
+            else:
+                _upsert(conn, [row])
+        log.append({"version": version, "seq": seq, "kind": change.kind, "id": change.id,
+                    "data": data, "changed_at": now})
+    _write_run(conn, run, version)
+    return log
+
+
 def _write_run(conn: Connection, rows: list[dict[str, Any]], version: int) -> None:
     """Upsert a run of plain writes (no deletes among them). The ids of kinds never reused
     are taken first, as `_take_id` takes one, in a few statements for the whole run:
@@ -379,32 +440,8 @@ class SqlFactStore:
               within: Callable[[Connection], None] | None = None) -> int:
         if not changes and not events:
             raise ValueError("apply: no changes and no events")
-        encoded: list[tuple[Change, str | None]] = []
-        for change in changes:
-            _check_length("kind", change.kind, 1, KIND_LENGTH)
-            _check_length("id", change.id, 1, ID_LENGTH)
-            if change.expected_version is not None and change.expected_version < 0:
-                raise ValueError(f"expected_version must be >= 0: {change.expected_version}")
-            encoded.append((change, None if change.data is None else _encode(change.data)))
-        event_rows: list[dict[str, Any]] = []
-        for e in events:
-            _check_length("event type", e.type, 1, EVENT_TYPE_LENGTH)
-            _check_length("event subject_kind", e.subject_kind, 1, KIND_LENGTH)
-            _check_length("event subject_id", e.subject_id, 1, ID_LENGTH)
-            _check_length("event municipality", e.municipality, 0, MUNICIPALITY_LENGTH)
-            _check_length("event actor", e.actor, 0, ACTOR_LENGTH)
-            event_rows.append(
-                {
-                    "type": e.type,
-                    "subject_kind": e.subject_kind,
-                    "subject_id": e.subject_id,
-                    "municipality": e.municipality,
-                    "actor": e.actor,
-                    "reason": e.reason,
-                    "data": _encode(e.data),
-                }
-            )
-
+        encoded = _encoded_changes(changes)
+        event_rows = _event_rows(events)
         with _available(), write_transaction(self.engine) as conn:
             version = conn.execute(
                 sa.update(fact_meta)
@@ -414,41 +451,7 @@ class SqlFactStore:
             ).scalar_one()
             # Taken under the write lock: commit times follow versions and event ids.
             now = datetime.now(UTC)
-            log: list[dict[str, Any]] = []
-            # Plain writes go in runs, one statement each (an upsert per row of the run);
-            # a delete or a conditional write first flushes the run before it, in order.
-            run: list[dict[str, Any]] = []
-            for seq, (change, data) in enumerate(encoded):
-                row = {"kind": change.kind, "id": change.id, "data": data, "version": version}
-                never_reused = change.kind in NEVER_REUSED and data is not None
-                if data is not None and change.expected_version is None:
-                    run.append(row)
-                else:
-                    _write_run(conn, run, version)
-                    run = []
-                    key = (facts.c.kind == change.kind) & (facts.c.id == change.id)
-                    current = conn.execute(sa.select(facts.c.version).where(key)).scalar()
-                    if change.expected_version is not None and (
-                            0 if current is None else int(current)) != change.expected_version:
-                        raise Conflict(change.kind, change.id)
-                    if never_reused:
-                        _take_id(conn, change.kind, change.id, version, live=current is not None)
-                    if data is None:
-                        if conn.execute(sa.delete(facts).where(key)).rowcount == 0:
-                            raise NotFound(change.kind, change.id)
-                    else:
-                        _upsert(conn, [row])
-                log.append(
-                    {
-                        "version": version,
-                        "seq": seq,
-                        "kind": change.kind,
-                        "id": change.id,
-                        "data": data,
-                        "changed_at": now,
-                    }
-                )
-            _write_run(conn, run, version)
+            log = _write_changes(conn, encoded, version, now)
             if within is not None:
                 within(conn)
             if log:
