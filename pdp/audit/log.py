@@ -30,7 +30,6 @@ import hashlib
 import io
 import logging
 import queue
-import random
 import secrets
 import threading
 import time
@@ -39,13 +38,17 @@ from concurrent.futures import Future
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from itertools import chain
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import PoolProxiedConnection
 
+# The record is the engine's (it is built where the decision is made); re-exported here.
+from pdp.engine.records import RECORD_FIELDS as RECORD_FIELDS
+from pdp.engine.records import AuditRecord as AuditRecord
+from pdp.engine.records import new_record_id as new_record_id
 from pdp.model.clock import from_micros, to_micros, utcnow
 from pdp.model.facts import is_real_text
 from pdp.store.protocols import Event, FactStore, StoreUnavailable
@@ -160,33 +163,6 @@ class RetentionRefused(ValueError):
             f"is after it; records under a legal hold are never pruned either")
 
 
-class AuditRecord(NamedTuple):
-    """One entry: a decision (record_type "decision"), a search ("search") or a read of
-    the log ("audit_read").
-
-    A tuple, in the column order of the log: it is written on every decision's path."""
-
-    record_type: str
-    record_id: str
-    at_us: int
-    user_id: str | None = None
-    user_municipality: str | None = None
-    grant_id: str | None = None
-    client_id: str | None = None
-    client_municipality: str | None = None
-    category: str | None = None
-    action: str | None = None
-    purpose: str | None = None
-    decision: bool | None = None
-    reason: str | None = None
-    policy_version: str | None = None
-    facts_version: int | None = None
-    request_id: str | None = None
-    caller: str | None = None
-    details: str | None = None  # JSON text: for reads, what was asked and why
-
-
-RECORD_FIELDS: tuple[str, ...] = AuditRecord._fields
 
 
 def record_hash(prev_hash: str, seq: int, values: Sequence[Any]) -> str:
@@ -233,16 +209,6 @@ class Verification:
 class _Pending:
     records: list[AuditRecord]
     future: Future[int] = field(default_factory=Future)
-
-
-_ids = random.SystemRandom(), random.Random()
-_ids[1].seed(_ids[0].getrandbits(256))
-
-
-def new_record_id() -> str:
-    """A unique decision or read id: 128 random bits from a generator seeded once from
-    the OS (ids identify records; they are not secrets, and urandom per id is slow)."""
-    return f"{_ids[1].getrandbits(128):032x}"
 
 
 class AuditLog:
