@@ -24,8 +24,6 @@ from pdp.model.errors import AUDIT_UNAVAILABLE, NOT_FOUND, POLICY_REJECTED, Refu
 from pdp.model.facts import is_real_text
 from pdp.model.vocab import ACTIONS, CATEGORIES, SERVICES
 from pdp.service.runtime import Runtime
-from pdp.store.bus import BusUnavailable
-from pdp.store.protocols import Event
 
 log = logging.getLogger(__name__)
 
@@ -56,36 +54,10 @@ RELOADERS = ["policy_admin"]
 
 
 async def put_in_force(runtime: Runtime, actor: str) -> dict[str, Any]:
-    """Vet the policy directory and put it in force here and, through the bus, on every
-    replica; 409 policy_rejected (and nothing changes) if it may not go live."""
-    policies = runtime.policies
-    before = policies.state.policy.version
-
-    def record(version: str, files: list[str]) -> None:
-        # Who put which policy in force is part of the history (written before the swap:
-        # if it cannot be written, the policy does not change).
-        runtime.facts.write([], [Event("policy.activated", "policy", version, "", actor,
-                                       None, {"version": version, "previous": before,
-                                              "files": files})])
-
-    try:
-        state, changed = await run_in_threadpool(policies.reload, record)
-    except PolicyRejected as error:
-        log.warning("policy reload by %s refused: %s", actor, error.message)
-        raise Refused(POLICY_REJECTED, error.message, error.details) from None
-    notified = None
-    if changed:
-        log.info("policy %s in force (was %s), by %s", state.policy.version, before, actor)
-        bus = runtime.facts.bus
-        if bus is not None:
-            try:
-                bus.publish_policy(state.policy.version)
-                notified = True
-            except BusUnavailable as error:
-                log.warning("policy %s not announced to the other replicas: %s",
-                            state.policy.version, error)
-                notified = False
-    return {**state.describe(), "changed": changed, "replicas_notified": notified}
+    """Vet the policy directory and put it in force here and on every replica
+    (pdp.engine.policy_manager.PolicyManager.put_in_force); 409 policy_rejected (and
+    nothing changes) if it may not go live."""
+    return await run_in_threadpool(runtime.policies.put_in_force, actor, runtime.facts)
 
 
 async def watch_policy(runtime: Runtime, every: float) -> None:
