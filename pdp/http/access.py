@@ -12,8 +12,13 @@ within the read timeout. A path that the table does not name is for `admin` only
 a route means adding its line here (tests/test_http_bounds.py walks every route of the
 app and fails on one without its line, and on a line that names no route).
 
-The routes keep their own finer checks (a municipality admin acts only for its own
-municipality; a facts batch needs the role of every kind it holds).
+The table is the only place that names who may call what: the role lists below are its
+own, and no route asks for a role again. What a route still checks is finer and stays in
+terms of the table: the scope rule, "a municipality admin acts only for its own
+municipality", is answered in one place, `Reach` (the municipalities a caller acts for
+through the roles the table let it in by), which the gate puts next to the caller for
+every route (`ReachDep`); `owner` says which municipality owns a user or a right. (A facts
+batch needs the role of every kind it holds: `KIND_ROLES`.)
 """
 
 from __future__ import annotations
@@ -23,22 +28,17 @@ import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import unquote
 
+from fastapi import Depends, Request
 from starlette.convertors import Convertor
 from starlette.requests import ClientDisconnect
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pdp.http.audit import AUDITORS, SUPERVISORS
+from pdp.engine.factindex import FactIndex
 from pdp.http.errors import ApiError, refusal_response
-from pdp.http.monitoring import COMMENTERS, OPENERS, RESOLVERS
-from pdp.http.monitoring import READERS as CASE_READERS
-from pdp.http.policy import READERS as POLICY_READERS
-from pdp.http.policy import RELOADERS
-from pdp.http.rights import AGREEMENT_ROLES, IMPORTERS, STEP_ROLES
-from pdp.http.rights import READERS as GRANT_READERS
 from pdp.model.callers import MUNICIPALITY_ADMIN, Authenticator, Caller, forbidden
 from pdp.model.errors import INVALID_REQUEST, NOT_FOUND, Refused, bad_request
 from pdp.model.facts import COLLECTIONS
@@ -65,6 +65,111 @@ READ_ROLES["grant"] = ["grant_admin", "keha", MUNICIPALITY_ADMIN]
 # Who may have a decision explained: the policy's authors and the auditors.
 EXPLAINERS = ["policy_admin", "auditor"]
 PEP = ["pep"]
+
+# The life of a right: who may take each step. A municipality admin acts for its own
+# municipality only (see Reach).
+STEP_ROLES: dict[str, list[str]] = {
+    "apply": ["grant_admin", MUNICIPALITY_ADMIN],
+    "approve": ["grant_admin"],
+    "activate": ["keha"],
+    "suspend": ["grant_admin"],
+    "restore": ["grant_admin"],
+    "revoke": ["grant_admin", "keha", MUNICIPALITY_ADMIN],
+    "recertify": ["grant_admin", MUNICIPALITY_ADMIN],
+}
+GRANT_READERS = ["grant_admin", "keha", "auditor", MUNICIPALITY_ADMIN]
+# Either party may give notice (§ 9): the authority, or the municipality for its own
+# agreement; only the area rescinds (§ 10).
+AGREEMENT_ROLES: dict[str, list[str]] = {
+    "notice": ["grant_admin", MUNICIPALITY_ADMIN],
+    "rescind": ["grant_admin"],
+}
+# The register of rights granted before the service is imported by the admin alone.
+IMPORTERS = ["admin"]
+# The decision log is the auditors'; supervisors draw samples of a municipality's accesses.
+AUDITORS = ["auditor"]
+SUPERVISORS = ["auditor", "grant_admin", MUNICIPALITY_ADMIN]
+# Misuse cases (agreement § 7): both parties read, open and comment; the authority alone
+# resolves (a municipality comments, never closes).
+CASE_READERS = ["auditor", "grant_admin", MUNICIPALITY_ADMIN]
+OPENERS = ["grant_admin", "auditor", MUNICIPALITY_ADMIN]
+COMMENTERS = ["grant_admin", "auditor", MUNICIPALITY_ADMIN]
+RESOLVERS = ["grant_admin"]
+# Policies: their authors reload and try them; auditors read what is live and in shadow.
+POLICY_READERS = ["policy_admin", "auditor"]
+RELOADERS = ["policy_admin"]
+
+
+# -- scope: a municipality admin acts only for its own municipality -----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reach:
+    """The one answer to "may this caller act on what this municipality owns": where a
+    caller acts through `roles` (the roles the table let it in by). `own` None: everywhere
+    (an unscoped role among them, or admin); else only the municipalities it administers
+    (`municipality_admin:<code>`, when MUNICIPALITY_ADMIN is among the roles)."""
+
+    roles: tuple[str, ...]
+    own: frozenset[str] | None
+
+    @classmethod
+    def of(cls, caller: Caller, roles: Sequence[str]) -> Reach:
+        if caller.is_admin or any(role in caller.roles for role in roles
+                                  if role != MUNICIPALITY_ADMIN):
+            return cls(tuple(roles), None)
+        scoped = caller.municipalities if MUNICIPALITY_ADMIN in roles else frozenset()
+        return cls(tuple(roles), scoped)
+
+    @property
+    def everywhere(self) -> bool:
+        """Acts for every municipality (not only as a municipality admin)."""
+        return self.own is None
+
+    def covers(self, municipality: str | None) -> bool:
+        """May act on what `municipality` owns (None: owned by none known: only a caller
+        who acts everywhere may)."""
+        return self.own is None or municipality in self.own
+
+    def listing(self, asked: str | None) -> str | None:
+        """The municipality a listing is limited to: the one asked for (None: all) by a
+        caller who acts everywhere; a municipality admin's own (the one it holds if it
+        names none). Any other: 404, as if there were no such municipality."""
+        if self.own is None:
+            return asked
+        own = sorted(self.own)
+        if asked is None and len(own) == 1:
+            asked = own[0]
+        if asked is None or asked not in own:
+            raise Refused(NOT_FOUND, "no such municipality")
+        return asked
+
+
+def owner(index: FactIndex, kind: str, fact_id: str) -> str | None:
+    """Which municipality owns a fact: a user's own, a right's user's, an agreement's
+    code (None: not known, or a kind that no municipality owns)."""
+    if kind == "user":
+        user = index.users.get(fact_id)
+        return user.municipality if user else None
+    if kind == "grant":
+        grant = index.grants.get(fact_id)
+        holder = index.users.get(grant.user) if grant else None
+        return holder.municipality if holder else None
+    if kind == "agreement":
+        return fact_id
+    return None
+
+
+def get_reach(request: Request) -> Reach:
+    """The Reach the access gate put next to the caller of this route."""
+    reach = request.scope.get("state", {}).get("reach")
+    if not isinstance(reach, Reach):  # a route that needs one, opened by mistake
+        raise RuntimeError(f"no reach for {request.method} {request.url.path}: the access "
+                           "table opens a route that needs a caller")
+    return reach
+
+
+ReachDep = Annotated[Reach, Depends(get_reach)]
 
 
 class Open(tuple[str, ...]):
@@ -254,10 +359,12 @@ class AccessGate:
         self.body_timeout = body_timeout_seconds
         self.paths = compile_table(table)
 
-    def authorize(self, scope: Scope, headers: Mapping[bytes, list[bytes]]) -> Caller | None:
-        """401, 404 or 403 (ApiError), or the caller (None on an open route). A path the
-        table does not know is for admin only (the router then answers 404); a method the
-        table does not know for a path it knows, for any caller (the router answers 405)."""
+    def authorize(self, scope: Scope, headers: Mapping[bytes, list[bytes]]
+                  ) -> tuple[Caller, Reach] | None:
+        """401, 404 or 403 (a Refused), or the caller and where it acts on this route (None
+        on an open route). A path the table does not know is for admin only (the router
+        then answers 404); a method the table does not know for a path it knows, for any
+        caller (the router answers 405)."""
         entry, rule, params = find_rule(self.paths, scope["method"], route_path(scope))
         if isinstance(rule, Open):
             return None
@@ -265,11 +372,11 @@ class AccessGate:
         caller = self.auth.authenticate(
             authorization[0].decode("latin-1") if authorization else None)
         if entry is not None and rule is None:
-            return caller
+            return caller, Reach.of(caller, UNLISTED)
         roles = UNLISTED if rule is None else rule(params) if callable(rule) else rule
         if not caller.has_any(roles):
             raise forbidden(roles)
-        return caller
+        return caller, Reach.of(caller, roles)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -279,7 +386,7 @@ class AccessGate:
         for name, value in scope["headers"]:
             headers.setdefault(name, []).append(value)
         try:
-            caller = self.authorize(scope, headers)
+            allowed = self.authorize(scope, headers)
             check_request(scope, headers)
         except Refused as error:
             entry, _, _ = find_rule(self.paths, scope["method"], route_path(scope))
@@ -287,8 +394,9 @@ class AccessGate:
                 scope["route"] = entry  # the metrics name a refusal by its route
             await _refuse(error, scope, receive, send)
             return
-        if caller is not None:
-            scope.setdefault("state", {})["caller"] = caller
+        if allowed is not None:
+            state = scope.setdefault("state", {})
+            state["caller"], state["reach"] = allowed
         if has_body(headers):
             receive = self.timed(receive)
         started = False
