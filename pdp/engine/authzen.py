@@ -88,6 +88,7 @@ class Evaluation(_Open):
             action=self.action.name,
             purpose=self.context.purpose or "",
             owner=self.resource.properties.owner or "",
+            purpose_stated=self.context.purpose is not None,
         )
 
 

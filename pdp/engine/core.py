@@ -8,7 +8,7 @@ gives no answer yields a deny with reason `policy_error`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from pdp.engine.factindex import FactIndex
@@ -35,6 +35,9 @@ class DecisionRequest:
     # Who produced the record, as the request names it (resource.properties.owner): a
     # municipality code or "authority"; "" when it names none. Writes need it (rule 11).
     owner: str = ""
+    # Whether the request stated a purpose, even "" (the decision log keeps what was
+    # stated: "" stated is not the same record as none); not part of what is asked.
+    purpose_stated: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

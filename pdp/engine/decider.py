@@ -11,16 +11,24 @@ Below that, the policy's answers are kept by record shape (`record_shape`: the r
 up to renaming ids and moving timestamps without crossing now) and policy version: a new user x
 client x purpose whose record has the shape of one asked before — the next client of
 a caseload, a client after an unrelated change — needs no policy query.
+
+`check` is the one decision entry: the service's routes, search, explain, the CLI and
+the policy suites (and so the reload gate) all decide through it. It reads the facts
+once, from one view (`FactIndex.reading()`), held only while the memo is looked up and
+the policy records and audit records are built — never while the policy runs — and
+then decides, feeds the shadow, counts and builds the records the log keeps. `prepare`
+and `finish` are its two halves, for a caller that decides memo hits on its event loop
+and the rest in a worker thread.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
 from pdp.engine.core import (
     Decision,
@@ -30,11 +38,13 @@ from pdp.engine.core import (
     evaluate_outcomes,
     table_for,
 )
-from pdp.engine.factindex import FactIndex
+from pdp.engine.factindex import FactIndex, FactView
 from pdp.engine.metrics import Metrics
 from pdp.engine.policy_engine import Evaluator
 from pdp.engine.policy_input import Record, policy_record, record_shape
+from pdp.engine.records import AuditRecord, new_record_id
 from pdp.model.clock import to_micros, utcnow
+from pdp.model.errors import INVALID_REQUEST
 
 Stamps = tuple[int, int, int, int]
 
@@ -47,6 +57,81 @@ class _Memo:
 
 
 P = TypeVar("P", bound=Evaluator)
+Key = tuple[str, str, str, str]  # user, client, purpose, the record's owner named
+
+
+@dataclass(frozen=True, slots=True)
+class Asker:
+    """Who asks, as the decision log records it. `record_type` "explain" records an
+    explanation: it is not a decision a PEP enforces, so it is neither counted nor
+    offered to the shadow."""
+
+    caller: str | None = None
+    request_id: str | None = None
+    record_type: str = "decision"
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A batch item too malformed to decide: still a deny, so still recorded (its ids
+    only where they obey the id rule; the caller checks that)."""
+
+    user: str | None = None
+    client: str | None = None
+
+
+Item = DecisionRequest | Unreadable
+
+
+class Observer(Protocol):
+    """A candidate policy that sees every decision made (pdp.engine.shadow.Shadow)."""
+
+    def offer(self, request: DecisionRequest, now: datetime, made: Decision) -> None: ...
+
+
+class Observers(Protocol):
+    """Where the candidate being shadowed is, if any (pdp.engine.shadow.Candidates)."""
+
+    @property
+    def current(self) -> Observer | None: ...
+
+
+class _Read(NamedTuple):
+    """One item as read from the view: its memoised table (a hit), or the policy record
+    to ask about (a miss), and what its audit record says of the user and the client."""
+
+    item: Item
+    key: Key
+    table: DecisionTable | None
+    record: Record | None
+    stamps: Stamps
+    user_municipality: str | None
+    client_municipality: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """Items read from one view of the facts, to be decided by `Decider.finish`."""
+
+    items: list[_Read]
+    policy: Evaluator
+    facts_version: int
+    now: datetime
+    at_us: int
+
+    @property
+    def quick(self) -> bool:
+        """Every item is memoised: deciding takes microseconds, no policy query."""
+        return all(read.record is None for read in self.items)
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """The decisions made, in order (a batch that stops early has fewer than it asked;
+    an unreadable item's is a deny `invalid_request`), and their audit records."""
+
+    decisions: list[Decision]
+    records: list[AuditRecord]
 
 
 class Decider(Generic[P]):
@@ -67,13 +152,15 @@ class Decider(Generic[P]):
         self.shape_hits = 0
         self.hits = 0
         self.misses = 0
+        # The candidate policies shadowing this one (the service sets it).
+        self.shadow: Observers | None = None
 
     def swap_policy(self, policy: P) -> None:
         """Use a new compiled policy from the next decision on (atomic)."""
         self.policy = policy
 
-    def _stamps(self, user: str, client: str) -> Stamps:
-        facts = self.facts
+    def _stamps(self, user: str, client: str, facts: FactView | None = None) -> Stamps:
+        facts = self.facts if facts is None else facts
         user_fact = facts.users.get(user)
         municipality = user_fact.municipality if user_fact else ""
         agreement = facts.agreements.get(municipality)
@@ -81,9 +168,9 @@ class Decider(Generic[P]):
         return (facts.stamp("user", user), facts.stamp("agreement", municipality),
                 facts.stamp("area", area), facts.stamp("client", client))
 
-    def _hit(self, policy: Evaluator, key: tuple[str, str, str, str], stamps: Stamps,
-             now_us: int) -> DecisionTable | None:
-        """The memoised table, if it is still the answer (hold `facts.lock`)."""
+    def _hit(self, policy: Evaluator, key: Key, stamps: Stamps, now_us: int,
+             version: int | None = None) -> DecisionTable | None:
+        """The memoised table, if it is still the answer (inside `facts.reading()`)."""
         memo = self._memo.get(key)
         if (memo is not None and memo.policy_version == policy.version
                 and memo.stamps == stamps
@@ -91,7 +178,7 @@ class Decider(Generic[P]):
             self.hits += 1
             if self.metrics:
                 self.metrics.cache_hits.inc()
-            return memo.table.at_version(self.facts.version)
+            return memo.table.at_version(self.facts.version if version is None else version)
         return None
 
     def memoised(self, request: DecisionRequest, now: datetime | None = None
@@ -100,10 +187,11 @@ class Decider(Generic[P]):
         service decides such requests on its event loop and the others in a thread."""
         started = time.perf_counter()
         now_us = to_micros(now or self.clock())
-        with self.facts.lock:
+        with self.facts.reading() as view:
             table = self._hit(self.policy, (request.user, request.client, request.purpose,
                                             request.owner),
-                              self._stamps(request.user, request.client), now_us)
+                              self._stamps(request.user, request.client, view), now_us,
+                              view.version)
         if table is None:
             return None
         made = table.pick(request.category, request.action)
@@ -118,13 +206,19 @@ class Decider(Generic[P]):
         now_us = to_micros(now or self.clock())
         policy = self.policy
         key = (user, client, purpose, owner)
-        with self.facts.lock:
-            version = self.facts.version
-            stamps = self._stamps(user, client)
-            hit = self._hit(policy, key, stamps, now_us)
+        with self.facts.reading() as view:
+            version = view.version
+            stamps = self._stamps(user, client, view)
+            hit = self._hit(policy, key, stamps, now_us, version)
             if hit is not None:
                 return hit
-            record = policy_record(self.facts, user, client, purpose, now_us, owner)
+            record = policy_record(view, user, client, purpose, now_us, owner)
+        return self._evaluate(policy, key, stamps, record, version)
+
+    def _evaluate(self, policy: Evaluator, key: Key, stamps: Stamps, record: Record,
+                  version: int) -> DecisionTable:
+        """Ask (the shape cache, else) the policy about a record, outside any view, and
+        memoise the table while its answer holds."""
         self.misses += 1
         if self.metrics:
             self.metrics.cache_misses.inc()
@@ -176,3 +270,110 @@ class Decider(Generic[P]):
         self._memo.clear()
         if shapes:
             self._shapes.clear()
+
+    # -- the one decision entry -----------------------------------------------------------
+
+    def check(self, items: Sequence[Item], now: datetime, asker: Asker,
+              stop: str | None = None) -> Checked:
+        """Decide the items at `now` and build their audit records: the one way in.
+
+        `stop`: "deny_on_first_deny" or "permit_on_first_permit" stops a batch at the
+        first such decision (the items after it are neither decided nor recorded)."""
+        return self.finish(self.prepare(items, now), asker, stop)
+
+    def prepare(self, items: Sequence[Item], now: datetime) -> Prepared:
+        """Read the items from one view of the facts: the memo, and for the misses the
+        policy records; the user's and client's municipalities for the audit records."""
+        policy = self.policy
+        now_us = to_micros(now)
+        with self.facts.reading() as view:
+            version = view.version
+            read = [self._read(view, policy, item, now_us, version) for item in items]
+        return Prepared(read, policy, version, now, now_us)
+
+    def _read(self, view: FactView, policy: Evaluator, item: Item, now_us: int,
+              version: int) -> _Read:
+        if isinstance(item, Unreadable):
+            return _Read(item, ("", "", "", ""), None, None, (0, 0, 0, 0), None, None)
+        key = (item.user, item.client, item.purpose, item.owner)
+        stamps = self._stamps(item.user, item.client, view)
+        user = view.users.get(item.user)
+        client = view.clients.get(item.client)
+        table = self._hit(policy, key, stamps, now_us, version)
+        record = None if table is not None else policy_record(
+            view, item.user, item.client, item.purpose, now_us, item.owner)
+        return _Read(item, key, table, record, stamps, user.municipality if user else None,
+                     client.home_municipality if client else None)
+
+    def finish(self, prepared: Prepared, asker: Asker, stop: str | None = None) -> Checked:
+        """Decide what `prepare` read (the misses ask the policy, outside any view), feed
+        the shadow, count, and build the audit records."""
+        decisions: list[Decision] = []
+        records: list[AuditRecord] = []
+        made_here: dict[Key, DecisionTable] = {}  # a batch asks about a key once
+        enforced = asker.record_type == "decision"
+        for read in prepared.items:
+            started = time.perf_counter()
+            item = read.item
+            if isinstance(item, Unreadable):
+                made = Decision(False, INVALID_REQUEST, prepared.policy.version,
+                                prepared.facts_version)
+                records.append(_unreadable_record(item, made, prepared.at_us, asker))
+            else:
+                made = self._table(prepared, read, made_here).pick(item.category, item.action)
+                if enforced:
+                    self._observe(item, prepared.now, made, started)
+                records.append(_decision_record(read, item, made, prepared.at_us, asker))
+            decisions.append(made)
+            if ((stop == "deny_on_first_deny" and not made.decision)
+                    or (stop == "permit_on_first_permit" and made.decision)):
+                break
+        return Checked(decisions, records)
+
+    def _table(self, prepared: Prepared, read: _Read,
+               made_here: dict[Key, DecisionTable]) -> DecisionTable:
+        if read.table is not None:
+            return read.table
+        table = made_here.get(read.key)
+        if table is not None:  # asked before in this batch: as the memo would answer
+            self.hits += 1
+            if self.metrics:
+                self.metrics.cache_hits.inc()
+            return table
+        assert read.record is not None
+        table = made_here[read.key] = self._evaluate(prepared.policy, read.key, read.stamps,
+                                                     read.record, prepared.facts_version)
+        return table
+
+    def _observe(self, request: DecisionRequest, now: datetime, made: Decision,
+                 started: float) -> None:
+        """The shadow hook and the metrics of one enforced decision."""
+        shadow = self.shadow.current if self.shadow is not None else None
+        if shadow is not None:
+            shadow.offer(request, now, made)
+        if self.metrics:
+            self.metrics.decision_counter(made.decision, made.reason, request.purpose).inc()
+            self.metrics.decision_seconds.observe(time.perf_counter() - started)
+
+
+def _decision_record(read: _Read, request: DecisionRequest, made: Decision, at_us: int,
+                     asker: Asker) -> AuditRecord:
+    """The record of one decision, from the same view it was decided over."""
+    return AuditRecord(
+        asker.record_type, new_record_id(), at_us,
+        user_id=request.user, user_municipality=read.user_municipality,
+        grant_id=made.grant,
+        client_id=request.client, client_municipality=read.client_municipality,
+        category=request.category, action=request.action,
+        purpose=request.purpose if request.purpose or request.purpose_stated else None,
+        decision=made.decision, reason=made.reason,
+        policy_version=made.policy_version, facts_version=made.facts_version,
+        request_id=asker.request_id, caller=asker.caller)
+
+
+def _unreadable_record(item: Unreadable, made: Decision, at_us: int,
+                       asker: Asker) -> AuditRecord:
+    return AuditRecord(asker.record_type, new_record_id(), at_us, user_id=item.user,
+                       client_id=item.client, decision=False, reason=made.reason,
+                       policy_version=made.policy_version, facts_version=made.facts_version,
+                       request_id=asker.request_id, caller=asker.caller)

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from pdp.model.clock import END_OF_TIME, from_micros, to_micros
 from pdp.model.facts import (
@@ -134,6 +134,61 @@ def relationship_data(row: RelationshipRow) -> dict[str, Any]:
             "assigned_users": list(row.assigned_users)}
 
 
+class FactView(Protocol):
+    """The reads a decision makes, over one consistent state of the facts.
+
+    Get one from `FactIndex.reading()` and read it only inside that `with` block: the
+    engine decides over a view and takes no lock itself (the lock protocol stays in
+    this module). Read-only by type: the mappings are the index's own, never copies."""
+
+    @property
+    def version(self) -> int: ...
+    @property
+    def areas(self) -> Mapping[str, Area]: ...
+    @property
+    def agreements(self) -> Mapping[str, Agreement]: ...
+    @property
+    def users(self) -> Mapping[str, User]: ...
+    @property
+    def grants(self) -> Mapping[str, Grant]: ...
+    @property
+    def clients(self) -> Mapping[str, ClientRow]: ...
+    @property
+    def relationships(self) -> Mapping[str, RelationshipRow]: ...
+    @property
+    def grants_by_user(self) -> Mapping[str, Mapping[str, Grant]]: ...
+    @property
+    def relationships_by_client(self) -> Mapping[str, Mapping[str, RelationshipRow]]: ...
+    @property
+    def open_relationships(self) -> Mapping[tuple[str, str], Mapping[str, int]]: ...
+    @property
+    def assigned_relationships(self) -> Mapping[str, Mapping[str, int]]: ...
+    @property
+    def users_by_municipality(self) -> Mapping[str, set[str]]: ...
+
+    def stamp(self, group: str, key: str) -> int: ...
+    def fact_version(self, kind: str, id: str) -> int: ...
+    def stored_facts(self) -> Iterator[StoredFact]: ...
+
+
+class _Reading:
+    """`with index.reading() as view:` — the view of one consistent state, held only
+    while records are built from it (never while the policy runs: a write must not
+    wait behind a cold query). One per index, so taking a view allocates nothing."""
+
+    __slots__ = ("_index",)
+
+    def __init__(self, index: FactIndex) -> None:
+        self._index = index
+
+    def __enter__(self) -> FactView:
+        self._index.lock.acquire()
+        return self._index
+
+    def __exit__(self, *exc: object) -> None:
+        self._index.lock.release()
+
+
 @dataclass(slots=True)
 class FactIndex:
     version: int = 0
@@ -161,7 +216,17 @@ class FactIndex:
     # carry theirs in their rows).
     versions: dict[str, dict[str, int]] = field(default_factory=lambda: {
         "area": {}, "agreement": {}, "user": {}, "grant": {}})
+    # Writers (`load`, `apply`, `advance`) hold it; readers take it through `reading()`.
     lock: threading.RLock = field(default_factory=threading.RLock)
+    _reading: _Reading | None = None
+
+    def reading(self) -> _Reading:
+        """A consistent view of the facts for the span of a `with` block: O(1), no copy
+        (writers wait until the block ends, so keep it to building records)."""
+        reading = self._reading
+        if reading is None:
+            reading = self._reading = _Reading(self)
+        return reading
 
     def fact_version(self, kind: str, id: str) -> int:
         """The version of the fact's last write; 0 if it does not exist."""

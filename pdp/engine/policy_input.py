@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from pdp.engine.factindex import FactIndex
+from pdp.engine.factindex import FactView
 from pdp.model.clock import END_OF_TIME, START_OF_TIME, to_micros
 from pdp.model.facts import Grant
 
@@ -21,9 +21,9 @@ Record = dict[str, Any]
 OTHERS = "#others"
 
 
-def policy_record(facts: FactIndex, user_id: str, client_id: str, purpose: str,
+def policy_record(facts: FactView, user_id: str, client_id: str, purpose: str,
                   now: int, owner: str = "") -> Record:
-    """The policy input; the caller holds `facts.lock` if facts may change meanwhile.
+    """The policy input, read from a view (`FactIndex.reading()`).
     `owner`: the owner the request names for the record (a municipality code or
     "authority"; "" when it names none)."""
     user = facts.users.get(user_id)
