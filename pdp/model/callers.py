@@ -83,7 +83,7 @@ class Caller:
     def listing_scope(self, municipality: str | None, roles: Sequence[str]) -> str | None:
         """The municipality a listing is limited to: the one asked for (None: all) through
         an unscoped role in `roles`; a municipality admin's own (the one they hold if they
-        name none). Any other: 404, as if there were no such municipality."""
+        name none). Any other: `not_found`, as if there were no such municipality."""
         if self.has_any([role for role in roles if role != MUNICIPALITY_ADMIN]):
             return municipality
         own = sorted(self.municipalities)

@@ -455,14 +455,14 @@ class Lifecycle:
         """The rights granted before the service, each with its approval record (who
         approved it and when, the decision, when KEHA opened it): all or nothing, each
         right an event `grant.imported`. The one way a right enters other than by
-        application. An id that a right has or had is 409 `id_taken`; a right that would
+        application. An id that a right has or had is refused `id_taken`; a right that would
         count now (active) must keep the limits a right keeps when it is opened, and its
         re-certification may be due at most one period from now. Returns facts_version.
 
         The register holds only rights granted before the service: every approval and
-        opening lies before the configured cut-over `register_before` (400 naming the
-        field); with no cut-over configured the register is closed (409
-        `register_closed`)."""
+        opening lies before the configured cut-over `register_before` (refused
+        `invalid_request` naming the field); with no cut-over configured the register is
+        closed (`register_closed`)."""
         if self.register_before is None:
             raise WorkflowError(
                 REGISTER_CLOSED, "the register of rights granted before the service is "
@@ -533,8 +533,8 @@ class Lifecycle:
     def write_facts(self, changes: Sequence[Change], actor: str) -> int:
         """Facts-API writes (data None: delete) with what follows from them, in one commit.
         Raises store.NotFound for a delete of a fact that does not exist; a user written
-        under a taken id is 409 `id_taken` (see `write_user`). A right, or an agreement's
-        status or end, is never written here: 409 `use_workflow` naming the step."""
+        under a taken id is refused `id_taken` (see `write_user`). A right, or an agreement's
+        status or end, is never written here: `use_workflow` naming the step."""
         return self._commit(lambda now: self._facts_plan(changes, actor, now))
 
     def write_user(self, user_id: str, data: dict[str, Any] | None, actor: str,
@@ -546,9 +546,9 @@ class Lifecycle:
 
         The caller has checked everything else first (the body, its municipality). The id
         is checked last, and a user who is another municipality's gets the answer that any
-        taken id gets, a deleted user's too (409 `id_taken`): so a write tells no
+        taken id gets, a deleted user's too (`id_taken`): so a write tells no
         municipality which ids another has. To delete, another's user is not found, as an
-        unknown one is (404)."""
+        unknown one is (store.NotFound)."""
         def plan(now: datetime) -> Plan:
             user = self.facts.index.users.get(user_id)
             if user is not None and not acts_for(user.municipality):
@@ -612,8 +612,8 @@ class Lifecycle:
     # carries: C-5, C-11
     def _refuse_grant_write(self, change: Change, now: datetime) -> None:
         """No right is created, changed or deleted by a facts write (API.md "Rights"):
-        409 `use_workflow` naming the step that would do what the write tries. Deleting
-        a right that does not exist is left to the store (404)."""
+        refused `use_workflow` naming the step that would do what the write tries.
+        Deleting a right that does not exist is left to the store (store.NotFound)."""
         current = self.facts.index.grants.get(change.id)
         if current is None and change.data is None:
             return
@@ -626,10 +626,10 @@ class Lifecycle:
     # carries: C-22, C-23
     def _check_agreement_write(self, change: Change, now: datetime) -> None:
         """An agreement is created in force, and a write may change its other fields; its
-        status and end change only by notice and rescission (409 `use_workflow`), and it
+        status and end change only by notice and rescission (`use_workflow`), and it
         is never deleted: a delete would end its rights without the rescind step, and an
-        agreement written in force after it would wipe a notice (409 `use_workflow`
-        naming rescind). Deleting one that does not exist is left to the store (404)."""
+        agreement written in force after it would wipe a notice (`use_workflow` naming
+        rescind). Deleting one that does not exist is left to the store (store.NotFound)."""
         current = self.facts.index.agreements.get(change.id)
         code = change.id
         if change.data is None:
@@ -872,7 +872,7 @@ def _refusal_message(rule: str, detail: str, lifecycle: Lifecycle) -> str:
 # carries: C-5, C-11
 def refuse_grant_write(lifecycle: Lifecycle, grant_id: str, data: Any) -> WorkflowError:
     """The answer to a facts write (not a delete) of a right, given before its body is
-    validated (API.md "Rights": any facts write of a right is 409 `use_workflow`): the
+    validated (API.md "Rights": any facts write of a right is refused `use_workflow`): the
     step is named from the body when it is a right, else from the status it names, else
     a new application."""
     current = lifecycle.facts.index.grants.get(grant_id)
@@ -893,7 +893,7 @@ def refuse_grant_write(lifecycle: Lifecycle, grant_id: str, data: Any) -> Workfl
 
 
 def refuse_grant_items(lifecycle: Lifecycle, raw: list[Any]) -> None:
-    """A facts batch (or `pdp facts import`) with an item of kind grant is 409
+    """A facts batch (or `pdp facts import`) with an item of kind grant is refused
     `use_workflow` for the first, before any item is validated; nothing is stored."""
     for item in raw:
         if isinstance(item, dict) and item.get("kind") == "grant":
