@@ -12,43 +12,25 @@ import gc
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import datetime
+from collections.abc import AsyncIterator, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pdp.audit.log import AuditRecord, AuditUnavailable, new_record_id
+from pdp.audit.log import AuditUnavailable
 from pdp.engine.authzen import (
     ActionSearch,
-    Evaluation,
-    EvaluationsEnvelope,
     ResourceSearch,
     SubjectSearch,
-    merge_item,
 )
-from pdp.engine.core import Decision
-from pdp.engine.explain import explain
-from pdp.engine.facts_service import FactsBehind, parse_batch, parse_id
-from pdp.engine.search import (
-    BadToken,
-    Page,
-    decode_token,
-    encode_token,
-    query_fingerprint,
-    search_actions,
-    search_resources,
-    search_subjects,
-)
-from pdp.http import errors
+from pdp.engine.facts_service import parse_batch, parse_id
+from pdp.http import decisions, errors, search
 from pdp.http.access import (
-    EXPLAINERS,
     KIND_ROLES,
     READ_ROLES,
     WRITE_ROLES,
@@ -62,20 +44,14 @@ from pdp.http.policy import policy_router, watch_policy
 from pdp.http.rights import lifecycle_router
 from pdp.http.wire import JSONResponse, read_json
 from pdp.model.callers import MUNICIPALITY_ADMIN, Caller, forbidden
-from pdp.model.clock import to_micros
 from pdp.model.errors import (
-    AUDIT_UNAVAILABLE,
-    INVALID_REQUEST,
     NOT_FOUND,
-    UNAVAILABLE,
     Refused,
     bad_request,
     invalid,
-    validation_details,
 )
 from pdp.model.facts import (
     COLLECTIONS,
-    ID_RULE,
     Grant,
     dump_fact,
     parse_fact,
@@ -184,6 +160,7 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     app = FastAPI(title="pdp", version="1", lifespan=lifespan,
                   default_response_class=JSONResponse, docs_url="/docs", redoc_url=None)
+    app.state.runtime = runtime  # what the routes take as RuntimeDep (pdp.http.deps)
     # The access table, in front of every route (pdp.http.access); the request id outside it.
     app.add_middleware(AccessGate, auth=auth,
                        body_timeout_seconds=settings.body_timeout_seconds)
@@ -261,275 +238,10 @@ def create_app(runtime: Runtime) -> FastAPI:
             "search_action_endpoint": f"{base}/access/v1/search/action",
         }
 
-    # -- decisions ---------------------------------------------------------------------
+    # -- decisions, explain and search ---------------------------------------------------
 
-    async def ensure_facts(min_version: int | None) -> None:
-        """Decide only from facts confirmed within the staleness bound, and at least as
-        new as `min_version`; otherwise 503 — never a stale allow."""
-        if not facts.fresh() and not (await run_in_threadpool(facts.confirm)
-                                      and facts.fresh()):
-            raise Refused(UNAVAILABLE, "facts cannot be confirmed current")
-        if min_version is None or facts.index.version >= min_version:
-            return
-        try:
-            await run_in_threadpool(facts.ensure_version, min_version,
-                                    settings.min_facts_wait_seconds)
-        except FactsBehind as error:
-            raise Refused(UNAVAILABLE, str(error)) from None
-
-    def decide(evaluation: Evaluation, caller: Caller, request_id: str | None,
-               now: datetime, made: Decision | None = None
-               ) -> tuple[dict[str, Any], AuditRecord]:
-        """The answer and record of one evaluation; `made`: its memoised decision if the
-        caller has it already (Decider.memoised), else it is decided here."""
-        asked = evaluation.to_request()
-        if made is None:
-            made = runtime.decider.decide(asked, now)
-        shadow = runtime.candidates.current
-        if shadow is not None:
-            shadow.offer(asked, now, made)
-        metrics.decision_counter(made.decision, made.reason, evaluation.context.purpose).inc()
-        record = decision_record(evaluation, made, caller, request_id, now)
-        return {
-            "decision": made.decision,
-            "context": {
-                "reason": made.reason,
-                "decision_id": record.record_id,
-                "policy_version": made.policy_version,
-                "facts_version": made.facts_version,
-            },
-        }, record
-
-    def decision_record(evaluation: Evaluation, made: Decision, caller: Caller,
-                        request_id: str | None, now: datetime) -> AuditRecord:
-        index = facts.index
-        user = index.users.get(evaluation.subject.id)
-        client = index.clients.get(evaluation.resource.id)
-        return AuditRecord(
-            "decision", new_record_id(), to_micros(now),
-            user_id=evaluation.subject.id,
-            user_municipality=user.municipality if user else None,
-            grant_id=made.grant,
-            client_id=evaluation.resource.id,
-            client_municipality=client.home_municipality if client else None,
-            category=evaluation.resource.properties.category,
-            action=evaluation.action.name,
-            purpose=evaluation.context.purpose,
-            decision=made.decision, reason=made.reason,
-            policy_version=made.policy_version, facts_version=made.facts_version,
-            request_id=request_id, caller=caller.name)
-
-    def invalid_record(raw: Any, caller: Caller, request_id: str | None,
-                       now: datetime) -> AuditRecord:
-        """A batch item too malformed to decide: still a deny, so still recorded (with
-        its ids only where they obey the id rule: the log keeps no control characters
-        or direction marks)."""
-        def member(key: str) -> str | None:
-            value = raw.get(key) if isinstance(raw, dict) else None
-            found = value.get("id") if isinstance(value, dict) else None
-            return found if isinstance(found, str) and ID_RULE.fullmatch(found) else None
-
-        return AuditRecord("decision", new_record_id(), to_micros(now),
-                           user_id=member("subject"), client_id=member("resource"),
-                           decision=False, reason=INVALID_REQUEST,
-                           policy_version=runtime.policy.version,
-                           facts_version=facts.index.version, request_id=request_id,
-                           caller=caller.name)
-
-    async def recorded(records: list[AuditRecord]) -> None:
-        """Return only once the records are durable; 503 if they cannot be written."""
-        if audit is None or not records:
-            return
-        try:
-            await asyncio.wrap_future(audit.append(records))
-        except AuditUnavailable as error:
-            metrics.audit_failures.inc()
-            raise Refused(AUDIT_UNAVAILABLE, f"the decision log is unavailable: {error}") from None
-
-    async def pep_request(request: Request, model: type[Shape],
-                          roles: Sequence[str] = ("pep",)) -> tuple[Caller, Shape]:
-        """The caller (a PEP unless told otherwise) and its request body, validated
-        (401/403/400 otherwise)."""
-        caller = auth.require(request.headers.get("authorization"), roles)
-        body = await read_json(request, settings.max_body_bytes)
-        try:
-            return caller, model.model_validate(body)
-        except ValidationError as error:
-            raise invalid(error) from None
-
-    # The two hot endpoints answer a JSONResponse themselves: a dict would first go
-    # through FastAPI's jsonable_encoder (a tenth of a warm request's time).
-    @app.post("/access/v1/evaluation", response_class=JSONResponse)
-    async def evaluation(request: Request) -> JSONResponse:
-        caller, item = await pep_request(request, Evaluation)
-        await ensure_facts(item.context.min_facts_version)
-        now = runtime.decider.clock()
-        request_id = request.headers.get("x-request-id")
-        # A memoised answer takes microseconds: on the event loop. A policy query takes
-        # milliseconds: in a worker thread, so that the loop keeps serving meanwhile.
-        made = runtime.decider.memoised(item.to_request(), now)
-        if made is not None:
-            result, record = decide(item, caller, request_id, now, made)
-        else:
-            result, record = await run_in_threadpool(decide, item, caller, request_id, now)
-        await recorded([record])
-        return JSONResponse(result)
-
-    @app.post("/access/v1/evaluations", response_class=JSONResponse)
-    async def evaluations(request: Request) -> JSONResponse:
-        caller = auth.require(request.headers.get("authorization"), ["pep"])
-        request_id = request.headers.get("x-request-id")
-        body = await read_json(request, settings.max_body_bytes)
-        try:
-            envelope = EvaluationsEnvelope.model_validate(body)
-        except ValidationError as error:
-            raise invalid(error) from None
-        if len(envelope.evaluations) > settings.max_decision_batch:
-            raise bad_request(
-                f"{len(envelope.evaluations)} items; at most {settings.max_decision_batch}",
-                field="evaluations")
-        items: list[Evaluation | tuple[Any, dict[str, Any]]] = []
-        for index, raw in enumerate(envelope.evaluations):
-            try:
-                if not isinstance(raw, dict):
-                    Evaluation.model_validate(raw)  # raises: names what the item should be
-                items.append(Evaluation.model_validate(merge_item(envelope, raw)))
-            except ValidationError as error:
-                details = validation_details(error, f"evaluations[{index}]")
-                items.append((raw, {"decision": False, "context": {"error": {
-                    "code": INVALID_REQUEST,
-                    "message": f"{details[0]['field']}: {details[0]['message']}",
-                    "details": details}}}))
-        versions = [i.context.min_facts_version for i in items if isinstance(i, Evaluation)]
-        await ensure_facts(max((v for v in versions if v is not None), default=None))
-        semantic = envelope.options.evaluations_semantic
-        now = runtime.decider.clock()
-
-        # The memoised answers, looked up once; a batch with none missing is decided on
-        # the event loop, one that needs policy queries in a worker thread.
-        quick = [runtime.decider.memoised(item.to_request(), now)
-                 if isinstance(item, Evaluation) else None for item in items]
-
-        def decide_all() -> tuple[list[dict[str, Any]], list[AuditRecord]]:
-            results: list[dict[str, Any]] = []
-            records: list[AuditRecord] = []
-            for item, made in zip(items, quick, strict=True):
-                if isinstance(item, Evaluation):
-                    result, record = decide(item, caller, request_id, now, made)
-                else:
-                    record = invalid_record(item[0], caller, request_id, now)
-                    result = {"decision": False, "context": {"decision_id": record.record_id,
-                                                             **item[1]["context"]}}
-                results.append(result)
-                records.append(record)
-                if semantic == "deny_on_first_deny" and not result["decision"]:
-                    break
-                if semantic == "permit_on_first_permit" and result["decision"]:
-                    break
-            return results, records
-
-        if all(made is not None for item, made in zip(items, quick, strict=True)
-               if isinstance(item, Evaluation)):
-            results, records = decide_all()
-        else:
-            results, records = await run_in_threadpool(decide_all)
-        await recorded(records)
-        return JSONResponse({"evaluations": results})
-
-    # -- explain -----------------------------------------------------------------------
-
-    @app.post("/v1/explain", response_class=JSONResponse)
-    async def explain_route(request: Request) -> JSONResponse:
-        """Every rule with passed or failed and the facts it read (pdp.engine.explain); the
-        explanation shows personal data, so it is recorded like a decision."""
-        caller, item = await pep_request(request, Evaluation, EXPLAINERS)
-        await ensure_facts(item.context.min_facts_version)
-        now = runtime.decider.clock()
-        explained = await run_in_threadpool(explain, runtime.policy, facts.index,
-                                            item.to_request(), now)
-        record = decision_record(item, Decision(
-            explained["decision"], explained["reason"], explained["policy_version"],
-            explained["facts_version"], explained["grant"]), caller,
-            request.headers.get("x-request-id"), now)._replace(record_type="explain")
-        await recorded([record])
-        return JSONResponse({**explained, "explain_id": record.record_id})
-
-    # -- search ------------------------------------------------------------------------
-
-    async def search(request: Request, kind: str, model: type[SearchModel]) -> dict[str, Any]:
-        """One page of an AuthZEN search: validated, answered from the same memoised
-        policy as evaluations (in a worker thread: a cold page may take a while), and
-        recorded in the decision log before it is returned."""
-        caller, query = await pep_request(request, model)
-        question = query.model_dump(mode="json", exclude={"page"})
-        fingerprint = query_fingerprint(kind, question)
-        after = None
-        if query.page.token:
-            try:
-                after = decode_token(query.page.token, fingerprint)
-            except BadToken as error:
-                raise bad_request(str(error), field="page.token") from None
-        limit = query.page.limit or settings.search_default_limit
-        await ensure_facts(query.context.min_facts_version)
-        now = runtime.decider.clock()
-        purpose = query.context.purpose or ""
-        budget = settings.search_page_budget_seconds
-        started = time.perf_counter()
-        category = query.resource.properties.category
-        run: Callable[..., Page]
-        if isinstance(query, ResourceSearch):
-            run = partial(search_resources, user=query.subject.id, action=query.action.name)
-            user, client, action = query.subject.id, None, query.action.name
-        elif isinstance(query, SubjectSearch):
-            run = partial(search_subjects, client=query.resource.id, action=query.action.name)
-            user, client, action = None, query.resource.id, query.action.name
-        else:
-            run = partial(search_actions, user=query.subject.id, client=query.resource.id)
-            user, client, action = query.subject.id, query.resource.id, None
-        owner = query.resource.properties.owner or ""
-        page = await run_in_threadpool(lambda: run(
-            runtime.decider, category=category, purpose=purpose, after=after, limit=limit,
-            budget=budget, now=now, owner=owner))
-        results = ([{"name": i} for i in page.ids] if kind == "action" else
-                   [{"type": "user" if kind == "subject" else "client_record", "id": i}
-                    for i in page.ids])
-        metrics.search_seconds.labels(kind).observe(time.perf_counter() - started)
-        metrics.searches.labels(kind).inc()
-        metrics.search_candidates.labels(kind).inc(page.examined)
-        next_token = encode_token(fingerprint, page.after) if page.after is not None else ""
-        index = facts.index
-        user_fact = index.users.get(user) if user else None
-        client_fact = index.clients.get(client) if client else None
-        record = AuditRecord(
-            "search", new_record_id(), to_micros(now), user_id=user,
-            user_municipality=user_fact.municipality if user_fact else None,
-            client_id=client,
-            client_municipality=client_fact.home_municipality if client_fact else None,
-            category=category, action=action, purpose=query.context.purpose,
-            decision=bool(page.ids), policy_version=runtime.policy.version,
-            facts_version=index.version, request_id=request.headers.get("x-request-id"),
-            caller=caller.name,
-            details=orjson.dumps({"kind": kind, "results": page.ids,
-                                  "token": query.page.token, "limit": limit,
-                                  "next_token": next_token}).decode())
-        await recorded([record])
-        return {"results": results,
-                "page": {"next_token": next_token, "count": len(results)},
-                "context": {"search_id": record.record_id,
-                            "policy_version": record.policy_version,
-                            "facts_version": record.facts_version}}
-
-    @app.post("/access/v1/search/resource")
-    async def search_resource(request: Request) -> dict[str, Any]:
-        return await search(request, "resource", ResourceSearch)
-
-    @app.post("/access/v1/search/subject")
-    async def search_subject(request: Request) -> dict[str, Any]:
-        return await search(request, "subject", SubjectSearch)
-
-    @app.post("/access/v1/search/action")
-    async def search_action(request: Request) -> dict[str, Any]:
-        return await search(request, "action", ActionSearch)
+    app.include_router(decisions.router)
+    app.include_router(search.router)
 
     # -- the life of a right (before the generic facts routes, which would match) -------
 

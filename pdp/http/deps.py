@@ -17,13 +17,14 @@ from pdp.model.callers import Caller
 from pdp.service.runtime import Runtime
 
 
-def get_runtime(request: Request) -> Runtime:
-    """The runtime `create_app` was built with (app.state.runtime)."""
+async def get_runtime(request: Request) -> Runtime:
+    """The runtime `create_app` was built with (app.state.runtime). Async, as
+    `get_caller`: a plain function would be run in a worker thread, on every request."""
     runtime: Runtime = request.app.state.runtime
     return runtime
 
 
-def get_caller(request: Request) -> Caller:
+async def get_caller(request: Request) -> Caller:
     """The caller the access gate (pdp.http.access) authenticated and authorised for this
     route; only routes that the table does not open take it."""
     caller = request.scope.get("state", {}).get("caller")
