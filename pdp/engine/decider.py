@@ -136,7 +136,8 @@ class Checked:
 
 class Decider(Generic[P]):
     def __init__(self, policy: P, facts: FactIndex, *, cache_size: int = 100_000,
-                 clock: Callable[[], datetime] = utcnow, metrics: Metrics | None = None) -> None:
+                 clock: Callable[[], datetime] = utcnow, metrics: Metrics | None = None,
+                 shapes: dict[bytes, tuple[str, Outcomes]] | None = None) -> None:
         self.policy = policy
         self.facts = facts
         self.clock = clock
@@ -148,7 +149,8 @@ class Decider(Generic[P]):
         self._memo: dict[tuple[str, str, str, str], _Memo] = {}
         # Policy answers by record shape (pdp.engine.policy_input.record_shape): a record of a
         # shape seen before needs no policy query.
-        self._shapes: dict[bytes, tuple[str, Outcomes]] = {}
+        # Deciders of one policy over other worlds (the suites' cases) may share them.
+        self._shapes: dict[bytes, tuple[str, Outcomes]] = {} if shapes is None else shapes
         self.shape_hits = 0
         self.hits = 0
         self.misses = 0

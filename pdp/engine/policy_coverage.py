@@ -10,8 +10,9 @@ A clause no case can tell apart by design (defence in depth, a fast path) is exe
 a comment right above it, `# coverage-exempt: <why>`, which also covers the clauses of
 the same rule that follow it line by line; exemptions are reported.
 
-Each case is asked as a record shape, once per distinct shape (as the decider does),
-so a switched-off clause costs a few policy queries until the first case fails.
+Each case is decided by the service's decision entry (`Decider.check`), the answers by
+record shape shared between the cases of one policy, so a switched-off clause costs a
+policy query per distinct shape until the first case fails.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pdp.engine.core import POLICY_ERROR, evaluate_outcomes
-from pdp.engine.policy_engine import DECISION_RULE, CompiledPolicy, PolicyError, load_policy
-from pdp.engine.policy_input import Record, policy_record, record_shape
+from pdp.engine.core import Outcomes
+from pdp.engine.decider import Asker, Decider
+from pdp.engine.factindex import FactIndex
+from pdp.engine.policy_engine import DECISION_RULE, Evaluator, PolicyError, load_policy
+from pdp.engine.policy_input import policy_record, record_shape
 from pdp.engine.policy_tests import Case, Suite
 from pdp.model.clock import to_micros
 
@@ -122,39 +125,29 @@ def reachable(all_clauses: Iterable[Clause], sources: dict[str, str],
     return seen & set(calls)
 
 
-@dataclass(frozen=True, slots=True)
-class _Asked:
-    """The cases of one record shape: the shape and, per case, what it expects."""
-
-    shape: Record
-    expectations: tuple[tuple[str, str, str], ...]  # (category, action, reason)
-
-
-def _asked(suites: Iterable[Suite]) -> list[_Asked]:
-    by_shape: dict[bytes, tuple[Record, list[tuple[str, str, str]]]] = {}
+def _asked(suites: Iterable[Suite]) -> list[tuple[Case, FactIndex]]:
+    """Every case with its world (built once for all the policies asked), the cases of
+    one record shape together: a switched-off clause that one of them notices is then
+    noticed after asking the policy about one shape, not about every shape before it."""
+    by_shape: dict[bytes, list[tuple[Case, FactIndex]]] = {}
     for suite in suites:
         for case in suite.cases:
-            key, shape, _ = record_shape(_record(case))
-            by_shape.setdefault(key, (shape, []))[1].append(
-                (case.request.category, case.request.action, case.expect_reason))
-    return [_Asked(shape, tuple(cases)) for shape, cases in by_shape.values()]
+            index, request = case.fact_index(), case.request
+            with index.reading() as view:
+                record = policy_record(view, request.user, request.client, request.purpose,
+                                       to_micros(case.now), request.owner)
+            by_shape.setdefault(record_shape(record)[0], []).append((case, index))
+    return [asked for cases in by_shape.values() for asked in cases]
 
 
-def _record(case: Case) -> Record:
-    request = case.request
-    return policy_record(case.fact_index(), request.user, request.client, request.purpose,
-                         to_micros(case.now), request.owner)
-
-
-def _noticed(policy: CompiledPolicy, asked: list[_Asked]) -> bool:
+def _noticed(policy: Evaluator, asked: list[tuple[Case, FactIndex]]) -> bool:
     """Whether some case fails under `policy`."""
-    for shape in asked:
-        outcomes = evaluate_outcomes(policy, shape.shape)
-        for category, action, reason in shape.expectations:
-            got = POLICY_ERROR if outcomes is None else outcomes.get(
-                (category, action), (POLICY_ERROR, ""))[0]
-            if got != reason:
-                return True
+    shapes: dict[bytes, tuple[str, Outcomes]] = {}
+    for case, index in asked:
+        made = Decider(policy, index, shapes=shapes).check(
+            [case.request], case.now, Asker()).decisions[0]
+        if made.reason != case.expect_reason:
+            return True
     return False
 
 

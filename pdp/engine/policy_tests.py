@@ -26,7 +26,9 @@ as the facts API validates them (`pdp.model.facts.parse_fact`). Times are kept a
 YAML reader and parsed here, so ``now`` must be a quoted or plain RFC 3339 string.
 
 Each case is decided on its own fact index, built from the case's world through the same
-change-log path the service uses (`FactIndex.apply`), by `pdp.engine.core.decide`.
+change-log path the service uses (`FactIndex.apply`), by the service's own decision entry
+(`pdp.engine.decider.Decider.check`: memo and record shapes included), so a suite that
+passes — and the reload gate that runs the suites — vouches for the path that serves.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ from pydantic import (
 )
 
 from pdp.engine.authzen import Owner
-from pdp.engine.core import DecisionRequest, decide
+from pdp.engine.core import DecisionRequest
+from pdp.engine.decider import Asker, Checked, Decider
 from pdp.engine.factindex import FactIndex
 from pdp.engine.policy_engine import Evaluator
 from pdp.model.facts import COLLECTIONS, Fact, dump_fact, parse_fact
@@ -66,6 +69,7 @@ __all__ = [
     "Suite",
     "SuiteError",
     "SuiteLoader",
+    "check_case",
     "format_report",
     "load_suite",
     "load_suites",
@@ -415,8 +419,14 @@ class Report:
         return self.failed == 0
 
 
+def check_case(policy: Evaluator, case: Case, asker: Asker | None = None) -> Checked:
+    """The case decided as the service decides, on a decider of its own world."""
+    return Decider(policy, case.fact_index()).check([case.request], case.now,
+                                                     asker or Asker())
+
+
 def run_case(policy: Evaluator, suite: Suite, case: Case) -> CaseResult:
-    decision = decide(policy, case.fact_index(), case.request, case.now)
+    decision = check_case(policy, case).decisions[0]
     passed = (decision.decision == case.expect_decision
               and decision.reason == case.expect_reason)
     return CaseResult(suite.name, case.name, suite.file, passed, case.expect_decision,
