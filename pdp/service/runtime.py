@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from pdp.audit.log import AuditLog, AuditRecord
+from pdp.audit.log import AuditLog, AuditRecord, AuditUnavailable
 from pdp.engine.core import check_policy
 from pdp.engine.decider import Decider
 from pdp.engine.facts_service import FactService
@@ -18,13 +20,15 @@ from pdp.engine.policy_manager import PolicyManager
 from pdp.engine.policy_sandbox import SandboxLimits
 from pdp.engine.shadow import Candidates
 from pdp.model.callers import Authenticator
-from pdp.rights.lifecycle import Lifecycle
+from pdp.rights.lifecycle import GRANT_STATES, Lifecycle
 from pdp.rights.monitoring import Cases, Monitor, MonitoringConfig, load_config
 from pdp.service.settings import Settings
 from pdp.store.bus import RedisBus
+from pdp.store.protocols import StoreUnavailable
 from pdp.store.sql import open_store
 
 log = logging.getLogger(__name__)
+STATE_COUNT_SECONDS = 30  # how long a count of rights by state may be reused by /metrics
 
 
 @dataclass
@@ -40,10 +44,55 @@ class Runtime:
     monitoring: MonitoringConfig
     policies: PolicyManager
     candidates: Candidates
+    # (facts_version, time slot) when the rights were last counted by state (gauges())
+    counted: tuple[int, int] = field(default=(-1, -1), repr=False)
 
     @property
     def policy(self) -> CompiledPolicy:
         return self.decider.policy
+
+    def readiness(self) -> dict[str, Any]:
+        """What /readyz answers: ready when the facts are loaded and the store and the
+        decision log answer; else the problems, named (blocking: it pings them)."""
+        facts = self.facts
+        problems = []
+        if not facts.loaded:
+            problems.append("facts not loaded")
+        try:
+            facts.store.ping()
+        except StoreUnavailable as error:
+            problems.append(f"store: {error}")
+        if self.audit is not None:
+            try:
+                self.audit.ping()
+            except AuditUnavailable as error:
+                problems.append(f"decision log: {error}")
+        return {"status": "ready" if not problems else "not_ready", "problems": problems,
+                "policy_version": self.policy.version, "facts_version": facts.index.version,
+                "facts_fresh": facts.fresh(),
+                "bus": None if facts.bus is None else
+                ("connected" if facts.bus.connected else "disconnected")}
+
+    def gauges(self) -> None:
+        """Bring the gauges /metrics shows up to date (blocking: it may read the store).
+        Counting rights asks the policy for the state of each: at most every
+        STATE_COUNT_SECONDS (or after a write), not at every scrape."""
+        facts, metrics = self.facts, self.metrics
+        metrics.facts_version.set(facts.index.version)
+        metrics.facts_fresh.set(1 if facts.fresh() else 0)
+        metrics.facts_confirmed_age.set(facts.confirmed_age())
+        if self.audit is not None:
+            with contextlib.suppress(AuditUnavailable):
+                metrics.audit_pending.set(self.audit.pending_records())
+        slot = (facts.index.version, int(time.monotonic() // STATE_COUNT_SECONDS))
+        if slot != self.counted:
+            self.counted = slot
+            states: dict[str, int] = dict.fromkeys(GRANT_STATES, 0)
+            for row in self.lifecycle.listing():
+                states[row["state"]] = states.get(row["state"], 0) + 1
+            for state, count in states.items():
+                metrics.grants.labels(state).set(count)
+            metrics.cases_open.set(self.cases.count_open())
 
     def close(self) -> None:
         if self.audit is not None:
@@ -108,6 +157,7 @@ def build_runtime(settings: Settings, keys: dict[str, Any]) -> Runtime:
                             SandboxLimits(settings.sandbox_query_ms, settings.sandbox_cpu_seconds,
                                           settings.sandbox_memory_mb * 1024 * 1024),
                             settings.candidate_budget_seconds)
+    decider.shadow = candidates  # the decision entry offers each decision to the shadow
     # Keys without a name are named by an HMAC of the token with a server secret.
     fingerprint_key = (settings.fingerprint_key.get_secret_value().encode()
                        if settings.fingerprint_key is not None
