@@ -36,7 +36,7 @@ from polar.ffi import PolarSource
 from polar.predicate import Predicate
 from polar.query import Query
 
-from pdp.engine.policy_vet import UnsafePolicy, vet_sources
+from pdp.engine.policy_vet import ShapeBroken, UnsafePolicy, vet_sources
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,9 @@ def compile_sources(sources: Mapping[str, str], directory: Path | str = ".") -> 
         vet_sources(ordered)
     except UnsafePolicy as unsafe:
         first = unsafe.violations[0]
-        raise PolicyError(f"outside the safe subset of Polar: {first.construct}",
+        what = ("breaks the shape invariants the decision cache relies on"
+                if isinstance(unsafe, ShapeBroken) else "outside the safe subset of Polar")
+        raise PolicyError(f"{what}: {first.construct}",
                           file=str(directory / first.file), line=first.line,
                           column=first.column, construct=first.construct) from None
     files = [directory / name for name, _ in ordered]

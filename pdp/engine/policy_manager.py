@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from pdp.engine.core import check_policy
 from pdp.engine.policy_engine import CompiledPolicy, Evaluator, PolicyError, load_policy
 from pdp.engine.policy_tests import Report, SuiteError, load_suites, run_suites
+from pdp.engine.shape_check import shape_mismatches
 from pdp.model.clock import utcnow
 from pdp.model.errors import POLICY_REJECTED, Refused
 from pdp.store.bus import BusUnavailable
@@ -118,7 +119,21 @@ def vet_policy(policy: Evaluator, suites_dir: Path, failure: Callable[[], str] =
         why = failure()
         raise PolicyRejected(f"{report.failed} of {report.total} policy test cases fail"
                              + (f" ({why})" if why else ""), _report_details(report))
+    check_shapes(policy)
     return report
+
+
+def check_shapes(policy: Evaluator) -> None:
+    """PolicyRejected if the policy answers two records of one shape differently (the
+    property check of pdp.engine.shape_check): the decision cache would serve one
+    record the answer of another."""
+    mismatches = shape_mismatches(policy)
+    if mismatches:
+        raise PolicyRejected(
+            "the policy answers records of one shape differently, so the decision cache "
+            "would serve one the answer of another (it must keep the invariants in the "
+            "header of policies/rules.polar): " + mismatches[0].describe()["message"],
+            [m.describe() for m in mismatches])
 
 
 @dataclass

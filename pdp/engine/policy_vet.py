@@ -34,7 +34,17 @@ import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from pdp.model.policy_schema import FIELDS
+from pdp.model.policy_schema import (
+    CODE,
+    CODE_LIST,
+    FIELDS,
+    ID,
+    ID_LIST,
+    KINDS,
+    NOW,
+    TIMESTAMP,
+    UNORDERED,
+)
 
 MAX_SOURCE_CHARS = 512 * 1024
 MAX_TOKENS = 200_000
@@ -90,6 +100,123 @@ class _Token:
     kind: str  # "name", "string", "number", "bool", a keyword, or the operator itself
     text: str
     offset: int
+
+
+class ShapeBroken(UnsafePolicy):
+    """Rules the decision reaches use a field as its kind does not allow (the shape
+    invariants of the decision cache); `violations` say where and what."""
+
+
+# What an operand is, as far as the text tells: ("field", name), ("string", value),
+# ("number" | "bool" | "list" | "empty" | "dict", ""), ("var", name), ("call", rule) or
+# ("expr", operator).
+_Value = tuple[str, str]
+_CONSTANTS = {"string", "number", "bool", "list", "empty", "dict"}
+_ARITHMETIC = {"+", "-", "*", "/", "mod", "rem"}
+_ORDER = {"<", "<=", ">", ">="}
+_NOUNS = {NOW: "time", TIMESTAMP: "timestamp", ID: "id", CODE: "municipality code",
+          ID_LIST: "id list", CODE_LIST: "list of municipality codes",
+          UNORDERED: "list of relationships"}
+
+
+@dataclass(slots=True)
+class _RuleUse:
+    """What one rule does that the shape invariants care about: whom it calls, where it
+    misuses a field, the constant strings of its head, the ids it passes to rules."""
+
+    name: str
+    calls: set[str]
+    findings: list[tuple[int, str]]
+    head_constants: dict[int, str]
+    passed_ids: list[tuple[str, int, str, int]]  # (rule called, position, field, offset)
+
+
+def _kind(value: _Value) -> str | None:
+    return KINDS.get(value[1]) if value[0] == "field" else None
+
+
+def _shown(value: _Value) -> str:
+    what, text = value
+    if what == "field":
+        return f"`.{text}`"
+    if what == "string":
+        return f'the constant "{text}"'
+    return {"number": "a constant number", "bool": "a constant boolean",
+            "list": "a constant list", "empty": "[]", "dict": "a constant dictionary",
+            "var": f"`{text}`", "call": f"`{text}(...)`"}.get(what, "an expression")
+
+
+def _misuse(operator: str, left: _Value, right: _Value) -> str | None:
+    """Why `left operator right` breaks a shape invariant, as far as the text shows
+    (a variable or a rule's result may hold anything: the property check in
+    pdp.engine.shape_check looks at what the text cannot tell), or None."""
+    if operator in _ARITHMETIC:
+        for value in (left, right):
+            kind = _kind(value)
+            if kind in (NOW, TIMESTAMP, ID, CODE):
+                return (f"the {_NOUNS[kind]} {_shown(value)} in arithmetic (`{operator}`): "
+                        f"{_WHY[kind]}")
+        return None
+    if operator == "in":
+        return _misused_in(left, right)
+    return _misused_comparison(operator, left, right) or _misused_comparison(
+        operator, right, left)
+
+
+_WHY = {
+    NOW: "the time is only compared (<, <=) with timestamps of the input",
+    TIMESTAMP: "a timestamp is only compared (<, <=) with r.now, never with another "
+               "timestamp or a constant, and never computed with",
+    ID: 'an id is only tested for equality or membership, never with a constant but ""',
+    CODE: 'a municipality code is only tested for equality or membership, never with a '
+          'constant but ""',
+    ID_LIST: "an id list is only searched for the record's own ids (never a constant) or "
+             "tested for being []",
+    CODE_LIST: "a list of codes is only searched for the record's own codes (never a "
+               "constant), in any order",
+    UNORDERED: "only the relationships with the user's municipality for the purpose "
+               "asked may be read: take them one by one with `in`",
+}
+
+
+def _misused_in(item: _Value, items: _Value) -> str | None:
+    kind, listed = _kind(item), _kind(items)
+    if listed in (ID_LIST, CODE_LIST, UNORDERED) and (
+            item[0] in _CONSTANTS and item != ("string", "")):
+        return f"{_shown(item)} looked for in {_shown(items)}: {_WHY[listed]}"
+    if kind in (NOW, TIMESTAMP, ID, CODE) and items[0] == "list":
+        return f"the {_NOUNS[kind]} {_shown(item)} looked for in a constant list: {_WHY[kind]}"
+    return None
+
+
+def _misused_comparison(operator: str, value: _Value, other: _Value) -> str | None:
+    """`value operator other` from value's side: only its kind's rule is checked."""
+    kind, other_kind = _kind(value), _kind(other)
+    if kind is None or other[0] in ("var", "call", "expr"):
+        return None  # what a variable holds the text does not tell
+    constant = other[0] in _CONSTANTS
+    what = f"the {_NOUNS.get(kind, kind)} {_shown(value)} compared with {_shown(other)}"
+    if kind in (NOW, TIMESTAMP):
+        if constant or other_kind not in (NOW, TIMESTAMP):
+            return f"{what}: {_WHY[kind]}"
+        if kind == other_kind == TIMESTAMP:
+            return f"{what}: {_WHY[TIMESTAMP]}"
+        if operator not in _ORDER and kind != other_kind:
+            return f"{what} by `{operator}`: {_WHY[TIMESTAMP]}"
+        return None
+    if kind in (ID, CODE):
+        if operator in _ORDER:
+            return f"{what} by `{operator}`: {_WHY[kind]}"
+        if constant and other != ("string", ""):
+            return f"{what}: {_WHY[kind]}"
+        return None
+    if kind in (ID_LIST, CODE_LIST):
+        if operator in _ORDER or (constant and other[0] != "empty") or other_kind is not None:
+            return f"{what}: {_WHY[kind]}"
+        return None
+    if kind == UNORDERED:
+        return f"{what}: {_WHY[UNORDERED]}"
+    return None
 
 
 class _Refused(Exception):
@@ -210,6 +337,9 @@ class _Parser:
         self.i = 0
         self.end = end
         self.nesting = 0
+        self.last: _Value = ("expr", "")
+        self.rules: list[_RuleUse] = []
+        self.current = _RuleUse("", set(), [], {}, [])
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -260,8 +390,16 @@ class _Parser:
         start = self.offset()
         depth = operand()
         while self.at(*operators):
+            operator = self.tokens[self.i].text
             self.i += 1
+            left = self.last
             depth = self.deeper(max(depth, operand()) + 1, start)
+            problem = _misuse(operator, left, self.last)
+            if problem is not None:
+                self.current.findings.append((start, problem))
+            both_numbers = left[0] == self.last[0] == "number"
+            self.last = ("number", "") if both_numbers and operator in _ARITHMETIC else (
+                "expr", operator)
         return depth
 
     # -- lines -----------------------------------------------------------------------------
@@ -281,11 +419,15 @@ class _Parser:
             raise _Refused(self.offset(), "a resource block or declaration "
                                           "(only rules are allowed)")
         self.take("(")
+        self.current = _RuleUse(head.text, set(), [], {}, [])
+        self.rules.append(self.current)
         if not self.at(")"):
-            self.parameter()
+            self.parameter(0)
+            position = 1
             while self.at(","):
                 self.take(",")
-                self.parameter()
+                self.parameter(position)
+                position += 1
         self.take(")", "')'")
         if self.at("if"):
             self.take("if")
@@ -294,8 +436,10 @@ class _Parser:
             raise _Refused(self.offset(), "`:=` after a rule head (write `if`)")
         self.take(";", "';' at the end of the rule")
 
-    def parameter(self) -> None:
+    def parameter(self, position: int) -> None:
         self.additive()
+        if self.last[0] == "string" and self.last[1]:
+            self.current.head_constants[position] = self.last[1]
         if self.at(":"):
             raise _Refused(self.offset(), "a specializer `x: Type` (it asks the host "
                                           "about classes)")
@@ -309,6 +453,7 @@ class _Parser:
         while self.at("or"):
             self.take("or")
             depth = max(depth, self.conjunction())
+            self.last = ("expr", "or")
         return self.deeper(depth + 1, start)
 
     def conjunction(self) -> int:  # and
@@ -317,6 +462,7 @@ class _Parser:
         while self.at("and"):
             self.take("and")
             depth = max(depth, self.negation())
+            self.last = ("expr", "and")
         return self.deeper(depth + 1, start)
 
     def negation(self) -> int:  # not
@@ -325,6 +471,7 @@ class _Parser:
             self.enter()
             depth = self.negation()
             self.leave()
+            self.last = ("expr", "not")
             return self.deeper(depth + 1, start)
         return self.unification()
 
@@ -360,6 +507,7 @@ class _Parser:
             if field.text not in FIELDS:
                 raise _Refused(field.offset, f"the attribute `.{field.text}` (a policy reads "
                                              f"only the fields of its input)")
+            self.last = ("field", field.text)
             depth = self.deeper(depth + 1, start)
         return depth
 
@@ -370,22 +518,29 @@ class _Parser:
         kind = token.kind
         if kind in ("string", "number", "bool", "cut"):
             self.i += 1
+            self.last = (kind, token.text if kind == "string" else "")
             return 1
         if kind in ("+", "-"):
             following = self.peek(1)
             if following is None or following.kind != "number":
                 raise _Refused(token.offset, f"{kind!r} where a value is expected")
             self.i += 2
+            self.last = ("number", "")
             return 1
         if kind == "name":
             self.i += 1
             self.name(token, "name")
             if self.at("("):
-                return self.deeper(self.arguments() + 1, token.offset)
+                self.current.calls.add(token.text)
+                depth = self.deeper(self.arguments(token.text) + 1, token.offset)
+                self.last = ("call", token.text)
+                return depth
             if self.at("{"):
                 raise _Refused(token.offset, "an instance pattern `Name{...}`")
+            self.last = ("var", token.text)
             return 1
         if kind == "forall":
+            self.last = ("expr", "forall")
             self.i += 1
             self.take("(", "'(' after forall")
             self.enter()
@@ -394,6 +549,7 @@ class _Parser:
             depth = max(depth, self.expression())
             self.take(")", "')'")
             self.leave()
+            self.last = ("expr", "forall")
             return self.deeper(depth + 1, token.offset)
         if kind == "(":
             self.i += 1
@@ -408,25 +564,31 @@ class _Parser:
             raise _Refused(token.offset, f"the operator form `{token.text}(...)`")
         raise _Refused(token.offset, f"{token.text!r} where a value is expected")
 
-    def arguments(self) -> int:
+    def arguments(self, rule: str) -> int:
         self.take("(")
         self.enter()
         depth = 0
         if not self.at(")"):
-            depth = self.argument()
+            depth = self.argument(rule, 0)
+            position = 1
             while self.at(","):
                 self.take(",")
                 if self.at(")"):
                     break
-                depth = max(depth, self.argument())
+                depth = max(depth, self.argument(rule, position))
+                position += 1
         self.take(")", "')' after the arguments")
         self.leave()
         return depth
 
-    def argument(self) -> int:
+    def argument(self, rule: str, position: int) -> int:
         if self.at("name") and (following := self.peek(1)) is not None and following.kind == ":":
             raise _Refused(self.offset(), "a keyword argument `name: value`")
-        return self.expression()
+        start = self.offset()
+        depth = self.expression()
+        if self.last[0] == "field" and KINDS.get(self.last[1]) in (ID, CODE):
+            self.current.passed_ids.append((rule, position, self.last[1], start))
+        return depth
 
     # -- lists and dictionaries: constants only ---------------------------------------------
     # A list or dictionary holding a variable builds a new term at each use; rules that
@@ -439,10 +601,12 @@ class _Parser:
         assert token is not None
         if token.kind in ("string", "number", "bool"):
             self.i += 1
+            self.last = (token.kind, token.text if token.kind == "string" else "")
             return 1
         if token.kind in ("+", "-") and (following := self.peek(1)) is not None and (
                 following.kind == "number"):
             self.i += 2
+            self.last = ("number", "")
             return 1
         if token.kind == "[":
             self.take("[")
@@ -455,6 +619,7 @@ class _Parser:
                 self.take(",")
             self.take("]", "']'")
             self.leave()
+            self.last = ("list", "") if depth else ("empty", "")
             return self.deeper(depth + 1, token.offset)
         if token.kind == "{":
             self.take("{")
@@ -474,6 +639,7 @@ class _Parser:
                 self.take(",")
             self.take("}", "'}'")
             self.leave()
+            self.last = ("dict", "")
             return self.deeper(depth + 1, token.offset)
         what = "a rest variable `*x`" if token.kind == "*" else repr(token.text)
         raise _Refused(token.offset, f"{what} in a list or dictionary (they hold constants "
@@ -487,12 +653,12 @@ def _position(text: str, offset: int) -> tuple[int, int]:
     return line, column
 
 
-def violations_in(file: str, text: str) -> list[Violation]:
-    """The constructs of one policy file outside the safe subset (the first per file:
-    after a refusal the rest of the file cannot be read reliably)."""
-    def at(offset: int, construct: str) -> list[Violation]:
+def _read(file: str, text: str) -> tuple[list[Violation], list[_RuleUse]]:
+    """The first construct of one policy file outside the safe subset (after a refusal
+    the rest of the file cannot be read reliably), or the rules it holds."""
+    def at(offset: int, construct: str) -> tuple[list[Violation], list[_RuleUse]]:
         line, column = _position(text, offset)
-        return [Violation(file, line, column, construct)]
+        return [Violation(file, line, column, construct)], []
 
     if len(text) > MAX_SOURCE_CHARS:
         return at(0, f"a file larger than {MAX_SOURCE_CHARS} characters")
@@ -501,17 +667,69 @@ def violations_in(file: str, text: str) -> list[Violation]:
         if problem is not None:
             return at(offset, problem)
     try:
-        _Parser(_tokens(text), len(text)).lines()
+        parser = _Parser(_tokens(text), len(text))
+        parser.lines()
     except _Refused as refused:
         return at(refused.offset, refused.construct)
     except RecursionError:  # MAX_NESTING keeps well below it; fail closed all the same
         return at(0, "an expression nested too deeply to read")
-    return []
+    return [], parser.rules
+
+
+def violations_in(file: str, text: str) -> list[Violation]:
+    """The constructs of one policy file outside the safe subset (the first per file)."""
+    return _read(file, text)[0]
+
+
+def _reached(rules: Iterable[_RuleUse], entry: str) -> set[str]:
+    calls: dict[str, set[str]] = {}
+    for rule in rules:
+        calls.setdefault(rule.name, set()).update(rule.calls)
+    reached, todo = {entry}, [entry]
+    while todo:
+        for name in calls.get(todo.pop(), set()) - reached:
+            reached.add(name)
+            todo.append(name)
+    return reached
+
+
+def shape_violations(files: Iterable[tuple[str, str, list[_RuleUse]]],
+                     entry: str = "decision") -> list[Violation]:
+    """Where the rules `entry` reaches use a field of the decision record as its kind
+    (pdp.model.policy_schema.KINDS) does not allow: the invariants the decision cache
+    relies on (the header of policies/rules.polar). Rules it does not reach (those of
+    a right applied for, of a change) read other inputs and are not looked at."""
+    read = list(files)
+    reached = _reached((rule for _, _, rules in read for rule in rules), entry)
+    constants = {(rule.name, position): value for _, _, rules in read for rule in rules
+                 for position, value in rule.head_constants.items()}
+    found: list[Violation] = []
+    for file, text, rules in read:
+        for rule in rules:
+            if rule.name not in reached:
+                continue
+            problems = list(rule.findings)
+            for called, position, field, offset in rule.passed_ids:
+                if (called, position) in constants:
+                    kind = KINDS[field]
+                    problems.append((offset, (
+                        f"the {_NOUNS[kind]} `.{field}` given to `{called}`, which has a "
+                        f"rule for the constant \"{constants[called, position]}\" there: "
+                        f"{_WHY[kind]}")))
+            for offset, problem in problems:
+                line, column = _position(text, offset)
+                found.append(Violation(file, line, column, problem))
+    return sorted(set(found), key=lambda v: (v.file, v.line, v.column, v.construct))
 
 
 def vet_sources(sources: Mapping[str, str] | Iterable[tuple[str, str]]) -> None:
-    """Raise UnsafePolicy unless every (file name, text) is inside the safe subset."""
+    """Raise UnsafePolicy unless every (file name, text) is inside the safe subset, and
+    ShapeBroken (an UnsafePolicy) if the rules of a decision break the shape invariants."""
     items = sources.items() if isinstance(sources, Mapping) else sources
-    found = [v for file, text in items for v in violations_in(file, text)]
+    read = [(file, text, *_read(file, text)) for file, text in items]
+    found = [v for _, _, violations, _ in read for v in violations]
     if found:
         raise UnsafePolicy(found)
+    broken = shape_violations((file, text, rules) for file, text, _, rules in read)
+    if broken:
+        raise ShapeBroken(broken)

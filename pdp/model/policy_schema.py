@@ -48,6 +48,39 @@ INPUTS: dict[str, tuple[str, ...]] = {
 # Every field a policy may look up.
 FIELDS: frozenset[str] = frozenset(name for fields in INPUTS.values() for name in fields)
 
+# The kind of each field of the decision record (and of its grants and relationships):
+# what the decision cache lets a rule do with it (the invariants in the header of
+# policies/rules.polar; pdp.engine.policy_input.record_shape renames and moves by kind).
+# pdp.engine.policy_vet refuses, in the rules `decision` reaches, any use of a field its
+# kind does not allow.
+NOW = "now"              # compared (<, <=) with timestamps of the input only
+TIMESTAMP = "timestamp"  # compared with now only: no constant, no other timestamp, no sums
+ID = "id"                # equality and membership only; no constant other than ""
+CODE = "code"            # a municipality code (or the record's owner): as an id
+ID_LIST = "id-list"      # membership, or = []; its order and other members do not count
+CODE_LIST = "code-list"  # as an id list
+UNORDERED = "unordered list"  # relationships: membership only, never compared
+ORDERED = "ordered list"      # grants: their order is part of the shape
+FLAG = "flag"            # a boolean
+ENUM = "enum"            # one of a fixed vocabulary: any comparison
+ENUM_LIST = "enum list"  # a list of vocabulary words: any comparison
+KINDS: dict[str, str] = {
+    "now": NOW, "user_known": FLAG, "user_id": ID, "user_status": ENUM,
+    "user_municipality": CODE, "user_tasks": ENUM_LIST, "user_client_id": ID,
+    "agreement_status": ENUM, "agreement_ends_at": TIMESTAMP,
+    "agreement_assignment_required": FLAG, "area_municipalities": CODE_LIST,
+    "grants": ORDERED, "client_known": FLAG, "client_id": ID, "client_home": CODE,
+    "client_protection_order": FLAG, "client_area_client": FLAG,
+    "relationships": UNORDERED, "purpose": ENUM, "record_owner": CODE,
+    # an item of r.grants
+    "id": ID, "status": ENUM, "valid_from": TIMESTAMP, "valid_until": TIMESTAMP,
+    "recertify_by": TIMESTAMP, "purposes": ENUM_LIST, "scopes": ENUM_LIST,
+    "actions": ENUM_LIST,
+    # an item of r.relationships
+    "municipality": CODE, "service": ENUM, "starts_at": TIMESTAMP, "ends_at": TIMESTAMP,
+    "assigned_users": ID_LIST,
+}
+
 
 def policy_input(fields: tuple[str, ...], record: dict[str, Any]) -> dict[str, Any]:
     """`record`, checked to hold exactly `fields` in order (for the inputs built off the

@@ -1,0 +1,162 @@
+"""A policy is vetted for the decision cache's shape invariants when it loads.
+
+The static check (pdp.engine.policy_vet, by the kinds of pdp.model.policy_schema.KINDS)
+refuses what the text shows; the property check (pdp.engine.shape_check) what it does
+not. The HTTP reload gate and candidates are in tests/test_policy_reload.py."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pdp.engine.policy_engine import PolicyError, compile_sources, load_policy
+from pdp.engine.policy_manager import PolicyManager, PolicyRejected, check_shapes
+from pdp.engine.policy_vet import ShapeBroken, vet_sources, violations_in
+from pdp.engine.shape_check import shape_mismatches
+
+ROOT = Path(__file__).parent.parent
+POLICIES = ROOT / "policies"
+OWN_RECORD = 'failing(r, "own_record") if r.user_client_id = r.client_id;'
+
+# (what, text in rules.polar, its replacement, words the refusal must say): rules that
+# break an invariant in a way the text shows.
+BROKEN: list[tuple[str, str, str, str]] = [
+    ("a constant id", OWN_RECORD,
+     'failing(r, "own_record") if r.client_id = "c-123";',
+     'the id `.client_id` compared with the constant "c-123"'),
+    ("timestamp arithmetic", "grant.valid_from <= r.now and",
+     "grant.valid_from + 86400000000 <= r.now and",
+     "the timestamp `.valid_from` in arithmetic (`+`)"),
+    ("a timestamp compared with another", "relationship.starts_at <= r.now and",
+     "relationship.starts_at <= relationship.ends_at and",
+     "the timestamp `.starts_at` compared with `.ends_at`"),
+    ("a constant municipality code", "r.client_home in r.area_municipalities and",
+     'r.client_home = "091" and',
+     'the municipality code `.client_home` compared with the constant "091"'),
+]
+
+
+def sources(name: str = "", old: str = "", new: str = "") -> dict[str, str]:
+    files = {path.name: path.read_text(encoding="utf-8") for path in POLICIES.glob("*.polar")}
+    if name:
+        assert old in files[name], old
+        files[name] = files[name].replace(old, new, 1)
+    return files
+
+
+def refusal(files: dict[str, str]) -> str:
+    with pytest.raises(ShapeBroken) as caught:
+        vet_sources(files)
+    return str(caught.value)
+
+
+def test_the_shipped_policy_keeps_the_invariants() -> None:
+    vet_sources(sources())
+    policy = load_policy(POLICIES)
+    started = time.perf_counter()
+    assert shape_mismatches(policy) == []
+    # Bounded: it runs in every reload and every candidate's vetting.
+    assert time.perf_counter() - started < 3.0
+
+
+@pytest.mark.parametrize(("what", "old", "new", "says"), BROKEN, ids=[b[0] for b in BROKEN])
+def test_a_rule_that_breaks_an_invariant_is_refused_where_it_stands(
+        what: str, old: str, new: str, says: str) -> None:
+    files = sources("rules.polar", old, new)
+    line = 1 + files["rules.polar"].split(new, 1)[0].count("\n")
+    message = refusal(files)
+    assert message.startswith(f"rules.polar:{line}:"), message
+    assert says in message
+    with pytest.raises(PolicyError) as caught:
+        compile_sources(files)
+    error = caught.value
+    assert error.line == line and error.column and error.construct
+    assert "shape invariants" in error.message
+
+
+@pytest.mark.parametrize(("old", "new", "says"), [
+    ("r.now < r.agreement_ends_at;", "r.now < 1767225600000000;",
+     "the time `.now` compared with a constant number"),
+    ("r.record_owner != \"\" and", 'r.record_owner != "authority" and',
+     'the municipality code `.record_owner` compared with the constant "authority"'),
+    (OWN_RECORD, 'failing(r, "own_record") if r.user_client_id < r.client_id;',
+     "compared with `.client_id` by `<`"),
+    ("r.client_home in r.area_municipalities and", '"091" in r.area_municipalities and',
+     'the constant "091" looked for in `.area_municipalities`'),
+    ("relationship in r.relationships and",
+     "r.relationships != [] and relationship in r.relationships and",
+     "the list of relationships `.relationships` compared with []"),
+    ("relationship.starts_at <= r.now and", "relationship.starts_at = r.now and",
+     "compared with `.now` by `=`"),
+    (OWN_RECORD, 'failing(r, "own_record") if vip(r.client_id);\nvip("c-1");',
+     'the id `.client_id` given to `vip`, which has a rule for the constant "c-1"'),
+])
+def test_more_misuses_the_text_shows(old: str, new: str, says: str) -> None:
+    assert says in refusal(sources("rules.polar", old, new))
+
+
+def test_rules_a_decision_does_not_reach_are_not_held_to_them() -> None:
+    # lifecycle.polar compares a right's end with the agreement's (a change, not a
+    # decision record); the same text reached from `decision` is refused.
+    text = "change_rule(c, right, \"x\", \"y\") if c.ends_at < right.valid_until;\n"
+    assert violations_in("a.polar", text) == []
+    vet_sources({**sources(), "a.polar": text})
+    reached = sources("rules.polar", OWN_RECORD,
+                      'failing(r, "own_record") if g in r.grants and late(g, r);\n'
+                      "late(g, r) if r.agreement_ends_at < g.valid_until;")
+    assert "compared with `.valid_until`" in refusal(reached)
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    # A constant reaches the comparison through a variable: the text cannot tell.
+    (OWN_RECORD, 'failing(r, "own_record") if x = "c1" and r.client_id = x;'),
+    ("grant.valid_from <= r.now and", "t = grant.valid_from and t + 86400000000 <= r.now and"),
+    # A relationship of another municipality read.
+    ('failing(r, "no_active_relationship") if not active_relationship(r);',
+     'failing(r, "no_active_relationship") if not active_relationship(r);\n'
+     'failing(r, "no_active_relationship") if rel in r.relationships and '
+     "rel.municipality != r.user_municipality;"),
+])
+def test_the_property_check_finds_what_the_text_hides(old: str, new: str) -> None:
+    policy = compile_sources(sources("rules.polar", old, new))
+    found = shape_mismatches(policy)
+    assert found, new
+    with pytest.raises(PolicyRejected) as caught:
+        check_shapes(policy)
+    assert "answers records of one shape differently" in caught.value.message
+    assert caught.value.details and all("message" in d for d in caught.value.details)
+
+
+def test_a_reload_refuses_it_and_the_live_version_stays(tmp_path: Path) -> None:
+    directory = tmp_path / "policies"
+    shutil.copytree(POLICIES, directory)
+    live = load_policy(directory)
+    swapped = []
+    manager = PolicyManager.started(directory, live, swapped.append)
+    for _, old, new, says in BROKEN:
+        path = directory / "rules.polar"
+        before = path.read_text()
+        path.write_text(before.replace(old, new, 1))
+        with pytest.raises(PolicyRejected) as caught:
+            manager.reload()
+        path.write_text(before)
+        assert says in caught.value.message and caught.value.unsafe
+        assert caught.value.details[0]["file"].endswith("rules.polar")
+    assert swapped == [] and manager.state.policy is live
+
+
+def test_pdp_policy_check_refuses_it(tmp_path: Path) -> None:
+    directory = tmp_path / "policies"
+    shutil.copytree(POLICIES, directory)
+    path = directory / "rules.polar"
+    path.write_text(path.read_text().replace(BROKEN[0][1], BROKEN[0][2], 1))
+    done = subprocess.run([sys.executable, "-m", "pdp", "policy", "check", str(directory)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
+    assert done.returncode != 0
+    assert "rules.polar:" in done.stderr + done.stdout
+    assert BROKEN[0][3] in done.stderr + done.stdout
