@@ -148,11 +148,12 @@ def check(user: UserOption, client: ClientOption, category: CategoryOption,
         result = _post(url, "/access/v1/evaluation", body, token)
         decision, context = result["decision"], result["context"]
     else:
-        from pdp.engine.core import decide
+        from pdp.engine.decider import Asker
         from pdp.model.clock import utcnow
 
-        policy, index, evaluation = _local(body)
-        made = decide(policy, index, evaluation.to_request(), utcnow())
+        decider, evaluation = _local(body)
+        made = decider.check([evaluation.to_request()], utcnow(), Asker(CLI_CALLER)
+                             ).decisions[0]
         decision = made.decision
         context = {"reason": made.reason, "policy_version": made.policy_version,
                    "facts_version": made.facts_version}
@@ -183,10 +184,17 @@ def _post(url: str, path: str, body: dict[str, Any], token: str | None) -> Any:
     return response.json()
 
 
-def _local(body: dict[str, Any]) -> tuple[Any, Any, Any]:
-    """The configured policy, the facts of the configured store, the request."""
+# Who asks, in the audit record a local `check` or `explain` builds (it is not written:
+# the command line reads the store's facts, it is not the service's decision log).
+CLI_CALLER = "cli"
+
+
+def _local(body: dict[str, Any]) -> tuple[Any, Any]:
+    """A decider of the configured policy over the facts of the configured store (the
+    service's own decision entry), and the request."""
     from pdp.engine.authzen import Evaluation
     from pdp.engine.core import check_policy
+    from pdp.engine.decider import Decider
     from pdp.engine.facts_service import FactService
     from pdp.engine.policy_engine import PolicyError, load_policy
     from pdp.store.sql import open_store
@@ -203,7 +211,7 @@ def _local(body: dict[str, Any]) -> tuple[Any, Any, Any]:
         raise _fail(f"policy: {error}", 2) from None
     facts = FactService(open_store(settings.store_url()))
     facts.load()
-    return policy, facts.index, evaluation
+    return Decider(policy, facts.index), evaluation
 
 
 @app.command()
@@ -217,11 +225,13 @@ def explain(user: UserOption, client: ClientOption, category: CategoryOption,
     if url:
         result = _post(url, "/v1/explain", body, token)
     else:
+        from pdp.engine.decider import Asker
         from pdp.engine.explain import explain as explain_decision
         from pdp.model.clock import utcnow
 
-        policy, index, evaluation = _local(body)
-        result = explain_decision(policy, index, evaluation.to_request(), utcnow())
+        decider, evaluation = _local(body)
+        result, _ = explain_decision(decider, evaluation.to_request(), utcnow(),
+                                     Asker(CLI_CALLER, record_type="explain"))
     for rule in result["rules"]:
         reads = ", ".join(f"{k}={orjson.dumps(v).decode()}" for k, v in rule["reads"].items())
         typer.echo(f"{'pass' if rule['passed'] else 'FAIL'} {rule['rule']:>2} "

@@ -283,14 +283,23 @@ class Decider(Generic[P]):
         first such decision (the items after it are neither decided nor recorded)."""
         return self.finish(self.prepare(items, now), asker, stop)
 
-    def prepare(self, items: Sequence[Item], now: datetime) -> Prepared:
+    def prepare(self, items: Sequence[Item], now: datetime, view: FactView | None = None,
+                policy: Evaluator | None = None) -> Prepared:
         """Read the items from one view of the facts: the memo, and for the misses the
-        policy records; the user's and client's municipalities for the audit records."""
-        policy = self.policy
+        policy records; the user's and client's municipalities for the audit records.
+        `view`: one the caller holds already (explain reads its trace from the same);
+        `policy`: the policy to decide by, if the caller took it already."""
+        policy = self.policy if policy is None else policy
         now_us = to_micros(now)
+        if view is not None:
+            return self._prepare(view, policy, items, now, now_us)
         with self.facts.reading() as view:
-            version = view.version
-            read = [self._read(view, policy, item, now_us, version) for item in items]
+            return self._prepare(view, policy, items, now, now_us)
+
+    def _prepare(self, view: FactView, policy: Evaluator, items: Sequence[Item],
+                 now: datetime, now_us: int) -> Prepared:
+        version = view.version
+        read = [self._read(view, policy, item, now_us, version) for item in items]
         return Prepared(read, policy, version, now, now_us)
 
     def _read(self, view: FactView, policy: Evaluator, item: Item, now_us: int,

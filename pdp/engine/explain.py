@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pdp.engine.core import DecisionRequest, decide
-from pdp.engine.factindex import FactIndex
+from pdp.engine.core import DecisionRequest
+from pdp.engine.decider import Asker, Decider
 from pdp.engine.policy_coverage import CALL, Clause, clauses
 from pdp.engine.policy_engine import CompiledPolicy, var
-from pdp.engine.policy_input import policy_record
+from pdp.engine.policy_input import Record, policy_record
+from pdp.engine.records import AuditRecord
 from pdp.model.clock import to_micros
 
 _HEADING = re.compile(r"^#\s*(\d+)\.\s*(.*)$")
@@ -113,13 +114,27 @@ def _rule_infos(sources: dict[str, str]) -> list[RuleInfo]:
     return infos
 
 
-def explain(policy: CompiledPolicy, facts: FactIndex, request: DecisionRequest,
-            now: datetime) -> dict[str, Any]:
-    """The decision and every rule with passed or failed and the facts it read."""
-    with facts.lock:
-        record = policy_record(facts, request.user, request.client, request.purpose,
+def explain(decider: Decider[CompiledPolicy], request: DecisionRequest, now: datetime,
+            asker: Asker | None = None) -> tuple[dict[str, Any], AuditRecord]:
+    """The decision — the one decision entry's, memo and shapes included — and every
+    rule with passed or failed and the facts it read, all from one view of the facts;
+    and the record of the explanation (record type "explain": it shows personal data)."""
+    policy = decider.policy
+    with decider.facts.reading() as view:
+        prepared = decider.prepare([request], now, view, policy)
+        record = policy_record(view, request.user, request.client, request.purpose,
                                to_micros(now), request.owner)
-        made = decide(policy, facts, request, now)
+    checked = decider.finish(prepared, asker or Asker(record_type="explain"))
+    made = checked.decisions[0]
+    return {"decision": made.decision, "reason": made.reason, "grant": made.grant,
+            "policy_version": made.policy_version, "facts_version": made.facts_version,
+            "rules": trace(policy, record, request)}, checked.records[0]
+
+
+def trace(policy: CompiledPolicy, record: Record, request: DecisionRequest
+          ) -> list[dict[str, Any]]:
+    """Every rule of the policy, in order, with passed or failed and what it read (the
+    policy is asked on the full record, outside any view of the facts)."""
     failing = {found["reason"] for found in policy.every("failing", record, var("reason"))}
     rules = []
     for info in rule_infos(policy):
@@ -136,6 +151,4 @@ def explain(policy: CompiledPolicy, facts: FactIndex, request: DecisionRequest,
                       "passed": passed,
                       "reads": {field: record[field] for field in info.fields
                                 if field in record}})
-    return {"decision": made.decision, "reason": made.reason, "grant": made.grant,
-            "policy_version": made.policy_version, "facts_version": made.facts_version,
-            "rules": rules}
+    return rules

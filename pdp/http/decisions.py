@@ -9,6 +9,7 @@ roles (a PEP; explain: the EXPLAINERS); the routes take it from `CallerDep`.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -16,15 +17,15 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from pdp.audit.log import AuditRecord, AuditUnavailable, new_record_id
+from pdp.audit.log import AuditUnavailable
 from pdp.engine.authzen import Evaluation, EvaluationsEnvelope, merge_item
-from pdp.engine.core import Decision
+from pdp.engine.core import Decision, DecisionRequest
+from pdp.engine.decider import Asker, Checked, Unreadable
 from pdp.engine.explain import explain
 from pdp.engine.facts_service import FactsBehind
+from pdp.engine.records import AuditRecord
 from pdp.http.deps import CallerDep, RuntimeDep
 from pdp.http.wire import JSONResponse, read_json
-from pdp.model.callers import Caller
-from pdp.model.clock import to_micros
 from pdp.model.errors import (
     AUDIT_UNAVAILABLE,
     INVALID_REQUEST,
@@ -60,67 +61,36 @@ async def ensure_facts(runtime: Runtime, min_version: int | None) -> None:
         raise Refused(UNAVAILABLE, str(error)) from None
 
 
-def decide(runtime: Runtime, evaluation: Evaluation, caller: Caller, request_id: str | None,
-           now: datetime, made: Decision | None = None
-           ) -> tuple[dict[str, Any], AuditRecord]:
-    """The answer and record of one evaluation; `made`: its memoised decision if the
-    caller has it already (Decider.memoised), else it is decided here."""
-    asked = evaluation.to_request()
-    if made is None:
-        made = runtime.decider.decide(asked, now)
-    shadow = runtime.candidates.current
-    if shadow is not None:
-        shadow.offer(asked, now, made)
-    runtime.metrics.decision_counter(made.decision, made.reason,
-                                     evaluation.context.purpose).inc()
-    record = decision_record(runtime, evaluation, made, caller, request_id, now)
-    return {
-        "decision": made.decision,
-        "context": {
-            "reason": made.reason,
-            "decision_id": record.record_id,
-            "policy_version": made.policy_version,
-            "facts_version": made.facts_version,
-        },
-    }, record
+def answer(made: Decision, record: AuditRecord) -> dict[str, Any]:
+    """One decision on the wire (API.md)."""
+    return {"decision": made.decision,
+            "context": {"reason": made.reason, "decision_id": record.record_id,
+                        "policy_version": made.policy_version,
+                        "facts_version": made.facts_version}}
 
 
-def decision_record(runtime: Runtime, evaluation: Evaluation, made: Decision, caller: Caller,
-                    request_id: str | None, now: datetime) -> AuditRecord:
-    index = runtime.facts.index
-    user = index.users.get(evaluation.subject.id)
-    client = index.clients.get(evaluation.resource.id)
-    return AuditRecord(
-        "decision", new_record_id(), to_micros(now),
-        user_id=evaluation.subject.id,
-        user_municipality=user.municipality if user else None,
-        grant_id=made.grant,
-        client_id=evaluation.resource.id,
-        client_municipality=client.home_municipality if client else None,
-        category=evaluation.resource.properties.category,
-        action=evaluation.action.name,
-        purpose=evaluation.context.purpose,
-        decision=made.decision, reason=made.reason,
-        policy_version=made.policy_version, facts_version=made.facts_version,
-        request_id=request_id, caller=caller.name)
-
-
-def invalid_record(runtime: Runtime, raw: Any, caller: Caller, request_id: str | None,
-                   now: datetime) -> AuditRecord:
-    """A batch item too malformed to decide: still a deny, so still recorded (with
-    its ids only where they obey the id rule: the log keeps no control characters
-    or direction marks)."""
+def unreadable(raw: Any) -> Unreadable:
+    """A batch item too malformed to decide, with its ids only where they obey the id
+    rule (the log keeps no control characters or direction marks)."""
     def member(key: str) -> str | None:
         value = raw.get(key) if isinstance(raw, dict) else None
         found = value.get("id") if isinstance(value, dict) else None
         return found if isinstance(found, str) and ID_RULE.fullmatch(found) else None
 
-    return AuditRecord("decision", new_record_id(), to_micros(now),
-                       user_id=member("subject"), client_id=member("resource"),
-                       decision=False, reason=INVALID_REQUEST,
-                       policy_version=runtime.policy.version,
-                       facts_version=runtime.facts.index.version, request_id=request_id,
-                       caller=caller.name)
+    return Unreadable(member("subject"), member("resource"))
+
+
+async def decided(runtime: Runtime, items: Sequence[DecisionRequest | Unreadable],
+                  now: datetime, asker: Asker, stop: str | None = None) -> Checked:
+    """The one decision entry (Decider.check), read from one view of the facts at the
+    edge: memoised answers take microseconds, so they are decided on the event loop; a
+    policy query takes milliseconds, so a request that needs one is finished in a worker
+    thread and the loop keeps serving meanwhile."""
+    decider = runtime.decider
+    prepared = decider.prepare(items, now)
+    if prepared.quick:
+        return decider.finish(prepared, asker, stop)
+    return await run_in_threadpool(decider.finish, prepared, asker, stop)
 
 
 async def recorded(runtime: Runtime, records: list[AuditRecord]) -> None:
@@ -166,70 +136,38 @@ def batch_items(runtime: Runtime, envelope: EvaluationsEnvelope) -> list[Item]:
     return items
 
 
-def decide_batch(runtime: Runtime, items: list[Item], quick: list[Decision | None],
-                 semantic: str, caller: Caller, request_id: str | None, now: datetime
-                 ) -> tuple[list[dict[str, Any]], list[AuditRecord]]:
-    """The answers and records of a batch, in order, up to where `semantic` stops it."""
-    results: list[dict[str, Any]] = []
-    records: list[AuditRecord] = []
-    for item, made in zip(items, quick, strict=True):
-        if isinstance(item, Evaluation):
-            result, record = decide(runtime, item, caller, request_id, now, made)
-        else:
-            record = invalid_record(runtime, item[0], caller, request_id, now)
-            result = {"decision": False, "context": {"decision_id": record.record_id,
-                                                     **item[1]["context"]}}
-        results.append(result)
-        records.append(record)
-        if semantic == "deny_on_first_deny" and not result["decision"]:
-            break
-        if semantic == "permit_on_first_permit" and result["decision"]:
-            break
-    return results, records
-
-
 # The two hot endpoints answer a JSONResponse themselves: a dict would first go
 # through FastAPI's jsonable_encoder (a tenth of a warm request's time).
 @router.post("/access/v1/evaluation", response_class=JSONResponse)
 async def evaluation(request: Request, runtime: RuntimeDep, caller: CallerDep) -> JSONResponse:
     item = await pep_request(runtime, request, Evaluation)
     await ensure_facts(runtime, item.context.min_facts_version)
-    now = runtime.decider.clock()
-    request_id = request.headers.get("x-request-id")
-    # A memoised answer takes microseconds: on the event loop. A policy query takes
-    # milliseconds: in a worker thread, so that the loop keeps serving meanwhile.
-    made = runtime.decider.memoised(item.to_request(), now)
-    if made is not None:
-        result, record = decide(runtime, item, caller, request_id, now, made)
-    else:
-        result, record = await run_in_threadpool(decide, runtime, item, caller, request_id,
-                                                 now)
-    await recorded(runtime, [record])
-    return JSONResponse(result)
+    checked = await decided(runtime, [item.to_request()], runtime.decider.clock(),
+                            Asker(caller.name, request.headers.get("x-request-id")))
+    await recorded(runtime, checked.records)
+    return JSONResponse(answer(checked.decisions[0], checked.records[0]))
 
 
 @router.post("/access/v1/evaluations", response_class=JSONResponse)
 async def evaluations(request: Request, runtime: RuntimeDep, caller: CallerDep
                       ) -> JSONResponse:
-    request_id = request.headers.get("x-request-id")
     envelope = await pep_request(runtime, request, EvaluationsEnvelope)
     items = batch_items(runtime, envelope)
     versions = [i.context.min_facts_version for i in items if isinstance(i, Evaluation)]
     await ensure_facts(runtime, max((v for v in versions if v is not None), default=None))
-    semantic = envelope.options.evaluations_semantic
-    now = runtime.decider.clock()
-    # The memoised answers, looked up once; a batch with none missing is decided on
-    # the event loop, one that needs policy queries in a worker thread.
-    quick = [runtime.decider.memoised(item.to_request(), now)
-             if isinstance(item, Evaluation) else None for item in items]
-    args = (runtime, items, quick, semantic, caller, request_id, now)
-    if all(made is not None for item, made in zip(items, quick, strict=True)
-           if isinstance(item, Evaluation)):
-        results, records = decide_batch(*args)
-    else:
-        results, records = await run_in_threadpool(decide_batch, *args)
-    await recorded(runtime, records)
-    return JSONResponse({"evaluations": results})
+    checked = await decided(
+        runtime, [i.to_request() if isinstance(i, Evaluation) else unreadable(i[0])
+                  for i in items],
+        runtime.decider.clock(), Asker(caller.name, request.headers.get("x-request-id")),
+        envelope.options.evaluations_semantic)
+    await recorded(runtime, checked.records)
+    # A batch stopped early (its semantic) has fewer decisions than items.
+    return JSONResponse({"evaluations": [
+        answer(made, record) if isinstance(item, Evaluation) else
+        {"decision": False, "context": {"decision_id": record.record_id,
+                                        **item[1]["context"]}}
+        for item, made, record in zip(items, checked.decisions, checked.records,
+                                      strict=False)]})
 
 
 @router.post("/v1/explain", response_class=JSONResponse)
@@ -239,12 +177,8 @@ async def explain_route(request: Request, runtime: RuntimeDep, caller: CallerDep
     explanation shows personal data, so it is recorded like a decision."""
     item = await pep_request(runtime, request, Evaluation)
     await ensure_facts(runtime, item.context.min_facts_version)
-    now = runtime.decider.clock()
-    explained = await run_in_threadpool(explain, runtime.policy, runtime.facts.index,
-                                        item.to_request(), now)
-    record = decision_record(runtime, item, Decision(
-        explained["decision"], explained["reason"], explained["policy_version"],
-        explained["facts_version"], explained["grant"]), caller,
-        request.headers.get("x-request-id"), now)._replace(record_type="explain")
+    asker = Asker(caller.name, request.headers.get("x-request-id"), "explain")
+    explained, record = await run_in_threadpool(explain, runtime.decider, item.to_request(),
+                                                runtime.decider.clock(), asker)
     await recorded(runtime, [record])
     return JSONResponse({**explained, "explain_id": record.record_id})
