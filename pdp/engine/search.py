@@ -22,6 +22,9 @@ The property test (tests/test_search.py) checks on random worlds that every sear
 equals exhaustive evaluation, so a change of the rules that broke the narrowing would
 be caught there.
 
+`search` is the entry the service calls: one page, counted, and the decision log's record
+of it (who asked what, and what it was shown), built by the engine like a decision's.
+
 Paging is by id: a page holds the allowed candidates after the token's id, at most
 `limit`, examined for at most `budget` seconds (a page may then hold fewer, with a
 token to go on). Each page is answered from the facts current when it is asked: walking
@@ -39,14 +42,19 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
+from typing import TypeVar
 
 import orjson
 
-from pdp.engine.decider import Decider
+from pdp.engine.decider import Asker, Decider
 from pdp.engine.policy_engine import Evaluator
+from pdp.engine.records import AuditRecord, new_record_id
+from pdp.model.clock import to_micros
 from pdp.model.vocab import ACTIONS
 
 Kind = str  # "resource", "subject" or "action"
+P = TypeVar("P", bound=Evaluator)
 
 
 class BadToken(ValueError):
@@ -85,12 +93,11 @@ def decode_token(token: str, fingerprint: str) -> str:
     return str(data["a"])
 
 
-def resource_candidates(decider: Decider[Evaluator], user: str, purpose: str) -> list[str]:
+def resource_candidates(decider: Decider[P], user: str, purpose: str) -> list[str]:
     """The clients of the relationships that could be the user's active one: those of
     the user's municipality for the purpose that name no user, and those naming the
     user. In id order."""
-    facts = decider.facts
-    with facts.lock:
+    with decider.facts.reading() as facts:
         found = facts.users.get(user)
         if found is None:
             return []
@@ -98,12 +105,11 @@ def resource_candidates(decider: Decider[Evaluator], user: str, purpose: str) ->
                        *facts.assigned_relationships.get(user, ())})
 
 
-def subject_candidates(decider: Decider[Evaluator], client: str) -> list[str]:
+def subject_candidates(decider: Decider[P], client: str) -> list[str]:
     """The users a relationship of the client could be the active one of: those it
     names, or every user of its municipality if it names none. In id order."""
-    facts = decider.facts
     found: set[str] = set()
-    with facts.lock:
+    with decider.facts.reading() as facts:
         for relationship in facts.relationships_by_client.get(client, {}).values():
             if relationship.assigned_users:
                 found.update(relationship.assigned_users)
@@ -135,7 +141,7 @@ def _walk(candidates: Iterable[str], allowed: Callable[[str], bool], after: str 
     return Page(ids, None, examined)
 
 
-def search_resources(decider: Decider[Evaluator], *, user: str, category: str, action: str,
+def search_resources(decider: Decider[P], *, user: str, category: str, action: str,
                      purpose: str, after: str | None, limit: int, budget: float,
                      now: datetime, owner: str = "") -> Page:
     def allowed(client: str) -> bool:
@@ -145,7 +151,7 @@ def search_resources(decider: Decider[Evaluator], *, user: str, category: str, a
     return _walk(resource_candidates(decider, user, purpose), allowed, after, limit, budget)
 
 
-def search_subjects(decider: Decider[Evaluator], *, client: str, category: str, action: str,
+def search_subjects(decider: Decider[P], *, client: str, category: str, action: str,
                     purpose: str, after: str | None, limit: int, budget: float,
                     now: datetime, owner: str = "") -> Page:
     def allowed(user: str) -> bool:
@@ -155,9 +161,79 @@ def search_subjects(decider: Decider[Evaluator], *, client: str, category: str, 
     return _walk(subject_candidates(decider, client), allowed, after, limit, budget)
 
 
-def search_actions(decider: Decider[Evaluator], *, user: str, client: str, category: str,
+def search_actions(decider: Decider[P], *, user: str, client: str, category: str,
                    purpose: str, after: str | None, limit: int, budget: float,
                    now: datetime, owner: str = "") -> Page:
     table = decider.table(user, client, purpose, now, owner)
     return _walk(sorted(ACTIONS), lambda action: table.pick(category, action).decision,
                  after, limit, budget)
+
+
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    """One page of a search as asked: `kind` says which of user, client and action it
+    names (resource: user and action; subject: client and action; action: user and
+    client). `purpose` as stated (None: none); `token` the page token it came with."""
+
+    kind: Kind
+    category: str
+    purpose: str | None
+    owner: str
+    limit: int
+    budget: float
+    fingerprint: str
+    user: str | None = None
+    client: str | None = None
+    action: str | None = None
+    token: str | None = None
+    after: str | None = None  # the token's id, decoded at the edge
+
+
+@dataclass(frozen=True, slots=True)
+class Searched:
+    page: Page
+    next_token: str  # "" when the listing is complete
+    record: AuditRecord
+
+
+def _runner(query: SearchQuery) -> Callable[..., Page]:
+    if query.kind == "resource":
+        return partial(search_resources, user=query.user or "", action=query.action or "")
+    if query.kind == "subject":
+        return partial(search_subjects, client=query.client or "", action=query.action or "")
+    return partial(search_actions, user=query.user or "", client=query.client or "")
+
+
+def search(decider: Decider[P], query: SearchQuery, now: datetime,
+           asker: Asker) -> Searched:
+    """One page, decided by the same memoised policy as evaluations, counted, and its
+    record built from one view of the facts."""
+    started = time.perf_counter()
+    page = _runner(query)(decider, category=query.category, purpose=query.purpose or "",
+                          after=query.after, limit=query.limit, budget=query.budget,
+                          now=now, owner=query.owner)
+    metrics = decider.metrics
+    if metrics is not None:
+        metrics.search_seconds.labels(query.kind).observe(time.perf_counter() - started)
+        metrics.searches.labels(query.kind).inc()
+        metrics.search_candidates.labels(query.kind).inc(page.examined)
+    next_token = encode_token(query.fingerprint, page.after) if page.after is not None else ""
+    return Searched(page, next_token, _record(decider, query, page, next_token, now, asker))
+
+
+def _record(decider: Decider[P], query: SearchQuery, page: Page, next_token: str,
+            now: datetime, asker: Asker) -> AuditRecord:
+    """The decision log's record of one page: who asked what, and what it was shown."""
+    with decider.facts.reading() as view:
+        user = view.users.get(query.user) if query.user else None
+        client = view.clients.get(query.client) if query.client else None
+        version = view.version
+    return AuditRecord(
+        "search", new_record_id(), to_micros(now), user_id=query.user,
+        user_municipality=user.municipality if user else None, client_id=query.client,
+        client_municipality=client.home_municipality if client else None,
+        category=query.category, action=query.action, purpose=query.purpose,
+        decision=bool(page.ids), policy_version=decider.policy.version,
+        facts_version=version, request_id=asker.request_id, caller=asker.caller,
+        details=orjson.dumps({"kind": query.kind, "results": page.ids, "token": query.token,
+                              "limit": query.limit, "next_token": next_token}).decode())
