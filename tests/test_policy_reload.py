@@ -306,3 +306,55 @@ def test_watched_policy_files_go_live_when_they_pass(
         assert "refused" in server.log.read_text()
     finally:
         stop_server(server)
+
+
+# -- the decision cache's shape invariants (tests/test_shape_check.py has the unit cases) ---
+
+def test_a_policy_that_breaks_the_shape_invariants_is_refused_and_the_old_one_serves(
+        live: Server, world: World, policy_dir: Path) -> None:
+    from tests.test_shape_check import BROKEN
+
+    version = live_policy(live)["version"]
+    for what, old, new, says in BROKEN:
+        error = refused(live, policy_dir, "rules.polar", old, new)
+        assert "shape invariants" in error["message"] and says in error["message"], what
+        detail = error["details"][0]
+        assert detail["file"].endswith("rules.polar") and detail["line"] > 1, what
+        assert detail["column"] >= 1 and says in detail["construct"], what
+    # What the text does not show, the property check finds.
+    error = refused(live, policy_dir, "rules.polar",
+                    "r.client_home in r.area_municipalities and",
+                    'x = "092" and r.client_home != x and '
+                    "r.client_home in r.area_municipalities and")
+    assert "answers records of one shape differently" in error["message"]
+    assert error["details"] and "became" in error["details"][0]["message"]
+    made = decide(live, world)
+    assert made["decision"] is True and made["context"]["policy_version"] == version
+    assert live_policy(live)["version"] == version
+
+
+def test_a_candidate_that_breaks_the_shape_invariants_is_refused(
+        live: Server, policy_dir: Path) -> None:
+    from tests.test_shape_check import BROKEN
+
+    _, old, new, says = BROKEN[1]  # timestamp arithmetic
+    files = candidate_files(policy_dir, "rules.polar", old, new)
+    with live.client("t-policy") as author:
+        uploaded = author.post("/v1/policy/candidates", json={"files": files}, timeout=120)
+        assert uploaded.status_code == 409, uploaded.text
+        error = uploaded.json()["error"]
+        assert error["code"] == "policy_rejected" and says in error["message"]
+        assert error["details"][0]["line"] > 1
+        tested = author.post("/v1/policy/test", json={"files": files}, timeout=120)
+        assert tested.status_code == 400, tested.text
+        assert says in tested.json()["error"]["message"]
+        # Hidden behind a variable: the sandboxed property check refuses it.
+        reason = 'failing(r, "no_active_relationship")'
+        hidden = candidate_files(
+            policy_dir, "rules.polar", f"{reason} if not active_relationship(r);",
+            f"{reason} if not active_relationship(r);\n{reason} if rel in r.relationships"
+            " and rel.municipality != r.user_municipality;")
+        uploaded = author.post("/v1/policy/candidates", json={"files": hidden}, timeout=120)
+        assert uploaded.status_code == 409, uploaded.text
+        assert "one shape differently" in uploaded.json()["error"]["message"]
+        assert author.get("/v1/policy/candidates").json()["candidate"] is None
