@@ -118,15 +118,17 @@ def decide_all(policy: Evaluator, facts: FactIndex, user: str, client: str,
                purpose: str, now: datetime, owner: str = "") -> DecisionTable:
     """One policy query for all categories and actions of a user x client x purpose (and
     the record's owner the request names)."""
-    with facts.lock:
-        record = policy_record(facts, user, client, purpose, to_micros(now), owner)
-        facts_version = facts.version
+    with facts.reading() as view:
+        record = policy_record(view, user, client, purpose, to_micros(now), owner)
+        facts_version = view.version
     return evaluate_record(policy, record, facts_version)
 
 
 def decide(policy: Evaluator, facts: FactIndex, request: DecisionRequest,
            now: datetime) -> Decision:
-    """The decision for one request at `now`."""
+    """The decision for one request at `now`: the pure core, without memo, shapes or a
+    record (benchmarks measure it raw). The service, the CLI, explain, search and the
+    suites decide through `pdp.engine.decider.Decider.check`, never through this."""
     table = decide_all(policy, facts, request.user, request.client, request.purpose, now,
                        request.owner)
     return table.pick(request.category, request.action)

@@ -86,9 +86,9 @@ class FactService:
         """Share a consistent snapshot of the index (when it changed since the last)."""
         if self.bus is None or self.index.version == self._snapshot_version:
             return
-        with self.index.lock:
-            version = self.index.version
-            facts = list(self.index.stored_facts())
+        with self.index.reading() as view:
+            version = view.version
+            facts = list(view.stored_facts())
         try:
             self.bus.save_snapshot(version, facts)
             self._snapshot_version = version

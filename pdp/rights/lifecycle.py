@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from pdp.engine.factindex import FactView
 from pdp.engine.facts_service import FactService
 from pdp.engine.policy_engine import CompiledPolicy, var
 from pdp.engine.policy_input import grant_record
@@ -218,6 +219,13 @@ class Lifecycle:
         self.register_before = register_before
         self.clock = clock
 
+    @property
+    def view(self) -> FactView:
+        """The facts as the procedure reads them: single reads of the live index, each
+        atomic. No view is held across a plan's steps (writers would wait behind it): a
+        plan carries the versions it read (`expected`), checked when it is committed."""
+        return self.facts.index
+
     # -- questions to the policy -------------------------------------------------------
 
     def state(self, grant_id: str, grant: Grant, now: datetime) -> str:
@@ -235,7 +243,7 @@ class Lifecycle:
         return str(answer["next"])
 
     def _check_limits(self, grant: Grant, now: datetime) -> None:
-        index = self.facts.index
+        index = self.view
         user = index.users.get(grant.user)
         agreement = index.agreements.get(user.municipality) if user else None
         record = policy_input(GRANT_REQUEST, {
@@ -290,7 +298,7 @@ class Lifecycle:
                           legal_basis=application.legal_basis,
                           justification=application.justification)
             self._check_limits(grant, now)
-            if self.facts.index.fact_version("grant", grant_id):
+            if self.view.fact_version("grant", grant_id):
                 raise _id_taken()  # a deleted right's id: the store refuses it (IdTaken)
             result = Plan()
             self._put_grant(result, grant_id, grant, "grant.applied", actor,
@@ -313,7 +321,7 @@ class Lifecycle:
                 self._check_limits(changed, now)
             result = Plan()
             self._put_grant(result, grant_id, changed, f"grant.{_past(step)}", actor, why,
-                            expected=self.facts.index.fact_version("grant", grant_id),
+                            expected=self.view.fact_version("grant", grant_id),
                             previous=state)
             return result
 
@@ -407,7 +415,7 @@ class Lifecycle:
                         now: datetime, event: str, party: str = "area") -> Plan:
         result = Plan()
         result.changes.append(Change("agreement", code, dump_fact(agreement),
-                                     self.facts.index.fact_version("agreement", code)))
+                                     self.view.fact_version("agreement", code)))
         result.events.append(Event(f"agreement.{event}", "agreement", code, code, actor, why,
                                    {"agreement": dump_fact(agreement), "party": party}))
         self._follow_agreement(result, code, agreement, actor, now)
@@ -479,7 +487,7 @@ class Lifecycle:
             result = Plan()
             for n, item in enumerate(register.grants):
                 grant = self._registered(n, item, now)
-                if self.facts.index.fact_version("grant", item.id):
+                if self.view.fact_version("grant", item.id):
                     raise _register_id_taken(n)
                 approval = item.approval
                 self._put_grant(result, item.id, grant, "grant.imported", actor,
@@ -492,7 +500,7 @@ class Lifecycle:
     def _registered(self, n: int, item: RegisteredGrant, now: datetime) -> Grant:
         """The right of register item `n`, checked against the facts as they are now."""
         where = f"grants[{n}]"
-        if item.user not in self.facts.index.users:
+        if item.user not in self.view.users:
             raise _invalid(f"{where}.user", "no such user")
         for name in ("approved_at", "activated_at"):
             if getattr(item.approval, name) > now:
@@ -550,18 +558,18 @@ class Lifecycle:
         municipality which ids another has. To delete, another's user is not found, as an
         unknown one is (store.NotFound)."""
         def plan(now: datetime) -> Plan:
-            user = self.facts.index.users.get(user_id)
+            user = self.view.users.get(user_id)
             if user is not None and not acts_for(user.municipality):
                 if data is None:
                     raise WorkflowError(NOT_FOUND, f"no user {user_id!r}")
                 raise _id_taken("user")
-            expected = self.facts.index.fact_version("user", user_id)
+            expected = self.view.fact_version("user", user_id)
             return self._facts_plan([Change("user", user_id, data, expected)], actor, now)
 
         return self._commit(plan)
 
     def _facts_plan(self, changes: Sequence[Change], actor: str, now: datetime) -> Plan:
-        index = self.facts.index
+        index = self.view
         for change in changes:
             if change.kind == "grant":
                 self._refuse_grant_write(change, now)
@@ -586,7 +594,7 @@ class Lifecycle:
         a user who left loses every right, a user whose tasks changed has the rights that
         no longer fit suspended, an agreement that ends ends its rights."""
         result = Plan()
-        index = self.facts.index
+        index = self.view
         if kind == "user":
             municipality = (data or {}).get("municipality") or _municipality_of_user(
                 index.users.get(fact_id))
@@ -614,7 +622,7 @@ class Lifecycle:
         """No right is created, changed or deleted by a facts write (API.md "Rights"):
         refused `use_workflow` naming the step that would do what the write tries.
         Deleting a right that does not exist is left to the store (store.NotFound)."""
-        current = self.facts.index.grants.get(change.id)
+        current = self.view.grants.get(change.id)
         if current is None and change.data is None:
             return
         wanted = parse_fact("grant", change.data) if change.data is not None else None
@@ -630,7 +638,7 @@ class Lifecycle:
         is never deleted: a delete would end its rights without the rescind step, and an
         agreement written in force after it would wipe a notice (`use_workflow` naming
         rescind). Deleting one that does not exist is left to the store (store.NotFound)."""
-        current = self.facts.index.agreements.get(change.id)
+        current = self.view.agreements.get(change.id)
         code = change.id
         if change.data is None:
             if current is None:
@@ -666,7 +674,7 @@ class Lifecycle:
                      now: datetime) -> None:
         """Rights that a change of the user ends or suspends (the policy's change_effect)."""
         assert user is None or isinstance(user, User)
-        before = self.facts.index.users.get(user_id)
+        before = self.view.users.get(user_id)
         change = policy_input(USER_CHANGE, {
             "kind": "user",
             "before_known": before is not None,
@@ -688,10 +696,10 @@ class Lifecycle:
         """Rights with their state now; `due_within`: those that expire or fall due for
         re-certification within that time (and are not over yet)."""
         now = now or self.clock()
-        index = self.facts.index
+        index = self.view
         rows = []
-        with index.lock:
-            grants = list(index.grants.items())
+        with self.facts.index.reading() as view:
+            grants = list(view.grants.items())
         for grant_id, grant in sorted(grants):
             owner = index.users.get(grant.user)
             code = owner.municipality if owner else ""
@@ -727,24 +735,24 @@ class Lifecycle:
         raise WorkflowError(CONFLICT, "the right changed meanwhile; try again")
 
     def _grant(self, grant_id: str) -> Grant:
-        grant = self.facts.index.grants.get(grant_id)
+        grant = self.view.grants.get(grant_id)
         if grant is None:
             raise WorkflowError(NOT_FOUND, f"no grant {grant_id!r}")
         return grant
 
     def _agreement(self, code: str) -> Agreement:
-        agreement = self.facts.index.agreements.get(code)
+        agreement = self.view.agreements.get(code)
         if agreement is None:
             raise WorkflowError(NOT_FOUND, f"no agreement {code!r}")
         return agreement
 
     def _live_grants(self, user_id: str, now: datetime) -> list[tuple[str, Grant]]:
-        grants = self.facts.index.grants_by_user.get(user_id, {})
+        grants = self.view.grants_by_user.get(user_id, {})
         return [(g_id, g) for g_id, g in sorted(grants.items())
                 if self.state(g_id, g, now) not in TERMINAL_STATES]
 
     def _live_grants_of_municipality(self, code: str, now: datetime) -> list[tuple[str, Grant]]:
-        index = self.facts.index
+        index = self.view
         users = sorted(u_id for u_id, u in index.users.items() if u.municipality == code)
         return [pair for u_id in users for pair in self._live_grants(u_id, now)]
 
@@ -753,10 +761,10 @@ class Lifecycle:
                    expected: int | None = None,
                    approval: dict[str, Any] | None = None) -> None:
         if expected is None:
-            expected = self.facts.index.fact_version("grant", grant_id)
+            expected = self.view.fact_version("grant", grant_id)
         data = dump_fact(grant)
         result.changes.append(Change("grant", grant_id, data, expected))
-        municipality = _municipality_of_user(self.facts.index.users.get(grant.user))
+        municipality = _municipality_of_user(self.view.users.get(grant.user))
         recorded: dict[str, Any] = {"grant": data, "from": previous}
         if approval is not None:
             recorded["approval"] = approval
@@ -875,7 +883,7 @@ def refuse_grant_write(lifecycle: Lifecycle, grant_id: str, data: Any) -> Workfl
     validated (API.md "Rights": any facts write of a right is refused `use_workflow`): the
     step is named from the body when it is a right, else from the status it names, else
     a new application."""
-    current = lifecycle.facts.index.grants.get(grant_id)
+    current = lifecycle.view.grants.get(grant_id)
     if current is None:
         return _use_workflow("a right", "apply", _step_endpoint("apply", grant_id))
     wanted = current
