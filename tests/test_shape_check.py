@@ -160,3 +160,21 @@ def test_pdp_policy_check_refuses_it(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "rules.polar:" in done.stderr + done.stdout
     assert BROKEN[0][3] in done.stderr + done.stdout
+
+
+def test_every_mate_the_check_makes_is_of_its_records_shape() -> None:
+    """Else the property check would compare records the cache keeps apart (and skip
+    them silently): it would prove nothing."""
+    import random
+
+    from pdp.engine.policy_input import record_shape
+    from pdp.engine.shape_check import CHANGES, Maker, all_changes, policy_constants
+
+    maker = Maker(random.Random(7), *policy_constants(sources()))
+    for number in range(300):
+        record = maker.record()
+        shape = record_shape(record)[0]
+        mates = [change(record, random.Random(number))[1] for change in CHANGES]
+        mates.append(all_changes(record, number)[1])
+        assert all(record_shape(mate)[0] == shape for mate in mates)
+        assert any(mate != record for mate in mates)

@@ -68,7 +68,7 @@ def policy_constants(sources: Mapping[str, str]) -> tuple[list[str], list[int]]:
     return sorted(strings), sorted(numbers)
 
 
-class _Maker:
+class Maker:
     """Random decision records (pdp.model.policy_schema.DECISION_RECORD) from one rng."""
 
     def __init__(self, rng: random.Random, strings: list[str], numbers: list[int]) -> None:
@@ -242,7 +242,7 @@ CHANGES: tuple[Callable[[Record, random.Random], Mate], ...] = (
     _renamed, _moved, _reordered, _others_added)
 
 
-def _all_changes(record: Record, seed: int) -> Mate:
+def all_changes(record: Record, seed: int) -> Mate:
     """Every change at once (one query tries them all; `shape_mismatches` tells them
     apart only when the answers differ)."""
     back: dict[str, str] = {}
@@ -281,17 +281,17 @@ def shape_mismatches(policy: Evaluator, records: int = RECORDS, seed: int = SEED
     tried. Deterministic for a seed and a policy text."""
     sources: Mapping[str, str] = getattr(policy, "sources", {}) or {}
     rng = random.Random(seed)
-    maker = _Maker(rng, *policy_constants(sources))
+    maker = Maker(rng, *policy_constants(sources))
     for _ in range(records):
         record = maker.record()
         answers = evaluate_outcomes(policy, record)
         mate_seed = rng.randrange(2**32)
-        if not _differences(policy, record, answers, _all_changes(record, mate_seed)):
+        if not _differences(policy, record, answers, all_changes(record, mate_seed)):
             continue
         for number, change in enumerate(CHANGES):  # which change shows it, on its own
             found = _differences(policy, record, answers,
                                  change(record, random.Random(mate_seed + number)))
             if found:
                 return found[:most]
-        return _differences(policy, record, answers, _all_changes(record, mate_seed))[:most]
+        return _differences(policy, record, answers, all_changes(record, mate_seed))[:most]
     return []
