@@ -1,233 +1,66 @@
-"""Shared fixtures: a real `pdp serve` process on a free port, with its own store."""
+"""Fixtures only (the helpers they use are in tests/support/).
+
+`server` is what a test module talks HTTP to: the app in-process (tests/support/asgi.py)
+unless the module is marked `pytestmark = pytest.mark.process`, in which case it is a real
+`pdp serve` process (tests/support/servers.py). Either is started once per session (per
+xdist worker) and shared, as are the worlds written into it (ids never repeat)."""
 
 from __future__ import annotations
 
-import itertools
-import os
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-
-# One token per role, and the admin.
-KEYS: dict[str, list[str]] = {
-    "t-pep": ["pep"],
-    "t-facts": ["facts_writer"],
-    "t-grants": ["grant_admin"],
-    "t-auditor": ["auditor"],
-    "t-policy": ["policy_admin"],
-    "t-admin": ["admin"],
-    "t-both": ["facts_writer", "grant_admin"],
-}
+from tests.support.asgi import InProcess, in_process
+from tests.support.servers import Server, start_server, stop_server
+from tests.support.world import World
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def client(self, token: str | None = "t-admin", **kwargs: Any) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kwargs)
-
-
-def start_server(tmp: Path, *, env: Mapping[str, str | None] | None = None,
-                 args: tuple[str, ...] = ()) -> Server:
-    """`pdp serve` on a free port; `env` adds to the environment (None: unset)."""
-    port = free_port()
-    log = tmp / f"server-{port}.log"
-    environment = {
-        **os.environ,
-        "PDP_DATABASE_URL": f"sqlite:///{tmp / 'facts.sqlite3'}",
-        "PDP_API_KEYS": __import__("json").dumps(KEYS),
-        "PDP_POLL_INTERVAL_SECONDS": "0.2",
-        # the register of rights before the service is open for rights approved before now
-        "PDP_REGISTER_BEFORE": datetime.now(UTC).isoformat(),
-        **(env or {}),
-    }
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "pdp", "serve", "--port", str(port), *args],
-            cwd=tmp, env={k: v for k, v in environment.items() if v is not None},
-            stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited: {log.read_text()}")
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return Server(url, process, log)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"server did not become ready: {log.read_text()}")
-
-
-def stop_server(server: Server) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(10)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "process: the module's `server` fixture is a real `pdp serve` process "
+        "(the point of the test is a process boundary), not the app in-process")
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A real `pdp serve` process, shared by the session."""
     running = start_server(tmp_path_factory.mktemp("server"))
     yield running
     stop_server(running)
 
 
+@pytest.fixture(scope="session")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
+    """The app in-process on a store of its own, shared by the session."""
+    with in_process(tmp_path_factory.mktemp("app")) as running:
+        yield running
+
+
 @pytest.fixture
-def admin(server: Server) -> Iterator[httpx.Client]:
+def server(request: pytest.FixtureRequest) -> Server | InProcess:
+    """The module's kind of server: a real process under `pytest.mark.process`, else the
+    app in-process."""
+    if request.node.get_closest_marker("process") is not None:
+        running: Server = request.getfixturevalue("served")
+        return running
+    app: InProcess = request.getfixturevalue("app")
+    return app
+
+
+@pytest.fixture
+def admin(server: Server | InProcess) -> Iterator[httpx.Client]:
     with server.client("t-admin") as client:
         yield client
 
 
 @pytest.fixture
-def pep(server: Server) -> Iterator[httpx.Client]:
+def pep(server: Server | InProcess) -> Iterator[httpx.Client]:
     with server.client("t-pep") as client:
         yield client
-
-
-# One counter for both copies of this module (pytest imports it as `conftest`, the tests
-# as `tests.conftest`): two worlds of one session never share ids (rights' ids are never
-# reused, and a user of one world would hold the other's rights).
-_worlds = getattr(sys.modules.get("conftest"), "_worlds", None) or itertools.count(1)
-
-# The test area: Kuopio-like. 749 is shared by most tests; the others are for tests that
-# change their municipality's agreement.
-AREA = [("297", "Kuopio"), ("749", "Siilinjärvi"), ("844", "Tuusniemi"), ("686", "Rautavaara"),
-        ("204", "Kaavi"), ("420", "Leppävirta"), ("915", "Varkaus"), ("239", "Keitele"),
-        ("178", "Juva")]  # 178: rescinded for good by tests/test_freshness.py
-
-NOW = "2026-01-01T00:00:00+02:00"
-
-
-class World:
-    """A small consistent world with unique ids, written through the facts API: one user
-    with one grant (taken in as the register of rights before the service, POST
-    /v1/grants:import: rights are not facts-API writes), one client with one coaching
-    relationship, all in `municipality`. `grant=False`: the user holds no right.
-
-    Worlds share the area and the agreements (municipality codes are few): a test that
-    changes an agreement uses a municipality of its own (see AREA)."""
-
-    def __init__(self, admin: httpx.Client, municipality: str = "749", *,
-                 grant: bool = True) -> None:
-        n = next(_worlds)
-        self.with_grant = grant
-        self.admin = admin
-        self.municipality = municipality
-        self.p = f"w{n}-{os.getpid()}"
-        self.user = f"{self.p}-u1"
-        self.client = f"{self.p}-c1"
-        self.grant = f"{self.p}-g1"
-        self.relationship = f"{self.p}-r1"
-
-    def put(self, collection: str, fact_id: str, data: dict[str, Any]) -> dict[str, Any]:
-        response = self.admin.put(f"/v1/{collection}/{fact_id}", json=data)
-        assert response.status_code == 200, response.text
-        body: dict[str, Any] = response.json()
-        return body
-
-    def build(self) -> World:
-        self.put("areas", "kuopio", {
-            "name": "Kuopion työllisyysalue", "responsible_municipality": "297",
-            "municipalities": [{"code": code, "name": name} for code, name in AREA]})
-        self.put("areas", "joensuu", {
-            "name": "Joensuu", "responsible_municipality": "167",
-            "municipalities": [{"code": "167", "name": "Joensuu"}]})
-        self.put("agreements", self.municipality, {
-            "area": "kuopio", "status": "in_force", "signed_at": "2025-01-01T00:00:00+02:00"})
-        self.put("users", self.user, {
-            "municipality": self.municipality, "display_name": "Testi Käyttäjä",
-            "tasks": ["coaching"], "status": "active"})
-        if self.with_grant:
-            self.import_grant(self.grant, self.grant_data())
-        self.put("clients", self.client, {"home_municipality": self.municipality,
-                                          "area_client": True})
-        self.put("relationships", self.relationship, {
-            "client": self.client, "municipality": self.municipality, "service": "coaching",
-            "starts_at": "2025-06-01T00:00:00+03:00"})
-        return self
-
-    def grant_data(self, **changes: Any) -> dict[str, Any]:
-        """A right of the world's user, as the register of rights holds it: for coaching,
-        from 30 days ago for 300 days, re-certification due in 80 days."""
-        now = datetime.now(UTC)
-        return {"user": self.user, "purposes": ["coaching"],
-                "scopes": ["name_contact", "service_needs_plans"],
-                "actions": ["read", "write"],
-                "valid_from": (now - timedelta(days=30)).isoformat(),
-                "valid_until": (now + timedelta(days=270)).isoformat(), "status": "active",
-                "legal_basis": "380/2023 125 § 1 mom.",
-                "recertify_by": (now + timedelta(days=80)).isoformat(), **changes}
-
-    def import_grant(self, grant_id: str, data: dict[str, Any]) -> dict[str, Any]:
-        """Take in one right as the register of rights before the service
-        (POST /v1/grants:import), with an approval record."""
-        response = self.admin.post("/v1/grants:import",
-                                   json={"grants": [register_item(grant_id, data)]})
-        assert response.status_code == 200, response.text
-        body: dict[str, Any] = response.json()
-        return body
-
-    def request(self, category: str = "service_needs_plans", action: str = "read",
-                purpose: str | None = "coaching", *, owner: str | None = None,
-                **context: Any) -> dict[str, Any]:
-        """An evaluation request; a write names the world's municipality as the record's
-        owner (resource.properties.owner) unless `owner` says otherwise ("": none)."""
-        ctx: dict[str, Any] = dict(context)
-        if purpose is not None:
-            ctx["purpose"] = purpose
-        properties = {"category": category}
-        if owner is None and action == "write":
-            owner = self.municipality
-        if owner:
-            properties["owner"] = owner
-        return {"subject": {"type": "user", "id": self.user},
-                "action": {"name": action},
-                "resource": {"type": "client_record", "id": self.client,
-                             "properties": properties},
-                "context": ctx}
-
-
-def register_item(grant_id: str, data: dict[str, Any]) -> dict[str, Any]:
-    """A right of the register (POST /v1/grants:import): `data` as World.grant_data gives
-    it, with an approval record of a week ago."""
-    approved = datetime.now(UTC) - timedelta(days=7)
-    return {"id": grant_id, **data, "approval": {
-        "approved_by": "Kuopion työllisyysalue", "approved_at": approved.isoformat(),
-        "decision_ref": f"KUO/{grant_id}", "activated_at": approved.isoformat()}}
 
 
 @pytest.fixture
 def world(admin: httpx.Client) -> World:
     return World(admin).build()
-
-
-def decide(client: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
-    response = client.post("/access/v1/evaluation", json=body)
-    assert response.status_code == 200, response.text
-    result: dict[str, Any] = response.json()
-    return result

@@ -2,8 +2,10 @@
 tampering is detected, audit reads and the data-subject report, retention with legal
 holds, and the SIEM export.
 
-Servers here are real `pdp serve` processes with their own SQLite files, so that a test
-can tamper with, kill or prune a log without touching anyone else's."""
+Each server here has its own SQLite file, so that a test can tamper with, kill or prune a
+log without touching anyone else's: the app in-process (tests/support/asgi.py) for what is
+read and written through the API, real `pdp serve` processes where a process is killed or
+its store fails under it."""
 
 from __future__ import annotations
 
@@ -33,7 +35,9 @@ import sqlalchemy as sa
 from pdp.audit.log import RECORD_FIELDS, AuditLog, AuditRecord, record_hash, records_table
 from pdp.model.clock import to_micros
 from pdp.store.sql import open_store
-from tests.conftest import KEYS, Server, World, start_server, stop_server
+from tests.support.asgi import InProcess, start_app, stop_app
+from tests.support.servers import KEYS, Server, start_server, stop_server
+from tests.support.world import World
 
 AUDITOR = "t-auditor"
 NAMED_PEP = "t-named-pep"
@@ -52,9 +56,15 @@ def key_name(token: str) -> str:
                              hashlib.sha256).hexdigest()[:16]
 
 
+AUDIT_ENV = {"PDP_API_KEYS": json.dumps(AUDIT_KEYS), "PDP_FINGERPRINT_KEY": FINGERPRINT_KEY}
+
+
 def audit_server(tmp: Path) -> Server:
-    return start_server(tmp, env={"PDP_API_KEYS": json.dumps(AUDIT_KEYS),
-                                  "PDP_FINGERPRINT_KEY": FINGERPRINT_KEY})
+    return start_server(tmp, env=AUDIT_ENV)
+
+
+def audit_app(tmp: Path) -> InProcess:
+    return start_app(tmp, env=AUDIT_ENV)
 
 
 def db_of(server_dir: Path) -> Path:
@@ -141,32 +151,32 @@ def moment(record: dict[str, Any]) -> datetime:
 
 
 @pytest.fixture(scope="module")
-def log_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = audit_server(tmp_path_factory.mktemp("audit"))
+def log_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
+    running = audit_app(tmp_path_factory.mktemp("audit"))
     yield running
-    stop_server(running)
+    stop_app(running)
 
 
 @pytest.fixture
-def admin(log_server: Server) -> Iterator[httpx.Client]:
+def admin(log_server: InProcess) -> Iterator[httpx.Client]:
     with log_server.client("t-admin") as client:
         yield client
 
 
 @pytest.fixture
-def pep(log_server: Server) -> Iterator[httpx.Client]:
+def pep(log_server: InProcess) -> Iterator[httpx.Client]:
     with log_server.client("t-pep") as client:
         yield client
 
 
 @pytest.fixture
-def named_pep(log_server: Server) -> Iterator[httpx.Client]:
+def named_pep(log_server: InProcess) -> Iterator[httpx.Client]:
     with log_server.client(NAMED_PEP) as client:
         yield client
 
 
 @pytest.fixture
-def auditor(log_server: Server) -> Iterator[httpx.Client]:
+def auditor(log_server: InProcess) -> Iterator[httpx.Client]:
     with log_server.client(AUDITOR) as client:
         yield client
 
@@ -404,7 +414,7 @@ def test_readyz_is_503_while_the_log_cannot_be_written_postgresql(tmp_path: Path
     every decision failed; /readyz must say so, and recover with the database."""
     from psycopg import sql as pg_sql
 
-    from tests.pg import PG_ADMIN_DB, PG_HOST, PG_PORT, fresh_database, pg_connect
+    from tests.support.pg import PG_ADMIN_DB, PG_HOST, PG_PORT, fresh_database, pg_connect
 
     def set_read_only(name: str, on: bool) -> None:
         with pg_connect(PG_ADMIN_DB) as pg:
@@ -506,7 +516,7 @@ CHAIN_LENGTH = 10
 def chain_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A log of CHAIN_LENGTH decisions (seq 1..10) written by a server, then stopped."""
     tmp = tmp_path_factory.mktemp("chain")
-    server = audit_server(tmp)
+    server = audit_app(tmp)
     try:
         with server.client("t-admin") as admin, server.client("t-pep") as pep:
             world = World(admin).build()
@@ -515,7 +525,7 @@ def chain_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 pep_post(pep, "/access/v1/evaluation",
                          world.request(category=categories[n % 3]), f"chain-{n}")
     finally:
-        stop_server(server)
+        stop_app(server)
     db = copy_db(db_of(tmp), tmp / "chain" / "facts.sqlite3")
     assert sql(db, "SELECT seq, record_type FROM audit_records ORDER BY seq") == [
         (n, "decision") for n in range(1, CHAIN_LENGTH + 1)]
@@ -615,12 +625,12 @@ def test_verify_names_the_first_bad_record(case: str, chain_db: Path, tmp_path: 
     assert _tampered(chain_db, tmp_path / "api", tamper) == expected
 
     done = pdp_cli(db_of(tmp_path / "cli"), "audit", "verify")
-    server = start_server(tmp_path / "api", env={"PDP_API_KEYS": json.dumps(AUDIT_KEYS)})
+    server = start_app(tmp_path / "api", env={"PDP_API_KEYS": json.dumps(AUDIT_KEYS)})
     try:
         with server.client(AUDITOR) as auditor:
             response = auditor.get("/v1/audit/verify")
     finally:
-        stop_server(server)
+        stop_app(server)
     both = f"pdp audit verify: {done.stdout}{done.stderr[-500:]}\nGET: {response.text}"
 
     if expected is None:
@@ -715,7 +725,7 @@ def test_a_tampered_pending_segment_is_named_and_not_moved(
 # -- 4. audit queries --------------------------------------------------------------------
 
 
-def test_audit_reads_need_the_auditor_role(log_server: Server, world: World) -> None:
+def test_audit_reads_need_the_auditor_role(log_server: InProcess, world: World) -> None:
     query = {"justification": "role check"}
     for token, status in (("t-pep", 403), ("t-facts", 403), ("t-grants", 403),
                           ("t-policy", 403), (None, 401), ("t-auditor", 200),
@@ -935,7 +945,7 @@ class Retention:
             f"old-other-{uuid.uuid4().hex[:8]}"
         self.old: dict[str, list[str]] = {self.held_client: [], self.other_client: []}
         self.seed()
-        self.server = audit_server(tmp / "server")
+        self.server = audit_app(tmp / "server")
         self.admin = self.server.client("t-admin")
         self.pep = self.server.client("t-pep")
         self.auditor = self.server.client(AUDITOR)
@@ -997,7 +1007,7 @@ class Retention:
     def close(self) -> None:
         for client in (self.admin, self.pep, self.auditor):
             client.close()
-        stop_server(self.server)
+        stop_app(self.server)
 
 
 @pytest.fixture
@@ -1303,7 +1313,7 @@ def test_two_logs_on_one_postgresql_chain_every_record_once() -> None:
     """Two processes' logs (two AuditLog objects, as two replicas) write segments at once
     and index each other's: every record lands once in the record chain, which verifies."""
     from pdp.store.sql import open_store
-    from tests.pg import PG_HOST, PG_PORT, fresh_database
+    from tests.support.pg import PG_HOST, PG_PORT, fresh_database
 
     with fresh_database("pdp_audit") as name:
         store = open_store(f"postgresql+psycopg://postgres@{PG_HOST}:{PG_PORT}/{name}")

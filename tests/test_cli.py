@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 
 from pdp.service.demo import demo_facts, demo_register, demo_register_before
-from tests.conftest import ROOT, Server
+from tests.support.servers import ROOT, Server
+
+pytestmark = pytest.mark.process  # the CLI asks a served PDP over a socket
 
 
 def pdp(*args: str, env: dict[str, str] | None = None, input: str | None = None,

@@ -18,9 +18,10 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Server, World
 
 from pdp.model.facts import ID_RULE
+from tests.support.asgi import InProcess
+from tests.support.world import World
 
 _ids = itertools.count(1)
 
@@ -66,14 +67,14 @@ def with_value(body: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[
     return changed
 
 
-def logged(server: Server, prefix: str) -> list[tuple[Any, ...]]:
+def logged(server: InProcess, prefix: str) -> list[tuple[Any, ...]]:
     """(user_id, client_id, purpose) of the log's records of requests with this prefix
     (a read of the log first moves every durable record into audit_records)."""
     with server.client("t-auditor") as auditor:
         read = auditor.get("/v1/audit/decisions", params={"justification": "test",
                                                           "limit": 1})
         assert read.status_code == 200, read.text
-    conn = sqlite3.connect(server.log.parent / "facts.sqlite3", timeout=10)
+    conn = sqlite3.connect(server.store_file, timeout=10)
     try:
         return conn.execute("SELECT user_id, client_id, purpose FROM audit_records "
                             "WHERE request_id LIKE ?", (prefix + "%",)).fetchall()
@@ -93,7 +94,7 @@ ID_PATHS = [("subject", "id"), ("resource", "id")]
 
 @pytest.mark.parametrize("bad", list(BAD_IDS.values()), ids=list(BAD_IDS))
 def test_an_evaluation_or_explanation_with_a_bad_id_is_400_and_not_logged(
-        server: Server, world: World, bad: str) -> None:
+        server: InProcess, world: World, bad: str) -> None:
     prefix = request_id()
     with server.client("t-pep") as pep, server.client("t-auditor") as auditor:
         for path in ID_PATHS:
@@ -109,7 +110,7 @@ def test_an_evaluation_or_explanation_with_a_bad_id_is_400_and_not_logged(
 
 
 @pytest.mark.parametrize("bad", list(BAD_PURPOSES.values()), ids=list(BAD_PURPOSES))
-def test_a_purpose_that_is_no_short_word_is_400(server: Server, world: World,
+def test_a_purpose_that_is_no_short_word_is_400(server: InProcess, world: World,
                                                 bad: str) -> None:
     prefix = request_id()
     with server.client("t-pep") as pep, server.client("t-auditor") as auditor:
@@ -141,7 +142,7 @@ def test_actions_and_categories_are_closed_vocabularies(pep: httpx.Client, world
 
 
 def test_a_batch_item_with_a_bad_id_or_purpose_fails_alone_and_is_logged_without_it(
-        server: Server, world: World) -> None:
+        server: InProcess, world: World) -> None:
     prefix = request_id()
     defaults = world.request()
     items: list[dict[str, Any]] = []
@@ -193,7 +194,7 @@ def searches(world: World) -> dict[str, dict[str, Any]]:
 
 @pytest.mark.parametrize("kind", ["resource", "subject", "action"])
 def test_a_search_with_a_bad_id_purpose_or_token_is_400_and_not_logged(
-        server: Server, world: World, kind: str) -> None:
+        server: InProcess, world: World, kind: str) -> None:
     prefix = request_id()
     body = searches(world)[kind]
     bad_bodies = [with_value(body, ("context", "purpose"), bad)

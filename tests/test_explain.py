@@ -1,5 +1,6 @@
 """Explain (issue 9, part 2): every rule of DOMAIN.md's order with passed or failed and
-the facts it read — over HTTP against a real server, and from `pdp explain`."""
+the facts it read — over HTTP in-process (tests/support/asgi.py), and from `pdp explain`
+against a real server."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import sys
 from typing import Any
 
 import httpx
+import pytest
 
-from tests.conftest import AREA, Server, World
+from tests.support.servers import Server
+from tests.support.world import AREA, World
 
 ORDER = ["unknown_subject", "user_inactive", "agreement_not_in_force", "no_active_grant",
          "unknown_resource", "client_outside_area", "client_not_own_municipality",
@@ -88,6 +91,7 @@ def test_only_policy_admins_and_auditors_explain(server: Server, world: World) -
     assert explained(server, {"subject": {}}, "t-auditor").status_code == 400
 
 
+@pytest.mark.process  # the CLI asks a served PDP
 def test_pdp_explain_prints_every_rule(server: Server, world: World) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "pdp", "explain", "--user", world.user, "--client",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.conftest import World, decide
+from tests.support.world import World, decide
 
 
 @pytest.fixture
@@ -103,7 +103,7 @@ def test_write_by_another_process_is_picked_up(pep: httpx.Client, warm: World,
     import sys
     import time
 
-    from tests.conftest import ROOT
+    from tests.support.servers import ROOT
 
     line = json.dumps({"kind": "user", "id": warm.user, "data": {
         "municipality": warm.municipality, "display_name": "Testi Käyttäjä",
@@ -119,5 +119,5 @@ def test_write_by_another_process_is_picked_up(pep: httpx.Client, warm: World,
 
 
 def _database_url(server: object) -> str:
-    log = server.log  # type: ignore[attr-defined]
-    return f"sqlite:///{log.parent / 'facts.sqlite3'}"
+    store_file = server.store_file  # type: ignore[attr-defined]
+    return f"sqlite:///{store_file}"

@@ -17,7 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import KEYS, Server, start_server, stop_server
+
+from tests.support.asgi import InProcess, start_app, stop_app
+from tests.support.servers import KEYS
 
 _ids = itertools.count(1)
 
@@ -139,7 +141,7 @@ BAD_AUTHORIZATION: dict[str, dict[str, str]] = {
 @pytest.mark.parametrize(("method", "path", "body"), PROTECTED,
                          ids=[endpoint_id(m, p) for m, p, _ in PROTECTED])
 def test_protected_endpoint_refuses_without_a_valid_bearer_token(
-        server: Server, method: str, path: str, body: Any,
+        server: InProcess, method: str, path: str, body: Any,
         authorization: dict[str, str]) -> None:
     with server.client(None) as client:
         response = client.request(method, path, json=body, headers=authorization)
@@ -148,7 +150,7 @@ def test_protected_endpoint_refuses_without_a_valid_bearer_token(
 
 
 @pytest.mark.parametrize("collection", list(COLLECTION_KIND))
-def test_unauthenticated_put_stores_nothing(server: Server, admin: httpx.Client,
+def test_unauthenticated_put_stores_nothing(server: InProcess, admin: httpx.Client,
                                             collection: str) -> None:
     path = f"/v1/{collection}/{fact_id(collection)}"
     if collection == "agreements":
@@ -161,7 +163,7 @@ def test_unauthenticated_put_stores_nothing(server: Server, admin: httpx.Client,
 @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics",
                                   "/.well-known/authzen-configuration"])
 @pytest.mark.parametrize("token", [None, "t-nobody"], ids=["no-token", "unknown-token"])
-def test_open_endpoints_answer_without_a_token(server: Server, path: str,
+def test_open_endpoints_answer_without_a_token(server: InProcess, path: str,
                                                token: str | None) -> None:
     with server.client(token) as client:
         response = client.get(path)
@@ -169,7 +171,7 @@ def test_open_endpoints_answer_without_a_token(server: Server, path: str,
     assert "www-authenticate" not in response.headers
 
 
-def test_bearer_scheme_is_case_insensitive(server: Server) -> None:
+def test_bearer_scheme_is_case_insensitive(server: InProcess) -> None:
     with server.client(None) as client:
         response = client.post("/access/v1/evaluation", json=decision_body(),
                                headers={"Authorization": "bearer t-pep"})
@@ -180,7 +182,7 @@ def test_bearer_scheme_is_case_insensitive(server: Server) -> None:
 
 @pytest.mark.parametrize("path", ["/access/v1/evaluation", "/access/v1/evaluations"])
 @pytest.mark.parametrize("token", list(KEYS))
-def test_decision_endpoints_need_pep_or_admin(server: Server, token: str, path: str) -> None:
+def test_decision_endpoints_need_pep_or_admin(server: InProcess, token: str, path: str) -> None:
     body = decision_body() if path.endswith("evaluation") else evaluations_body()
     with server.client(token) as client:
         response = client.post(path, json=body)
@@ -200,7 +202,7 @@ def test_decision_endpoints_need_pep_or_admin(server: Server, token: str, path: 
 
 @pytest.mark.parametrize("collection", list(COLLECTION_KIND))
 @pytest.mark.parametrize("token", list(KEYS))
-def test_fact_collections_follow_the_role_matrix(server: Server, admin: httpx.Client,
+def test_fact_collections_follow_the_role_matrix(server: InProcess, admin: httpx.Client,
                                                  token: str, collection: str) -> None:
     path = f"/v1/{collection}/{fact_id(collection)}"
     data = valid_fact(collection)
@@ -266,7 +268,7 @@ def delete_items(admin: httpx.Client, items: list[dict[str, Any]]) -> None:
 @pytest.mark.parametrize("collection", list(COLLECTION_KIND))
 @pytest.mark.parametrize("token", list(KEYS))
 def test_facts_batch_of_one_kind_follows_the_role_matrix(
-        server: Server, admin: httpx.Client, token: str, collection: str) -> None:
+        server: InProcess, admin: httpx.Client, token: str, collection: str) -> None:
     items = [batch_item(collection)]
     if collection == "agreements":
         delete_items(admin, items)
@@ -294,7 +296,7 @@ MIXED = [["clients", "grants"], ["users", "areas"], ["relationships", "agreement
 @pytest.mark.parametrize("collections", MIXED, ids=["+".join(c) for c in MIXED])
 @pytest.mark.parametrize("token", list(KEYS))
 def test_facts_batch_needs_the_roles_of_every_kind_it_holds(
-        server: Server, admin: httpx.Client, token: str, collections: list[str]) -> None:
+        server: InProcess, admin: httpx.Client, token: str, collections: list[str]) -> None:
     items = [batch_item(collection) for collection in collections]
     if "agreements" in collections:
         delete_items(admin, [i for i in items if i["kind"] == "agreement"])
@@ -319,7 +321,7 @@ def test_facts_batch_needs_the_roles_of_every_kind_it_holds(
 
 
 @pytest.mark.parametrize("token", ["t-pep", "t-auditor", "t-policy"])
-def test_facts_batch_is_refused_to_roles_without_any_fact_role(server: Server,
+def test_facts_batch_is_refused_to_roles_without_any_fact_role(server: InProcess,
                                                                 token: str) -> None:
     """pep, auditor and policy_admin may not use the facts API at all, even to send an
     empty batch."""
@@ -338,7 +340,7 @@ def server_version(admin: httpx.Client) -> int:
 # -- the names of keys configured without one -------------------------------------------
 
 
-def _actor_of_a_write(server: Server, token: str) -> str:
+def _actor_of_a_write(server: InProcess, token: str) -> str:
     """Who the event log says wrote a user with `token` (a key without a name)."""
     user = unique("named")
     with server.client(token) as client:
@@ -362,23 +364,23 @@ def test_a_key_without_a_name_is_named_by_a_keyed_fingerprint(
     one, two = (tmp_path_factory.mktemp("fingerprint") for _ in range(2))
     names = []
     for tmp in (one, one, two):  # two starts on one store, then another store
-        server = start_server(tmp)
+        server = start_app(tmp)
         try:
             names.append(_actor_of_a_write(server, token))
         finally:
-            stop_server(server)
+            stop_app(server)
     assert names[0].startswith("key-") and names[0][4:] not in unsalted
     assert names[0] == names[1]  # the same deployment names a key alike after a restart
     assert names[2] != names[0]  # another deployment (another secret) otherwise
 
     key = "a-server-secret-of-some-length"
     tmp = tmp_path_factory.mktemp("fingerprint-configured")
-    server = start_server(tmp, env={"PDP_FINGERPRINT_KEY": key})
+    server = start_app(tmp, env={"PDP_FINGERPRINT_KEY": key})
     try:
         expected = hmac.new(key.encode(), token.encode(), hashlib.sha256).hexdigest()[:16]
         assert _actor_of_a_write(server, token) == f"key-{expected}"
     finally:
-        stop_server(server)
+        stop_app(server)
 
     weak = subprocess.run([sys.executable, "-m", "pdp", "serve", "--port", "1"],
                           cwd=tmp, capture_output=True, text=True, timeout=60,

@@ -1,4 +1,7 @@
-"""Bounded input and correct order (the hardening issue), against real `pdp serve` processes.
+"""Bounded input and correct order (the hardening issue): in-process (the app,
+tests/support/asgi.py) where the app bounds it; against real `pdp serve` processes where
+uvicorn does (head size and count, slow heads and bodies, disconnects: the `bounded`
+server and the tests marked `process`).
 
 1. Authentication and the role check come before any validation, on every route of the app
    (walked from its route table, so a new route is covered by itself): 401, then 403,
@@ -28,9 +31,10 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from conftest import KEYS, Server, World, start_server, stop_server
 
 from pdp.http.access import ACCESS, Open, compile_table, find_rule
+from tests.support.servers import KEYS, Server, start_server, stop_server
+from tests.support.world import World
 
 _ids = itertools.count(1)
 JSON = {"Content-Type": "application/json"}
@@ -239,6 +243,7 @@ def test_unknown_path_or_method_is_401_without_a_token(bounded: Server) -> None:
 
 # -- 2. bounded headers, slow clients --------------------------------------------------------
 
+@pytest.mark.process  # uvicorn's limit (pdp/http/serving.py)
 def test_header_block_over_the_default_16_kib_is_431(server: Server) -> None:
     with server.client(None) as client:
         response = client.get("/healthz", headers={"X-Big": "a" * (17 * 1024)})
@@ -246,6 +251,7 @@ def test_header_block_over_the_default_16_kib_is_431(server: Server) -> None:
         assert client.get("/healthz", headers={"X-Fits": "a" * (8 * 1024)}).status_code == 200
 
 
+@pytest.mark.process  # uvicorn's limit, on a socket
 def test_a_16_mib_header_is_refused_early_and_the_server_lives(server: Server) -> None:
     head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (16 * 1024 * 1024)
     answer = raw_request(server, head + b"\r\n\r\n")
@@ -253,6 +259,7 @@ def test_a_16_mib_header_is_refused_early_and_the_server_lives(server: Server) -
     assert httpx.get(server.url + "/healthz", timeout=10).status_code == 200
 
 
+@pytest.mark.process  # uvicorn's limit (pdp/http/serving.py)
 def test_more_than_100_headers_is_431(server: Server) -> None:
     with server.client(None) as client:
         many = {f"X-H{i}": "1" for i in range(101)}
@@ -298,7 +305,7 @@ def test_bad_request_id_is_400_and_never_echoed(server: Server, world: World,
 
 def test_request_id_of_128_printable_chars_is_echoed(server: Server) -> None:
     request_id = ("r-" + "".join(chr(c) for c in range(0x21, 0x7f)) * 2)[:128]
-    response = httpx.get(server.url + "/healthz", headers={"X-Request-ID": request_id})
+    response = server.get("/healthz", headers={"X-Request-ID": request_id})
     assert response.status_code == 200
     assert response.headers["x-request-id"] == request_id
 

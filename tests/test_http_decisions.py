@@ -1,4 +1,7 @@
-"""Decisions over HTTP: the AuthZEN shapes, batches and their semantics, min_facts_version."""
+"""Decisions over HTTP: the AuthZEN shapes, batches and their semantics, min_facts_version.
+
+In-process (the app, tests/support/asgi.py), but for the discovery document, which is made
+from `pdp serve`'s address or PDP_PUBLIC_URL: real processes."""
 
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ import httpx
 import pytest
 
 from pdp.service.settings import check_public_url, public_url_for
-from tests.conftest import World, decide, start_server, stop_server
+from tests.support.servers import start_server, stop_server
+from tests.support.world import World, decide
 
 
 def test_allow_carries_reason_id_and_versions(pep: httpx.Client, world: World) -> None:
@@ -281,6 +285,7 @@ def test_min_facts_version(pep: httpx.Client, admin: httpx.Client, world: World)
     assert future.headers["retry-after"]
 
 
+@pytest.mark.process  # the URL comes from `pdp serve`'s --host/--port
 def test_well_known_configuration(server: Any) -> None:
     response = httpx.get(server.url + "/.well-known/authzen-configuration")
     assert response.status_code == 200
@@ -340,12 +345,12 @@ def test_the_default_public_url_comes_from_the_configured_address() -> None:
 
 
 def test_health_and_metrics(server: Any, pep: httpx.Client, world: World) -> None:
-    assert httpx.get(server.url + "/healthz").status_code == 200
-    ready = httpx.get(server.url + "/readyz")
+    assert server.get("/healthz").status_code == 200
+    ready = server.get("/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
     decide(pep, world.request(category="benefits"))
     decide(pep, world.request(category="benefits"))
-    text = httpx.get(server.url + "/metrics").text
+    text = server.get("/metrics").text
     assert 'pdp_cache_requests_total{cache="decision",result="hit"}' in text
     assert 'pdp_cache_requests_total{cache="decision",result="miss"}' in text
     assert ('pdp_decisions_total{decision="false",purpose="coaching",'

@@ -13,7 +13,9 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from conftest import Server, World
+
+from tests.support.asgi import InProcess
+from tests.support.world import World
 
 MIB = 1024 * 1024
 _ids = itertools.count(1)
@@ -780,7 +782,7 @@ REQUEST_ID_CASES: dict[str, tuple[str | None, str, str, bytes | None, int]] = {
 
 
 @pytest.mark.parametrize("case", list(REQUEST_ID_CASES))
-def test_request_id_is_echoed_on_every_response(server: Server, case: str) -> None:
+def test_request_id_is_echoed_on_every_response(server: InProcess, case: str) -> None:
     token, method, path, content, status = REQUEST_ID_CASES[case]
     request_id = f"req-{unique(case)}-Ab_9.:/"
     headers = {"X-Request-ID": request_id, "Content-Type": "application/json"}

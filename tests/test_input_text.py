@@ -12,7 +12,9 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Server, World
+
+from tests.support.asgi import InProcess
+from tests.support.world import World
 
 _ids = itertools.count(1)
 
@@ -43,7 +45,7 @@ def test_codes_and_patterns_are_checked_exactly() -> None:
         month_bounds("2026-01\n")
 
 
-def test_policy_file_name_with_a_trailing_newline_is_400(server: Server) -> None:
+def test_policy_file_name_with_a_trailing_newline_is_400(server: InProcess) -> None:
     with server.client("t-policy") as policy:
         response = policy.post("/v1/policy/test", json={"files": {"x.polar\n": "# empty"}})
     assert_error(response, 400, "invalid_request")
@@ -63,7 +65,7 @@ def application(user: str, justification: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("justification", BLANK, ids=[repr(b) for b in BLANK])
 def test_blank_justification_of_a_grant_application_is_400(
-        server: Server, world: World, justification: str) -> None:
+        server: InProcess, world: World, justification: str) -> None:
     body = application(world.user, justification)
     with server.client("t-grants") as grants:
         response = grants.post("/v1/grant-applications", json=body)
@@ -72,7 +74,7 @@ def test_blank_justification_of_a_grant_application_is_400(
         assert_error(grants.get(f"/v1/grants/{body['id']}"), 404, "not_found")
 
 
-def test_blank_justification_of_a_step_is_400(server: Server, world: World) -> None:
+def test_blank_justification_of_a_step_is_400(server: InProcess, world: World) -> None:
     body = application(world.user, "coaching of the municipality's own clients")
     with server.client("t-grants") as grants:
         assert grants.post("/v1/grant-applications", json=body).status_code == 201
@@ -86,7 +88,7 @@ def test_blank_justification_of_a_step_is_400(server: Server, world: World) -> N
 
 
 @pytest.mark.parametrize("justification", ["%20%20%20", "%09%09%09", "%E2%80%8B%E2%80%8B%E2%80%8B"])
-def test_blank_justification_of_an_audit_read_is_400(server: Server, justification: str) -> None:
+def test_blank_justification_of_an_audit_read_is_400(server: InProcess, justification: str) -> None:
     with server.client("t-auditor") as auditor:
         response = auditor.get(f"/v1/audit/decisions?justification={justification}")
         assert_error(response, 400, "invalid_request")
@@ -127,7 +129,7 @@ def test_one_rule_of_real_text() -> None:
 
 @pytest.mark.parametrize("justification", list(INVISIBLE.values()), ids=list(INVISIBLE))
 def test_invisible_justification_of_a_grant_application_or_step_is_400(
-        server: Server, world: World, justification: str) -> None:
+        server: InProcess, world: World, justification: str) -> None:
     body = application(world.user, justification)
     with server.client("t-grants") as grants:
         assert_error(grants.post("/v1/grant-applications", json=body), 400, "invalid_request")
@@ -153,7 +155,7 @@ INVISIBLE_QUERY = {
 @pytest.mark.parametrize("justification", list(INVISIBLE_QUERY.values()),
                          ids=list(INVISIBLE_QUERY))
 def test_invisible_justification_of_an_audit_read_or_shadow_examples_is_400(
-        server: Server, justification: str) -> None:
+        server: InProcess, justification: str) -> None:
     """`GET /v1/policy/candidates/{version}/examples?justification=` took three U+200B."""
     with server.client("t-auditor") as auditor:
         for path in ("/v1/audit/decisions", "/v1/audit/clients/c-1/report",
@@ -174,7 +176,7 @@ def active_holds(auditor: httpx.Client) -> dict[str, dict[str, Any]]:
 
 
 def test_a_legal_hold_is_placed_and_released_only_with_a_real_reason(
-        server: Server, world: World) -> None:
+        server: InProcess, world: World) -> None:
     """A hold placed or released with a reason of three U+200B explained nothing."""
     with server.client("t-auditor") as auditor:
         before = active_holds(auditor)

@@ -26,7 +26,10 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import KEYS, Server, World, decide, register_item, start_server, stop_server
+
+from tests.support.asgi import InProcess, start_app, stop_app
+from tests.support.servers import KEYS
+from tests.support.world import World, decide, register_item
 
 LIFECYCLE_KEYS: dict[str, list[str]] = {
     **KEYS,
@@ -89,19 +92,19 @@ _ids = itertools.count(1)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
     """This module's own `pdp serve` (default settings), with the extra tokens."""
-    running = start_server(tmp_path_factory.mktemp("lifecycle"),
+    running = start_app(tmp_path_factory.mktemp("lifecycle"),
                            env={"PDP_API_KEYS": json.dumps(LIFECYCLE_KEYS),
                                 "PDP_FINGERPRINT_KEY": FINGERPRINT_KEY})
     yield running
-    stop_server(running)
+    stop_app(running)
 
 
 class Api:
     """One HTTP client per token."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: InProcess) -> None:
         self.server = server
         self._clients: dict[str, httpx.Client] = {}
 
@@ -116,7 +119,7 @@ class Api:
 
 
 @pytest.fixture
-def api(server: Server) -> Iterator[Api]:
+def api(server: InProcess) -> Iterator[Api]:
     clients = Api(server)
     yield clients
     clients.close()
@@ -804,11 +807,11 @@ def test_ids_of_rights_are_never_reused_nor_their_history_shown(
 
 
 def test_a_history_shows_a_municipality_only_its_own_events(
-        api: Api, admin: httpx.Client, server: Server) -> None:
+        api: Api, admin: httpx.Client, server: InProcess) -> None:
     """A store written before ids were kept may hold one id's events of two
     municipalities: a municipality admin sees only its own."""
     ours = World(admin, "749").build()
-    db = sqlite3.connect(server.log.parent / "facts.sqlite3", timeout=10,
+    db = sqlite3.connect(server.store_file, timeout=10,
                          isolation_level=None)
     try:
         db.execute("INSERT INTO events (at, facts_version, type, subject_kind, subject_id, "

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import World, start_server, stop_server
+from tests.support.servers import start_server, stop_server
+from tests.support.world import World
 
 
 def total(text: str, prefix: str) -> float:

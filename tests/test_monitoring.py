@@ -12,8 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import KEYS, Server, World, decide, start_server, stop_server
-from tests.test_webhooks import SECRET, Receiver
+from tests.support.asgi import InProcess, start_app, stop_app
+from tests.support.servers import KEYS
+from tests.support.webhooks import SECRET, Receiver
+from tests.support.world import World, decide
 
 RULES = """
 timezone: Europe/Helsinki
@@ -39,7 +41,7 @@ rules:
 
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[Receiver]:
-    from tests.conftest import free_port
+    from tests.support.servers import free_port
 
     running = Receiver(free_port())
     running.start()
@@ -50,7 +52,7 @@ def receiver() -> Iterator[Receiver]:
 @pytest.fixture(scope="module")
 def receiver_749(receiver: Receiver) -> Iterator[Receiver]:
     """The webhook of Siilinjärvi's (749) contact people: its municipality's events only."""
-    from tests.conftest import free_port
+    from tests.support.servers import free_port
 
     running = Receiver(free_port())
     running.start()
@@ -64,7 +66,7 @@ AUTHORITY, AUDITOR, SUPERVISOR_749 = "authority", "area-auditor", "supervisor-74
 
 @pytest.fixture(scope="module")
 def monitored(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver,
-              receiver_749: Receiver) -> Iterator[Server]:
+              receiver_749: Receiver) -> Iterator[InProcess]:
     tmp = tmp_path_factory.mktemp("monitored")
     # "Unusual hours": the hour that is now in Helsinki, so the rule can be driven now.
     from zoneinfo import ZoneInfo
@@ -81,22 +83,22 @@ def monitored(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver,
             "t-auditor": {"name": AUDITOR, "roles": ["auditor"]},
             "t-m749": {"name": SUPERVISOR_749, "roles": ["municipality_admin:749"]},
             "t-m844": ["municipality_admin:844"]}
-    server = start_server(tmp, env={"PDP_MONITORING_RULES": str(rules),
+    server = start_app(tmp, env={"PDP_MONITORING_RULES": str(rules),
                                     "PDP_WEBHOOKS": json.dumps(hooks),
                                     "PDP_WEBHOOK_ALLOW_HOSTS": '["127.0.0.1/32"]',
                                     "PDP_API_KEYS": json.dumps(keys)})
     yield server
-    stop_server(server)
+    stop_app(server)
 
 
 @pytest.fixture
-def admin(monitored: Server) -> Iterator[httpx.Client]:
+def admin(monitored: InProcess) -> Iterator[httpx.Client]:
     with monitored.client("t-admin") as client:
         yield client
 
 
 @pytest.fixture
-def pep(monitored: Server) -> Iterator[httpx.Client]:
+def pep(monitored: InProcess) -> Iterator[httpx.Client]:
     with monitored.client("t-pep") as client:
         yield client
 
@@ -226,7 +228,7 @@ def _grant_with_window(world: World) -> None:
 
 # carries: C-19
 def test_resolved_as_justified_keeps_the_rights(admin: httpx.Client, pep: httpx.Client,
-                                                monitored: Server) -> None:
+                                                monitored: InProcess) -> None:
     world = World(admin).build()
     _grant_with_window(world)
     decide(pep, world.request())
@@ -248,7 +250,7 @@ def test_resolved_as_justified_keeps_the_rights(admin: httpx.Client, pep: httpx.
 
 # carries: C-18, C-19
 def test_resolved_as_misuse_suspends_the_rights(admin: httpx.Client, pep: httpx.Client,
-                                                monitored: Server, receiver: Receiver,
+                                                monitored: InProcess, receiver: Receiver,
                                                 receiver_749: Receiver) -> None:
     """Before, the municipality resolved a case about its own user (as "justified" too):
     the authority's decision was the municipality's to take."""
@@ -277,7 +279,7 @@ def test_resolved_as_misuse_suspends_the_rights(admin: httpx.Client, pep: httpx.
 
 # carries: C-18, C-19, C-20
 def test_the_municipality_adds_what_it_knows_and_the_authority_resolves(
-        admin: httpx.Client, pep: httpx.Client, monitored: Server, receiver: Receiver,
+        admin: httpx.Client, pep: httpx.Client, monitored: InProcess, receiver: Receiver,
         receiver_749: Receiver) -> None:
     world = World(admin).build()
     decide(pep, world.request())
@@ -342,7 +344,7 @@ def test_the_municipality_adds_what_it_knows_and_the_authority_resolves(
 
 
 # carries: C-18, C-19, C-20
-def test_either_party_opens_a_case_by_hand(admin: httpx.Client, monitored: Server,
+def test_either_party_opens_a_case_by_hand(admin: httpx.Client, monitored: InProcess,
                                            receiver: Receiver,
                                            receiver_749: Receiver) -> None:
     world, elsewhere = World(admin).build(), World(admin, municipality="844").build()
@@ -406,7 +408,7 @@ def test_either_party_opens_a_case_by_hand(admin: httpx.Client, monitored: Serve
         assert {c["id"] for c in seen} == set(area_cases.values())
 
 
-def test_municipality_admin_sees_only_its_own(monitored: Server, admin: httpx.Client,
+def test_municipality_admin_sees_only_its_own(monitored: InProcess, admin: httpx.Client,
                                               pep: httpx.Client) -> None:
     world = World(admin).build()
     decide(pep, world.request())
@@ -421,7 +423,7 @@ def test_municipality_admin_sees_only_its_own(monitored: Server, admin: httpx.Cl
         assert found and all(c["municipality"] == "749" for c in found)
 
 
-def test_metrics_after_known_traffic(monitored: Server, admin: httpx.Client,
+def test_metrics_after_known_traffic(monitored: InProcess, admin: httpx.Client,
                                      pep: httpx.Client) -> None:
     def sample(text: str, name: str) -> float:
         for line in text.splitlines():
@@ -430,12 +432,12 @@ def test_metrics_after_known_traffic(monitored: Server, admin: httpx.Client,
                 return float(value)
         return 0.0
 
-    before = httpx.get(monitored.url + "/metrics").text
+    before = monitored.get("/metrics").text
     world = World(admin).build()
     for _ in range(3):
         decide(pep, world.request(category="benefits"))
     wait_case(admin, world.user, "unusual_hours")
-    after = httpx.get(monitored.url + "/metrics").text
+    after = monitored.get("/metrics").text
     key = ('pdp_decisions_total{decision="false",purpose="coaching",'
            'reason="category_not_necessary"}')
     assert sample(after, key) - sample(before, key) == 3
@@ -445,7 +447,7 @@ def test_metrics_after_known_traffic(monitored: Server, admin: httpx.Client,
     assert sample(after, "pdp_monitoring_cases_open") == open_now
 
 
-def test_random_sample_of_allowed_accesses(monitored: Server, admin: httpx.Client,
+def test_random_sample_of_allowed_accesses(monitored: InProcess, admin: httpx.Client,
                                            pep: httpx.Client) -> None:
     world = World(admin, municipality="844").build()
     allowed = {decide(pep, world.request())["context"]["decision_id"] for _ in range(6)}

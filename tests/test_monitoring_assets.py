@@ -10,11 +10,11 @@ import subprocess
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
-from tests.conftest import ROOT, Server
+from tests.support.asgi import InProcess
+from tests.support.servers import ROOT
 
 DASHBOARD = ROOT / "monitoring" / "grafana" / "pdp-dashboard.json"
 ALERTS = ROOT / "monitoring" / "prometheus" / "alerts.yml"
@@ -95,8 +95,8 @@ def alert_exprs() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def exported(server: Server) -> set[str]:
-    response = httpx.get(server.url + "/metrics", timeout=30)
+def exported(app: InProcess) -> set[str]:
+    response = app.get("/metrics", timeout=30)
     assert response.status_code == 200, response.text
     names = exported_names(response.text)
     assert "pdp_decisions_total" in names

@@ -17,8 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Server, World, decide, start_server, stop_server
-from tests.pg import PG_HOST, PG_PORT, fresh_database, pg_connect
+from tests.support.pg import PG_HOST, PG_PORT, fresh_database, pg_connect
+from tests.support.servers import Server, start_server, stop_server
+from tests.support.world import World, decide
 
 THRESHOLD = 4  # distinct clients
 RULES = f"""

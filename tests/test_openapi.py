@@ -4,8 +4,7 @@ token, 413 and a request body on every route that reads one (also those read by 
 
 from __future__ import annotations
 
-import httpx
-from conftest import Server
+from tests.support.asgi import InProcess
 
 # API.md "Caller authentication": the open four; the API's own description and viewer.
 OPEN = {"/healthz", "/readyz", "/metrics", "/.well-known/authzen-configuration",
@@ -14,8 +13,8 @@ OPEN = {"/healthz", "/readyz", "/metrics", "/.well-known/authzen-configuration",
 BODYLESS = {("POST", "/v1/policy/reload"), ("POST", "/v1/policy/candidates/{version}/promote")}
 
 
-def test_openapi_states_the_real_statuses_and_bodies(server: Server) -> None:
-    response = httpx.get(server.url + "/openapi.json", timeout=10)
+def test_openapi_states_the_real_statuses_and_bodies(server: InProcess) -> None:
+    response = server.get("/openapi.json")
     assert response.status_code == 200
     assert "422" not in response.text
     document = response.json()
@@ -41,12 +40,12 @@ def test_openapi_states_the_real_statuses_and_bodies(server: Server) -> None:
     assert "subject" in document["components"]["schemas"]["Evaluation"]["properties"]
 
 
-def test_openapi_states_the_503s_and_the_body_of_a_hold_release(server: Server) -> None:
+def test_openapi_states_the_503s_and_the_body_of_a_hold_release(server: InProcess) -> None:
     """No 503 was listed anywhere, though /readyz, decisions, searches, reads of the log
     and writes to the store answer it; the JSON body of a hold's release was missing."""
     from pdp.http.openapi import UNAVAILABLE
 
-    document = httpx.get(server.url + "/openapi.json", timeout=10).json()
+    document = server.get("/openapi.json").json()
     paths = document["paths"]
     ready = paths["/readyz"]["get"]["responses"]["503"]
     assert ready["content"]["application/json"]["schema"]["properties"]["status"] == {
@@ -86,11 +85,11 @@ def test_openapi_states_the_503s_and_the_body_of_a_hold_release(server: Server) 
     assert "413" in release["responses"]
 
 
-def test_every_table_of_the_document_names_a_real_operation(server: Server) -> None:
+def test_every_table_of_the_document_names_a_real_operation(server: InProcess) -> None:
     """`POST /v1/grants:import` was in the tables, with no such route (now it has one)."""
     from pdp.http.openapi import BODIES, CONFLICTS, OPTIONAL_BODIES
 
-    document = httpx.get(server.url + "/openapi.json", timeout=10).json()
+    document = server.get("/openapi.json").json()
     paths = document["paths"]
     for method, path in [*BODIES, *CONFLICTS, *OPTIONAL_BODIES]:
         assert method.lower() in paths.get(path, {}), f"{method} {path}"

@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.conftest import Server, World
+from tests.support.servers import Server
+from tests.support.world import World
+
+pytestmark = pytest.mark.process  # a browser loads the page from a served PDP
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -91,7 +94,7 @@ def test_the_page_refuses_a_candidate_that_would_run_code(browser: Browser, serv
                                                           tmp_path: Path) -> None:
     """The escape of tests/test_policy_vet.py typed into the playground: refused with its
     file, line and construct, and nothing of it ran."""
-    from tests.test_policy_vet import RCE
+    from tests.support.escapes import RCE
 
     out = tmp_path / "rce.txt"
     page = opened(browser, server, "t-policy")

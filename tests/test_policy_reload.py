@@ -12,9 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Server, World, start_server, stop_server
-from tests.pg import PG_HOST, PG_PORT, fresh_database
-from tests.test_scaleout import RedisServer, Replicas, wait_bus
+from tests.support.pg import PG_HOST, PG_PORT, fresh_database
+from tests.support.replicas import RedisServer, Replicas, wait_bus
+from tests.support.servers import Server, start_server, stop_server
+from tests.support.world import World
 
 POLICIES = Path(__file__).parent.parent / "policies"
 

@@ -29,12 +29,8 @@ from pdp.model.policy_schema import (
     policy_input,
 )
 from pdp.service.settings import DEFAULT_POLICY_DIR
-from tests.conftest import Server, start_server, stop_server
-
-# The escape of the issue, verbatim in spirit: from a string to os.system.
-RCE = ('decision(r, _c, _a, "allowed", "g") if c in r.user_id.__class__.__base__'
-       '.__subclasses__() and c.__name__ = "_wrap_close" and _x = c.__init__.__globals__'
-       '.get("system").__call__("id > {out}; printenv PDP_API_KEYS >> {out}");\n')
+from tests.support.escapes import RCE
+from tests.support.servers import Server, start_server, stop_server
 
 # (policy text, a word of the construct the refusal must name)
 ESCAPES: list[tuple[str, str]] = [
@@ -132,7 +128,7 @@ def test_the_project_policies_and_ordinary_polar_pass() -> None:
 
 
 def test_the_allow_list_is_the_inputs_fields_and_no_python_attribute() -> None:
-    from tests.test_decider import world
+    from tests.support.small_world import world
 
     record = policy_record(world(), "u1", "c1", "coaching", 0)
     assert tuple(record) == DECISION_RECORD

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import ROOT, Server, start_server, stop_server
+from tests.support.servers import ROOT, Server, start_server, stop_server
 
 
 def examples() -> list[tuple[str, str]]:

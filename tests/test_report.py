@@ -19,7 +19,7 @@ from pdp.rights.monitoring import Cases, Hit
 from pdp.rights.report import month_bounds, monthly_report
 from pdp.store.protocols import Change
 from pdp.store.sql import open_store
-from tests.conftest import ROOT
+from tests.support.servers import ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
 

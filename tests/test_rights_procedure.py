@@ -24,7 +24,10 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from conftest import KEYS, ROOT, Server, World, decide, register_item, start_server, stop_server
+
+from tests.support.asgi import InProcess, start_app, stop_app
+from tests.support.servers import KEYS, ROOT
+from tests.support.world import World, decide, register_item
 
 PROCEDURE_KEYS: dict[str, list[str]] = {
     **KEYS,
@@ -35,7 +38,7 @@ PROCEDURE_KEYS: dict[str, list[str]] = {
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
     # Supervision's rule of unusual hours would open a case (a facts_version of its own)
     # whenever this module runs at night, Helsinki time: the tests here assert that a
     # refused step changes nothing, so the module runs without that one rule (supervision
@@ -44,18 +47,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     rules = yaml.safe_load((ROOT / "policies" / "monitoring.yaml").read_text())
     del rules["rules"]["unusual_hours"]
     (directory / "monitoring.yaml").write_text(yaml.safe_dump(rules))
-    running = start_server(directory, env={
+    running = start_app(directory, env={
         "PDP_API_KEYS": json.dumps(PROCEDURE_KEYS),
         "PDP_MONITORING_RULES": str(directory / "monitoring.yaml")})
     yield running
-    stop_server(running)
+    stop_app(running)
 
 
 @pytest.fixture
-def client(server: Server) -> Iterator[Any]:
-    opened: dict[str, httpx.Client] = {}
+def client(server: InProcess) -> Iterator[Any]:
+    opened: dict[str | None, httpx.Client] = {}
 
-    def get(token: str) -> httpx.Client:
+    def get(token: str | None) -> httpx.Client:
         if token not in opened:
             opened[token] = server.client(token)
         return opened[token]
@@ -214,7 +217,7 @@ def test_a_grant_write_with_a_bad_body_is_use_workflow_not_invalid(
         {"kind": "grant", "id": own, "data": {**stored, "status": "revoked"}}]})
     use_workflow(batch, "revoke", "status")
     # who may not write rights learns nothing more: 401, then 403, as before
-    unauthenticated = httpx.put(f"{admin.base_url}/v1/grants/{fresh}", json={"user": "x"})
+    unauthenticated = client(None).put(f"/v1/grants/{fresh}", json={"user": "x"})
     assert_error(unauthenticated, 401, "unauthorized")
     assert_error(client("t-facts").put(f"/v1/grants/{fresh}", json={"user": "x"}),
                  403, "forbidden")
@@ -450,7 +453,7 @@ def test_the_register_holds_only_rights_granted_before_its_cut_over(
     cut_over = now - timedelta(days=20)
     (tmp_path / "open").mkdir()
     (tmp_path / "closed").mkdir()
-    running = start_server(tmp_path / "open", env={"PDP_REGISTER_BEFORE": iso(cut_over)})
+    running = start_app(tmp_path / "open", env={"PDP_REGISTER_BEFORE": iso(cut_over)})
     try:
         with running.client("t-admin") as admin:
             world = World(admin, grant=False).build()
@@ -479,9 +482,9 @@ def test_the_register_holds_only_rights_granted_before_its_cut_over(
             done = admin.post("/v1/grants:import", json={"grants": [item]})
             assert done.status_code == 200, done.text
     finally:
-        stop_server(running)
+        stop_app(running)
 
-    closed = start_server(tmp_path / "closed", env={"PDP_REGISTER_BEFORE": None})
+    closed = start_app(tmp_path / "closed", env={"PDP_REGISTER_BEFORE": None})
     try:
         with closed.client("t-admin") as admin:
             world = World(admin, grant=False).build()
@@ -493,7 +496,7 @@ def test_the_register_holds_only_rights_granted_before_its_cut_over(
             assert_error(admin.get(f"/v1/grants/{item['id']}"), 404, "not_found")
             assert version(admin) == start
     finally:
-        stop_server(closed)
+        stop_app(closed)
 
 
 # -- a right is for its purposes ----------------------------------------------------------

@@ -5,8 +5,7 @@ paging while facts change, errors, and the searches in the decision log."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
-from functools import cache, partial
+from functools import partial
 from typing import Any
 
 import httpx
@@ -15,10 +14,6 @@ from hypothesis import HealthCheck, given, settings, target
 from hypothesis import strategies as st
 
 from pdp.engine.core import DecisionRequest
-from pdp.engine.decider import Decider
-from pdp.engine.factindex import FactIndex
-from pdp.engine.facts_service import parse_batch
-from pdp.engine.policy_engine import CompiledPolicy, load_policy
 from pdp.engine.search import (
     BadToken,
     Page,
@@ -28,107 +23,10 @@ from pdp.engine.search import (
     search_resources,
     search_subjects,
 )
-from pdp.model.vocab import ACTIONS, CATEGORIES, SERVICES
-from pdp.service.settings import DEFAULT_POLICY_DIR
-from pdp.store.protocols import ChangeRecord
-from tests.conftest import Server, World, start_server, stop_server
-
-NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
-# 749 and 297 are in the area; 167 is not (a client of it is outside the area).
-CODES = ["749", "297", "167"]
-
-
-@cache
-def policy() -> CompiledPolicy:
-    return load_policy(DEFAULT_POLICY_DIR)
-
-
-def at(days: int) -> str:
-    return (NOW + timedelta(days=days)).isoformat()
-
-
-def often(usual: Any, *others: Any) -> st.SearchStrategy[Any]:
-    """`usual` six times as often as all the others together: most worlds allow
-    something, and every rule still gets its denials."""
-    return st.sampled_from([usual] * (6 * len(others)) + list(others))
-
-
-@st.composite
-def worlds(draw: st.DrawFn) -> tuple[list[dict[str, Any]], list[str], list[str], str]:
-    """Facts of a small random world, its user and client ids, and the purpose asked."""
-    facts: list[dict[str, Any]] = [
-        {"kind": "area", "id": "a", "data": {
-            "name": "A", "responsible_municipality": "749",
-            "municipalities": [{"code": "749", "name": "S"}, {"code": "297", "name": "K"}]}},
-        {"kind": "area", "id": "b", "data": {
-            "name": "B", "responsible_municipality": "167",
-            "municipalities": [{"code": "167", "name": "J"}]}},
-    ]
-    for code in CODES:
-        status = draw(often("in_force", "notice_given", "terminated", "rescinded", None))
-        if status is not None:
-            data: dict[str, Any] = {"area": "b" if code == "167" else "a", "status": status,
-                                    "signed_at": at(-400),
-                                    "assignment_required": draw(often(False, True))}
-            if status == "notice_given":
-                data["ends_at"] = at(draw(st.sampled_from([-1, 30])))
-            facts.append({"kind": "agreement", "id": code, "data": data})
-    # Most facts share one municipality and the purpose asked, so that most worlds allow
-    # something; every value still comes up.
-    purpose = draw(often("coaching", "guidance", "training", ""))
-    home = draw(st.sampled_from(["749", "297"]))
-    places = [code for code in CODES if code != home]
-    n_users = draw(st.integers(1, 3))
-    n_clients = draw(st.integers(1, 4))
-    users = [f"u{i}" for i in range(n_users)]
-    clients = [f"c{i}" for i in range(n_clients)]
-    for client in clients:
-        facts.append({"kind": "client", "id": client, "data": {
-            "home_municipality": draw(often(home, *places)),
-            "protection_order": draw(often(False, True)),
-            "area_client": draw(often(True, False))}})
-    for user in users:
-        data = {"municipality": draw(often(home, *places)), "display_name": user,
-                "tasks": draw(often(list(SERVICES), ["coaching"], [])),
-                "status": draw(often("active", "suspended", "left"))}
-        own = draw(often(None, *clients))
-        if own is not None:
-            data["client_id"] = own
-        facts.append({"kind": "user", "id": user, "data": data})
-        for g in range(draw(often(1, 0, 2))):
-            start = draw(often(-300, -10, 5))
-            facts.append({"kind": "grant", "id": f"{user}-g{g}", "data": {
-                "user": user,
-                "purposes": draw(often([purpose or "coaching"], list(SERVICES),
-                                       *([x] for x in SERVICES if x != purpose))),
-                "scopes": draw(st.lists(st.sampled_from(CATEGORIES), min_size=1, max_size=8,
-                                        unique=True)),
-                "actions": draw(often(["read", "write"], ["read"], ["write"])),
-                "valid_from": at(start),
-                "valid_until": at(start + draw(often(700, 3, 200))),
-                "status": draw(often("active", "applied", "approved", "suspended", "revoked",
-                                     "expired")),
-                "legal_basis": "test"}})
-    for r in range(draw(often(3, 0, 1, 7))):
-        start = draw(often(-100, -1, 3))
-        data = {"client": draw(st.sampled_from(clients)),
-                "municipality": draw(often(home, *places)),
-                "service": draw(often(purpose or "coaching",
-                                      *(x for x in SERVICES if x != purpose))),
-                "starts_at": at(start),
-                "assigned_users": draw(often([], *([u] for u in users), ["nobody"]))}
-        ends = draw(often(None, -2, 50))
-        if ends is not None and ends > start:
-            data["ends_at"] = at(ends)
-        facts.append({"kind": "relationship", "id": f"r{r}", "data": data})
-    return facts, users, clients, purpose
-
-
-def build(facts: list[dict[str, Any]]) -> Decider:
-    index = FactIndex()
-    index.apply([ChangeRecord(n, c.kind, c.id, c.data)
-                 for n, c in enumerate(parse_batch(facts), start=1)])
-    return Decider(policy(), index, clock=lambda: NOW)
+from pdp.model.vocab import ACTIONS, CATEGORIES
+from tests.support.asgi import InProcess, start_app, stop_app
+from tests.support.random_worlds import NOW, build, often, worlds
+from tests.support.world import World
 
 
 def walk(search: Any, limit: int, budget: float) -> list[str]:
@@ -205,19 +103,19 @@ def test_a_token_belongs_to_its_query() -> None:
 def own_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A server of this module's own: a search lists every client that the rules allow,
     and other tests' worlds would be among them."""
-    running = start_server(tmp_path_factory.mktemp("search"))
+    running = start_app(tmp_path_factory.mktemp("search"))
     yield running
-    stop_server(running)
+    stop_app(running)
 
 
 @pytest.fixture
-def admin(own_server: Server) -> Any:
+def admin(own_server: InProcess) -> Any:
     with own_server.client("t-admin") as client:
         yield client
 
 
 @pytest.fixture
-def pep(own_server: Server) -> Any:
+def pep(own_server: InProcess) -> Any:
     with own_server.client("t-pep") as client:
         yield client
 
@@ -369,7 +267,7 @@ def test_paging_walks_every_result_once_while_facts_change(
     assert seen == sorted({*expected, added} - {gone})
 
 
-def test_search_errors(admin: httpx.Client, pep: httpx.Client, own_server: Server) -> None:
+def test_search_errors(admin: httpx.Client, pep: httpx.Client, own_server: InProcess) -> None:
     world = World(admin, "204").build()
     load = Caseload(world, 3)
     token = search(pep, "resource", load.query(limit=1))["page"]["next_token"]
@@ -383,17 +281,17 @@ def test_search_errors(admin: httpx.Client, pep: httpx.Client, own_server: Serve
         assert response.status_code == 400, (body, response.text)
         assert response.json()["error"]["code"] == "invalid_request"
     assert pep.post("/access/v1/search/resource", content=b"{").status_code == 400
-    with httpx.Client(base_url=own_server.url) as anonymous:
+    with own_server.client(None) as anonymous:
         assert anonymous.post("/access/v1/search/resource",
                               json=load.query()).status_code == 401
-    config = httpx.get(f"{own_server.url}/.well-known/authzen-configuration").json()
+    config = own_server.get("/.well-known/authzen-configuration").json()
     assert config["search_resource_endpoint"].endswith("/access/v1/search/resource")
 
 
 def test_searches_are_recorded_in_the_decision_log(tmp_path: Any) -> None:
     keys = {"t-admin": ["admin"], "t-pep": {"roles": ["pep"], "name": "cis"},
             "t-auditor": ["auditor"]}
-    server = start_server(tmp_path, env={"PDP_API_KEYS": json.dumps(keys)})
+    server = start_app(tmp_path, env={"PDP_API_KEYS": json.dumps(keys)})
     try:
         with server.client("t-admin") as admin, server.client("t-pep") as pep, \
                 server.client("t-auditor") as auditor:
@@ -412,4 +310,4 @@ def test_searches_are_recorded_in_the_decision_log(tmp_path: Any) -> None:
             assert record["details"]["kind"] == "resource"
             assert record["details"]["results"] == [r["id"] for r in result["results"]]
     finally:
-        stop_server(server)
+        stop_app(server)

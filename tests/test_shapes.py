@@ -15,7 +15,7 @@ from pdp.engine.core import DecisionRequest, evaluate_outcomes
 from pdp.engine.policy_input import policy_record, record_shape
 from pdp.model.clock import to_micros
 from pdp.model.vocab import SERVICES
-from tests.test_search import NOW, build, policy, worlds
+from tests.support.random_worlds import NOW, build, policy, worlds
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -39,7 +39,7 @@ from pdp.store.sql import (
     upgrade,
     write_transaction,
 )
-from tests.pg import PG_ADMIN_DB, PG_HOST, PG_PORT, fresh_database, pg_connect
+from tests.support.pg import PG_ADMIN_DB, PG_HOST, PG_PORT, fresh_database, pg_connect
 
 PG_TABLES = ("events", "cursors", "fact_changes", "facts", "fact_meta", "audit_records",
              "audit_head", "audit_prunes", "audit_holds", "monitoring_cases", "audit_segments",
