@@ -1,0 +1,197 @@
+"""One decision path (issue 16): the HTTP route, the policy suites' runner, `pdp check` and
+explain all decide through `Decider.check`, so for the same request over the same world
+they give the same answer and the same audit record — every field but the record's id
+and time (and, for explain, its type "explain"; for the suites' runner, the facts
+version: a suite's world is a change log of its own, numbered from 1).
+
+The world is written through the API of the app in-process; the suites' runner gets it
+as a case (the index's facts), `pdp check` reads it from the same store, as the command
+line does. A batch that stops early records only what it decided, from the same entry."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from pdp.cli import main as cli
+from pdp.engine.authzen import Evaluation
+from pdp.engine.decider import Asker, Checked, Decider
+from pdp.engine.explain import explain
+from pdp.engine.policy_tests import Case, Suite, check_case, run_suites
+from pdp.engine.records import AuditRecord
+from pdp.model.clock import from_micros
+from pdp.model.facts import parse_fact
+from tests.support.asgi import InProcess, in_process
+from tests.support.world import World
+
+# What a record says of who asked and when, and which record it is: not the decision's.
+NOT_THE_DECISION = ("record_id", "at_us")
+
+
+def same(record: AuditRecord, **ignore: Any) -> dict[str, Any]:
+    """The record's fields that must agree between the paths."""
+    return {k: v for k, v in record._asdict().items()
+            if k not in NOT_THE_DECISION and k not in ignore}
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[InProcess]:
+    with in_process(tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+def world(app: InProcess) -> World:
+    with app.client("t-admin") as admin:
+        return World(admin).build()
+
+
+class Kept:
+    """The records the decision log was given, in order (the log still writes them)."""
+
+    def __init__(self, app: InProcess) -> None:
+        assert app.runtime.audit is not None
+        self.log = app.runtime.audit
+        self.records: list[AuditRecord] = []
+        self._append = self.log.append
+
+    def append(self, records: Sequence[AuditRecord]) -> Future[int]:
+        self.records.extend(records)
+        return self._append(records)
+
+
+@pytest.fixture
+def kept(app: InProcess, monkeypatch: pytest.MonkeyPatch) -> Kept:
+    keeper = Kept(app)
+    monkeypatch.setattr(keeper.log, "append", keeper.append)
+    return keeper
+
+
+def over_http(app: InProcess, kept: Kept, body: dict[str, Any]
+              ) -> tuple[dict[str, Any], AuditRecord]:
+    with app.client("t-pep") as pep:
+        response = pep.post("/access/v1/evaluation", json=body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    found = [r for r in kept.records if r.record_id == answer["context"]["decision_id"]]
+    assert len(found) == 1, kept.records
+    return answer, found[0]
+
+
+def as_case(app: InProcess, body: dict[str, Any], now: datetime, answer: dict[str, Any]
+            ) -> Case:
+    """The world of the index as a suite case, expecting what HTTP answered."""
+    facts: dict[str, dict[str, Any]] = {}
+    with app.runtime.facts.index.reading() as view:
+        for stored in view.stored_facts():
+            facts.setdefault(stored.kind, {})[stored.id] = parse_fact(stored.kind, stored.data)
+    return Case("same world", "", now, facts, Evaluation.model_validate(body).to_request(),
+                answer["decision"], answer["context"]["reason"])
+
+
+def by_cli(app: InProcess, body: dict[str, Any], caller: str | None
+           ) -> tuple[str, AuditRecord]:
+    """`pdp check` on the app's store; the record its decision entry built (not written:
+    the command line keeps no decision log), asked as `caller` to compare it."""
+    made: list[Checked] = []
+    finish = Decider.finish
+
+    def keep(self: Decider[Any], *args: Any, **kwargs: Any) -> Checked:
+        checked = finish(self, *args, **kwargs)
+        made.append(checked)
+        return checked
+
+    properties = body["resource"]["properties"]
+    args = ["check", "--user", body["subject"]["id"], "--client", body["resource"]["id"],
+            "--category", properties["category"], "--action", body["action"]["name"],
+            "--purpose", body["context"].get("purpose", "")]
+    if "owner" in properties:
+        args += ["--owner", properties["owner"]]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Decider, "finish", keep)
+        patch.setattr(cli, "CLI_CALLER", caller)
+        patch.setenv("PDP_DATABASE_URL", f"sqlite:///{app.store_file}")
+        result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code in (0, 1), result.output
+    return result.output.splitlines()[0], made[-1].records[0]
+
+
+def requests(world: World) -> list[dict[str, Any]]:
+    """Allowed and denied, read and write, with and without an owner or a purpose."""
+    return [world.request(), world.request("service_needs_plans", "write"),
+            world.request("name_contact", "write", owner="authority"),
+            world.request("benefits"), world.request(purpose="training"),
+            world.request(purpose=None)]
+
+
+def test_http_suites_cli_and_explain_give_one_answer_and_one_record(
+        app: InProcess, world: World, kept: Kept) -> None:
+    policy = app.runtime.policy
+    for body in requests(world):
+        answer, record = over_http(app, kept, body)
+        now = from_micros(record.at_us)
+        asker = Asker(record.caller, record.request_id)
+
+        case = as_case(app, body, now, answer)
+        report = run_suites(policy, [Suite("same world", "", Path("-"), (case,))])
+        assert report.ok, (body, report.results)
+        suite_record = check_case(policy, case, asker).records[0]
+        assert same(suite_record, facts_version=1) == same(record, facts_version=1), body
+
+        request = Evaluation.model_validate(body).to_request()
+        explained, explain_record = explain(
+            app.runtime.decider, request, now, Asker(record.caller, record.request_id,
+                                                     "explain"))
+        assert (explained["decision"], explained["reason"], explained["grant"]) == (
+            answer["decision"], answer["context"]["reason"], record.grant_id)
+        assert explain_record.record_type == "explain"
+        assert same(explain_record, record_type=1) == same(record, record_type=1), body
+
+        line, cli_record = by_cli(app, body, record.caller)
+        assert line == f"{'allow' if answer['decision'] else 'deny'} " \
+                       f"{answer['context']['reason']}"
+        assert same(cli_record) == same(record), body
+
+
+def test_a_stopped_batch_records_what_the_entry_decided(
+        app: InProcess, world: World, kept: Kept) -> None:
+    items = [world.request(), world.request("benefits"), world.request()]
+    with app.client("t-pep") as pep:
+        response = pep.post("/access/v1/evaluations", json={
+            "evaluations": items, "options": {"evaluations_semantic": "deny_on_first_deny"}})
+    assert response.status_code == 200, response.text
+    answers = response.json()["evaluations"]
+    assert [a["decision"] for a in answers] == [True, False]
+    assert [r.record_id for r in kept.records] == [a["context"]["decision_id"]
+                                                   for a in answers]
+    asker = Asker(kept.records[0].caller, kept.records[0].request_id)
+    now = from_micros(kept.records[0].at_us)
+    entry = app.runtime.decider.check(
+        [Evaluation.model_validate(i).to_request() for i in items], now, asker,
+        "deny_on_first_deny")
+    assert [same(r) for r in entry.records] == [same(r) for r in kept.records]
+
+
+def test_the_http_answer_waits_for_the_log(app: InProcess, world: World,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Durable first: if the log cannot take the record, no decision goes out."""
+    from pdp.audit.log import AuditUnavailable
+
+    def failing(records: Sequence[AuditRecord]) -> Future[int]:
+        future: Future[int] = Future()
+        future.set_exception(AuditUnavailable("down"))
+        return future
+
+    assert app.runtime.audit is not None
+    monkeypatch.setattr(app.runtime.audit, "append", failing)
+    with app.client("t-pep") as pep:
+        response: httpx.Response = pep.post("/access/v1/evaluation", json=world.request())
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "audit_unavailable"
