@@ -2,7 +2,8 @@
 
 `PolicyManager.reload()` loads the policy directory into a fresh engine, checks that it
 answers every category and action, runs the policy test suites (`<policy dir>/tests`)
-against it, and only when every case passes swaps it in (one reference assignment:
+against it and the property check of the decision cache's shape invariants
+(pdp.engine.shape_check), and only when all pass swaps it in (one reference assignment:
 decisions in flight finish on the engine they started with). Otherwise it raises
 `PolicyRejected` with the syntax error's file and line or the failing cases, and the
 current version keeps serving. Memoised answers carry their policy version, so none of

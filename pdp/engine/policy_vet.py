@@ -25,6 +25,18 @@ format (bidi) or other invisible characters anywhere. A refusal names the file, 
 column and the construct. This module imports nothing of oso: it is pure text checking,
 the first of the guards (pdp.engine.policy_engine also refuses at run time any call the Polar
 VM would make into Python, and candidates run in pdp.engine.policy_sandbox).
+
+The same reading checks the invariants the decision cache relies on (the header of
+policies/rules.polar): in the rules that `decision` reaches, each field of the record has
+a kind (`pdp.model.policy_schema.KINDS`), and a use its kind does not allow is refused
+the same way (`ShapeBroken`, an `UnsafePolicy`): a timestamp compared with a constant or
+another timestamp or computed with, `now` compared with anything but a timestamp, an id or
+a municipality code compared with a constant other than "" (directly, in a constant list,
+or given to a rule that has a rule for that constant), ordered or computed with, an id
+list compared with anything but [], the relationships compared whole. Polar has no
+indexing and a policy's lists hold constants only, so the order of a list shows only in
+such comparisons. What the text cannot show (a constant through a variable, another
+municipality's relationship read) is for the property check, pdp.engine.shape_check.
 """
 
 from __future__ import annotations
