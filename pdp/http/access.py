@@ -160,7 +160,7 @@ def owner(index: FactIndex, kind: str, fact_id: str) -> str | None:
     return None
 
 
-def get_reach(request: Request) -> Reach:
+async def get_reach(request: Request) -> Reach:
     """The Reach the access gate put next to the caller of this route."""
     reach = request.scope.get("state", {}).get("reach")
     if not isinstance(reach, Reach):  # a route that needs one, opened by mistake

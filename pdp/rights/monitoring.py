@@ -22,7 +22,8 @@ Either party may also open a case by hand (§ 7): the area (`grant_admin`, `audi
 any user, a municipality about its own users; it is announced as an automatic case is.
 A case about a municipality's staff is resolved by the authority; the municipality (and
 the auditor) may comment on it: add what it knows. Each comment is recorded with who
-and when and is an event (`case.commented`).
+and when and is an event (`case.commented`). A finding of misuse suspends the user's
+rights that are in use, if the rules say so (`suspend_rights_on_misuse`: `resolve_case`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from sqlalchemy.engine import Connection, Engine
 from pdp.audit.log import RECORD_HEAD, AuditRecord, head_table, records_table
 from pdp.engine.factindex import FactIndex
 from pdp.model.clock import END_OF_TIME, from_micros, to_micros, utcnow
+from pdp.rights.lifecycle import Lifecycle, Suspension, WorkflowError
 from pdp.store.protocols import Event, FactStore, StoreUnavailable
 from pdp.store.sql import cursors, write_transaction
 
@@ -312,7 +314,7 @@ def _new_id(prefix: str) -> str:
 
 @contextmanager
 def _available_db() -> Iterator[None]:
-    """Database failures as StoreUnavailable (the routes answer 503)."""
+    """Database failures as StoreUnavailable (refused `unavailable`: try again)."""
     try:
         yield
     except (sa.exc.DBAPIError, sa.exc.TimeoutError) as error:
@@ -517,6 +519,30 @@ class Cases:
         with _available_db(), self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(cases_table)
                                     .where(cases_table.c.status == "open")).scalar_one())
+
+
+# carries: C-19
+def resolve_case(cases: Cases, lifecycle: Lifecycle, case_id: str,
+                 outcome: Literal["justified", "misuse"], note: str, by: str, now_us: int,
+                 *, suspend_on_misuse: bool) -> dict[str, Any] | None:
+    """Resolve a case (`Cases.resolve`: None if there is none, CaseNotOpen if it is
+    resolved already) and, on a finding of misuse when `suspend_on_misuse`, suspend the
+    user's rights that are in use (active or due for recertification) through their
+    workflow, by the same actor: the case as resolved, with `suspended_grants`."""
+    resolved = cases.resolve(case_id, outcome, note, by, now_us)
+    if resolved is None:
+        return None
+    suspended: list[str] = []
+    if outcome == "misuse" and suspend_on_misuse:
+        for row in lifecycle.listing(user=resolved["user"]):
+            if row["state"] in ("active", "recertification_due"):
+                try:
+                    lifecycle.step(row["id"], "suspend",
+                                   Suspension(reason=f"misuse found in {case_id}"), by)
+                    suspended.append(row["id"])
+                except WorkflowError:
+                    pass  # changed meanwhile: it is no longer active
+    return {**resolved, "suspended_grants": suspended}
 
 
 class Monitor:
