@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pdp.model.errors import FORBIDDEN, NOT_FOUND, UNAUTHORIZED, Refused
+from pdp.model.errors import FORBIDDEN, UNAUTHORIZED, Refused
 
 ROLES = ("pep", "facts_writer", "grant_admin", "auditor", "policy_admin", "admin", "keha")
 MUNICIPALITY_ADMIN = "municipality_admin"
@@ -54,6 +54,10 @@ def key_spec(value: Any) -> tuple[str | None, list[str]]:
 
 @dataclass(frozen=True, slots=True)
 class Caller:
+    """Who called, with its roles. Which routes a caller may call, and for which
+    municipalities it acts there, is the HTTP layer's access table (pdp.http.access:
+    ACCESS and Reach), not a method here."""
+
     name: str  # who acted, for history and logs; never the token itself
     roles: frozenset[str]
 
@@ -72,26 +76,6 @@ class Caller:
             return True
         return any(role in self.roles or (role == MUNICIPALITY_ADMIN and self.municipalities)
                    for role in roles)
-
-    def acts_for(self, municipality: str, roles: Sequence[str]) -> bool:
-        """May act on `municipality`'s matters: through an unscoped role in `roles`, or as
-        that municipality's admin when MUNICIPALITY_ADMIN is in `roles`."""
-        if self.is_admin or any(role in self.roles for role in roles):
-            return True
-        return MUNICIPALITY_ADMIN in roles and municipality in self.municipalities
-
-    def listing_scope(self, municipality: str | None, roles: Sequence[str]) -> str | None:
-        """The municipality a listing is limited to: the one asked for (None: all) through
-        an unscoped role in `roles`; a municipality admin's own (the one they hold if they
-        name none). Any other: `not_found`, as if there were no such municipality."""
-        if self.has_any([role for role in roles if role != MUNICIPALITY_ADMIN]):
-            return municipality
-        own = sorted(self.municipalities)
-        if municipality is None and len(own) == 1:
-            municipality = own[0]
-        if municipality is None or municipality not in own:
-            raise Refused(NOT_FOUND, "no such municipality")
-        return municipality
 
 
 class Authenticator:
@@ -116,12 +100,6 @@ class Authenticator:
             if hmac.compare_digest(known, presented):
                 return caller
         raise _unauthorized("unknown token")
-
-    def require(self, authorization: str | None, roles: Sequence[str]) -> Caller:
-        caller = self.authenticate(authorization)
-        if not caller.has_any(roles):
-            raise forbidden(roles)
-        return caller
 
 
 def forbidden(roles: Sequence[str]) -> Refused:
