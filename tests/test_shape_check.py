@@ -113,8 +113,10 @@ def test_rules_a_decision_does_not_reach_are_not_held_to_them() -> None:
 
 
 @pytest.mark.parametrize(("old", "new"), [
-    # A constant reaches the comparison through a variable: the text cannot tell.
+    # A constant reaches the comparison through a variable: the text cannot tell (the
+    # records hold the strings the policy compares with a variable).
     (OWN_RECORD, 'failing(r, "own_record") if x = "c1" and r.client_id = x;'),
+    (OWN_RECORD, OWN_RECORD + '\nfailing(r, "own_record") if x = "c-999" and r.client_id = x;'),
     ("grant.valid_from <= r.now and", "t = grant.valid_from and t + 86400000000 <= r.now and"),
     # A relationship of another municipality read.
     ('failing(r, "no_active_relationship") if not active_relationship(r);',

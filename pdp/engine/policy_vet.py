@@ -45,6 +45,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 
 from pdp.model.policy_schema import (
     CODE,
@@ -141,6 +142,9 @@ class _RuleUse:
     findings: list[tuple[int, str]]
     head_constants: dict[int, str]
     passed_ids: list[tuple[str, int, str, int]]  # (rule called, position, field, offset)
+    # strings compared with a variable or a rule's result: what an id may be tested
+    # against out of the text's sight (pdp.engine.shape_check puts them in its records)
+    compared: set[str] = dataclass_field(default_factory=set)
 
 
 def _kind(value: _Value) -> str | None:
@@ -409,6 +413,9 @@ class _Parser:
             problem = _misuse(operator, left, self.last)
             if problem is not None:
                 self.current.findings.append((start, problem))
+            for one, other in ((left, self.last), (self.last, left)):
+                if one[0] == "string" and one[1] and other[0] in ("var", "call"):
+                    self.current.compared.add(one[1])
             both_numbers = left[0] == self.last[0] == "number"
             self.last = ("number", "") if both_numbers and operator in _ARITHMETIC else (
                 "expr", operator)
@@ -732,6 +739,15 @@ def shape_violations(files: Iterable[tuple[str, str, list[_RuleUse]]],
                 line, column = _position(text, offset)
                 found.append(Violation(file, line, column, problem))
     return sorted(set(found), key=lambda v: (v.file, v.line, v.column, v.construct))
+
+
+def compared_strings(sources: Mapping[str, str], entry: str = "decision") -> set[str]:
+    """The strings that the rules `entry` reaches compare with a variable or a rule's
+    result (`x = "c-1"`): an id or a code could meet them there, unseen by the kinds."""
+    read = [(file, text, *_read(file, text)) for file, text in sources.items()]
+    rules = [rule for _, _, _, found in read for rule in found]
+    reached = _reached(rules, entry)
+    return {s for rule in rules if rule.name in reached for s in rule.compared}
 
 
 def vet_sources(sources: Mapping[str, str] | Iterable[tuple[str, str]]) -> None:

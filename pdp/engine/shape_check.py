@@ -25,11 +25,12 @@ from typing import Any
 from pdp.engine.core import Outcomes, evaluate_outcomes
 from pdp.engine.policy_engine import Evaluator
 from pdp.engine.policy_input import Record, record_shape
+from pdp.engine.policy_vet import compared_strings
 from pdp.model.clock import END_OF_TIME, START_OF_TIME
 from pdp.model.vocab import ACTIONS, CATEGORIES, REASONS, SERVICES
 
 SEED = 16
-RECORDS = 30  # random records, each asked about with a shape-mate: 60 policy queries
+RECORDS = 24  # random records, each asked about with a shape-mate: 48 policy queries
 BASE_NOW = 1_767_225_600_000_000  # 2026-01-01, in microseconds
 YEAR = 365 * 24 * 3600 * 1_000_000
 _VOCABULARY = frozenset((*SERVICES, *CATEGORIES, *ACTIONS, *REASONS, "active", "suspended",
@@ -57,15 +58,13 @@ class Mismatch:
 
 
 def policy_constants(sources: Mapping[str, str]) -> tuple[list[str], list[int]]:
-    """The string constants of the policy text (other than "") and its large numbers."""
-    strings: set[str] = set()
+    """The strings the decision's rules compare with a variable (pdp.engine.policy_vet
+    `compared_strings`) and the large numbers of the policy text."""
     numbers: set[int] = set()
     for text in sources.values():
-        code = "\n".join(line.split("#", 1)[0] if '"' not in line else line
-                         for line in text.splitlines())
-        strings.update(s for s in _STRING.findall(code) if s)
-        numbers.update(int(n) for n in _NUMBER.findall(code))
-    return sorted(strings), sorted(numbers)
+        code = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+        numbers.update(int(n) for n in _NUMBER.findall(_STRING.sub('""', code)))
+    return sorted(compared_strings(sources)), sorted(numbers)
 
 
 class Maker:
@@ -75,15 +74,17 @@ class Maker:
         self.rng = rng
         self.ids = ["u1", "u2", "c1", "c2"]
         self.codes = ["091", "049", "092"]
-        # The policy's own strings that are no word of the vocabulary: if a rule singles
-        # one out as an id or a code, some record must hold it.
-        self.odd = [s for s in strings if s not in _VOCABULARY][:50] or ["authority"]
+        # The strings the policy compares with a variable, but no word of the vocabulary:
+        # if a rule singles one out as an id or a code, some record must hold it.
+        self.odd = [s for s in strings if s not in _VOCABULARY][:50]
+        self.odd_share = 0.4 if self.odd else 0.2
+        self.odd = self.odd or ["authority"]
         self.numbers = numbers
 
     def pick(self, pool: list[str], blank: float = 0.0) -> str:
         if self.rng.random() < blank:
             return ""
-        return self.rng.choice(self.odd if self.rng.random() < 0.25 else pool)
+        return self.rng.choice(self.odd if self.rng.random() < self.odd_share else pool)
 
     def some(self, pool: Iterable[str], most: int) -> list[str]:
         items = list(pool)
@@ -91,9 +92,9 @@ class Maker:
 
     def moment(self, now: int, past: float = 0.5) -> int:
         roll = self.rng.random()
-        if roll < 0.05:
+        if roll < 0.02:
             return now
-        if roll < 0.1:
+        if roll < 0.07:
             return END_OF_TIME if self.rng.random() > past else START_OF_TIME
         distance = int(10 ** self.rng.uniform(0, 15.5))  # 1 µs to ten years
         return now - distance if self.rng.random() < past else now + distance
@@ -114,7 +115,7 @@ class Maker:
         purpose = rng.choice([*SERVICES * 6, "", "other"])
         return {
             "now": now, "user_known": chance(0.98),
-            "user_id": "u1" if chance(0.8) else self.pick(self.ids),
+            "user_id": "u1" if chance(0.65) else self.pick(self.ids),
             "user_status": "active" if chance(0.93) else rng.choice(["left", ""]),
             "user_municipality": municipality,
             "user_tasks": self.some(SERVICES, 2) + ([purpose] if chance(0.9) else []),
@@ -141,7 +142,7 @@ class Maker:
     def grant(self, now: int, grant_id: str, purpose: str) -> Record:
         rng = self.rng
         return {"id": grant_id if self.chance(0.9) else self.pick(self.ids),
-                "status": "active" if self.chance(0.85) else rng.choice(
+                "status": "active" if self.chance(0.9) else rng.choice(
                     ["suspended", "revoked", "expired", "recertification_due", "approved"]),
                 "valid_from": self.moment(now, 0.9), "valid_until": self.moment(now, 0.1),
                 "recertify_by": self.moment(now, 0.1),
