@@ -11,30 +11,20 @@ store I/O runs in the thread pool. Every error body is API.md's
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
-import logging
 import os
-import time
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from pdp.http import decisions, errors, facts, meta, search
+from pdp.http import audit, decisions, errors, facts, meta, monitoring, policy, rights, search
 from pdp.http.access import AccessGate
-from pdp.http.audit import audit_router
 from pdp.http.middleware import RequestIdMiddleware
-from pdp.http.monitoring import monitoring_router
 from pdp.http.openapi import describe
-from pdp.http.policy import policy_router, watch_policy
-from pdp.http.rights import lifecycle_router
 from pdp.http.wire import JSONResponse
-from pdp.rights.egress import AllowList
-from pdp.rights.webhooks import WebhookDispatcher
+from pdp.service import background
 from pdp.service.runtime import Runtime
-
-log = logging.getLogger(__name__)
 
 
 @contextlib.asynccontextmanager
@@ -43,46 +33,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     worker's metrics files marked as a dead process's)."""
     runtime: Runtime = app.state.runtime
     tune_gc()
-    settings = runtime.settings
-    tasks = [asyncio.create_task(_poll_store(runtime))]
-    if settings.policy_watch_seconds > 0:
-        tasks.append(asyncio.create_task(
-            watch_policy(runtime, settings.policy_watch_seconds)))
-    if settings.webhooks:
-        dispatcher = WebhookDispatcher(
-            runtime.facts.store, settings.webhooks, poll_seconds=settings.poll_interval_seconds,
-            allow=AllowList.parse(settings.webhook_allow_hosts))
-        tasks.append(asyncio.create_task(dispatcher.run()))
     try:
-        yield
+        async with background.running(runtime):
+            yield
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         runtime.close()
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             from prometheus_client import multiprocess
 
             multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
-
-
-async def _poll_store(runtime: Runtime) -> None:
-    """Confirm the facts are current (catching up on writes that no bus message
-    brought) and share a snapshot now and then (moving to pdp.service.background)."""
-    settings, facts = runtime.settings, runtime.facts
-    last_snapshot = time.monotonic()
-    while True:
-        await asyncio.sleep(settings.poll_interval_seconds)
-        try:
-            await asyncio.to_thread(facts.confirm)
-            runtime.metrics.facts_version.set(facts.index.version)
-            if time.monotonic() - last_snapshot >= settings.snapshot_interval_seconds:
-                last_snapshot = time.monotonic()
-                await asyncio.to_thread(facts.save_snapshot)
-        except Exception:  # keep polling whatever happens
-            log.exception("confirming the facts failed")
 
 
 def create_app(runtime: Runtime) -> FastAPI:
@@ -102,10 +61,10 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(meta.router)
     app.include_router(decisions.router)
     app.include_router(search.router)
-    app.include_router(lifecycle_router(runtime))
-    app.include_router(audit_router(runtime))
-    app.include_router(monitoring_router(runtime))
-    app.include_router(policy_router(runtime))
+    app.include_router(rights.router)
+    app.include_router(audit.router)
+    app.include_router(monitoring.router)
+    app.include_router(policy.router)
     # Last: `/v1/{collection}/{fact_id:path}` matches any two-segment path under /v1/, so
     # every more specific route (/v1/grants/..., /v1/audit/..., /v1/policy/...) must come
     # first, as the first route that matches wins (pdp.http.access.ACCESS keeps this order).
