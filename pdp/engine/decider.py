@@ -60,8 +60,7 @@ P = TypeVar("P", bound=Evaluator)
 Key = tuple[str, str, str, str]  # user, client, purpose, the record's owner named
 
 
-@dataclass(frozen=True, slots=True)
-class Asker:
+class Asker(NamedTuple):
     """Who asks, as the decision log records it. `record_type` "explain" records an
     explanation: it is not a decision a PEP enforces, so it is neither counted nor
     offered to the shadow."""
@@ -109,9 +108,9 @@ class _Read(NamedTuple):
     client_municipality: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class Prepared:
-    """Items read from one view of the facts, to be decided by `Decider.finish`."""
+class Prepared(NamedTuple):
+    """Items read from one view of the facts, to be decided by `Decider.finish`. (The
+    small types of the entry are tuples: they are made on every request's path.)"""
 
     items: list[_Read]
     policy: Evaluator
@@ -125,8 +124,7 @@ class Prepared:
         return all(read.record is None for read in self.items)
 
 
-@dataclass(frozen=True, slots=True)
-class Checked:
+class Checked(NamedTuple):
     """The decisions made, in order (a batch that stops early has fewer than it asked;
     an unreadable item's is a deny `invalid_request`), and their audit records."""
 
@@ -292,27 +290,30 @@ class Decider(Generic[P]):
         policy = self.policy if policy is None else policy
         now_us = to_micros(now)
         if view is not None:
-            return self._prepare(view, policy, items, now, now_us)
+            version = view.version
+            return Prepared([self._read(view, policy, item, now_us, version)
+                             for item in items], policy, version, now, now_us)
         with self.facts.reading() as view:
-            return self._prepare(view, policy, items, now, now_us)
-
-    def _prepare(self, view: FactView, policy: Evaluator, items: Sequence[Item],
-                 now: datetime, now_us: int) -> Prepared:
-        version = view.version
-        read = [self._read(view, policy, item, now_us, version) for item in items]
-        return Prepared(read, policy, version, now, now_us)
+            version = view.version
+            return Prepared([self._read(view, policy, item, now_us, version)
+                             for item in items], policy, version, now, now_us)
 
     def _read(self, view: FactView, policy: Evaluator, item: Item, now_us: int,
               version: int) -> _Read:
         if isinstance(item, Unreadable):
             return _Read(item, ("", "", "", ""), None, None, (0, 0, 0, 0), None, None)
-        key = (item.user, item.client, item.purpose, item.owner)
-        stamps = self._stamps(item.user, item.client, view)
-        user = view.users.get(item.user)
-        client = view.clients.get(item.client)
+        user_id, client_id = item.user, item.client
+        key = (user_id, client_id, item.purpose, item.owner)
+        user = view.users.get(user_id)
+        client = view.clients.get(client_id)
+        municipality = user.municipality if user else ""
+        agreement = view.agreements.get(municipality)
+        stamps = (view.stamp("user", user_id), view.stamp("agreement", municipality),
+                  view.stamp("area", agreement.area if agreement else ""),
+                  view.stamp("client", client_id))  # as _stamps, the user read once
         table = self._hit(policy, key, stamps, now_us, version)
         record = None if table is not None else policy_record(
-            view, item.user, item.client, item.purpose, now_us, item.owner)
+            view, user_id, client_id, item.purpose, now_us, item.owner)
         return _Read(item, key, table, record, stamps, user.municipality if user else None,
                      client.home_municipality if client else None)
 
@@ -323,16 +324,19 @@ class Decider(Generic[P]):
         records: list[AuditRecord] = []
         made_here: dict[Key, DecisionTable] = {}  # a batch asks about a key once
         enforced = asker.record_type == "decision"
+        metrics = self.metrics
         for read in prepared.items:
-            started = time.perf_counter()
+            started = time.perf_counter() if metrics else 0.0
             item = read.item
             if isinstance(item, Unreadable):
                 made = Decision(False, INVALID_REQUEST, prepared.policy.version,
                                 prepared.facts_version)
                 records.append(_unreadable_record(item, made, prepared.at_us, asker))
             else:
-                made = self._table(prepared, read, made_here).pick(item.category, item.action)
-                if enforced:
+                table = read.table if read.table is not None else self._table(
+                    prepared, read, made_here)
+                made = table.pick(item.category, item.action)
+                if enforced and (metrics or self.shadow is not None):
                     self._observe(item, prepared.now, made, started)
                 records.append(_decision_record(read, item, made, prepared.at_us, asker))
             decisions.append(made)
@@ -343,8 +347,7 @@ class Decider(Generic[P]):
 
     def _table(self, prepared: Prepared, read: _Read,
                made_here: dict[Key, DecisionTable]) -> DecisionTable:
-        if read.table is not None:
-            return read.table
+        """The table of an item the memo did not have when it was read."""
         table = made_here.get(read.key)
         if table is not None:  # asked before in this batch: as the memo would answer
             self.hits += 1

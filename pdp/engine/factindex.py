@@ -176,17 +176,18 @@ class _Reading:
     while records are built from it (never while the policy runs: a write must not
     wait behind a cold query). One per index, so taking a view allocates nothing."""
 
-    __slots__ = ("_index",)
+    __slots__ = ("_acquire", "_index", "_release")
 
     def __init__(self, index: FactIndex) -> None:
         self._index = index
+        self._acquire, self._release = index.lock.acquire, index.lock.release
 
     def __enter__(self) -> FactView:
-        self._index.lock.acquire()
+        self._acquire()
         return self._index
 
     def __exit__(self, *exc: object) -> None:
-        self._index.lock.release()
+        self._release()
 
 
 @dataclass(slots=True)
