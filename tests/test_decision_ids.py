@@ -5,7 +5,7 @@ control characters, NUL or bidi marks in any id, in the path or in a body").
 obey the id rule of API.md exactly; a purpose is a short word. A single evaluation,
 search or explanation that breaks them is 400 invalid_request; a batch item that does is
 that item's `decision: false` with `context.error`; and the decision log never keeps
-such an id or purpose. Against a real `pdp serve` and its SQLite log.
+such an id or purpose. In-process: the app (tests/support/asgi.py) and its SQLite log.
 """
 
 from __future__ import annotations

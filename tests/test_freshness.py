@@ -1,4 +1,7 @@
-"""A write is seen by the very next decision, whatever is cached (issue: freshness)."""
+"""A write is seen by the very next decision, whatever is cached (issue: freshness).
+
+In-process: the app (tests/support/asgi.py); a write by another process (`pdp facts
+import`) reaches it through the store it polls."""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 Every endpoint but the open four needs a bearer token: without one (or with an unknown one)
 the answer is 401 with `WWW-Authenticate: Bearer`; a known token without the role gets 403.
+In-process: the app (tests/support/asgi.py), started again on one store for the key names.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Errors over HTTP (API.md "Errors"): 400 invalid_request (never 422 or 500) naming the
 bad field, 404 not_found, 413 past the body limits, the batch limits, denials that are not
-errors, and X-Request-ID on every response."""
+errors, and X-Request-ID on every response. In-process: the app (tests/support/asgi.py)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Exact codes and real text (the hardening issue, "Bounded input and correct order"):
 every pattern check is a full match (Python's `$` matches before a trailing newline), and
-a justification or reason is real text, not blank, whitespace or invisible marks only."""
+a justification or reason is real text, not blank, whitespace or invisible marks only.
+In-process: the app (tests/support/asgi.py)."""
 
 from __future__ import annotations
 

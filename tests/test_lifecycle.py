@@ -6,8 +6,9 @@ refused step, the role each step needs, the limits a right must keep, a municipa
 admin's isolation, the time rules at their edges, and what a user leaving, a change of
 tasks, notice and rescission do to rights and to the very next decision.
 
-The module runs a server of its own: it needs KEHA and municipality-admin tokens that
-conftest.KEYS does not have (test_http_auth checks KEYS holds exactly its own tokens).
+The module runs the app in-process (tests/support/asgi.py) of its own: it needs KEHA and
+municipality-admin tokens that tests/support/servers.KEYS does not have (test_http_auth
+checks KEYS holds exactly its own tokens).
 Each test builds its own world with unique ids; a test that changes an agreement uses a
 municipality code of its own.
 """

@@ -1,4 +1,5 @@
-"""Metrics stay correct with several worker processes: a scrape counts every worker."""
+"""Metrics stay correct with several worker processes: a scrape counts every worker.
+Real processes: `pdp serve --workers`."""
 
 from __future__ import annotations
 

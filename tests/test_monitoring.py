@@ -1,5 +1,6 @@
 """Misuse detection: each anomaly rule from decisions to a case and a delivered
-notification; cases resolved both ways; metrics after known traffic."""
+notification; cases resolved both ways; metrics after known traffic. In-process: the app
+(tests/support/asgi.py), delivering to a real receiver (tests/support/webhooks.py)."""
 
 from __future__ import annotations
 

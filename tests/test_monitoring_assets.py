@@ -1,5 +1,6 @@
 """The monitoring assets (Grafana dashboard, Prometheus alert rules) only use metrics the
-service really exports, the rules pass `promtool check rules`, and the dashboard is sound."""
+service really exports (scraped from the app in-process, tests/support/asgi.py), the rules
+pass `promtool check rules`, and the dashboard is sound."""
 
 from __future__ import annotations
 

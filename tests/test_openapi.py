@@ -1,6 +1,7 @@
 """/openapi.json states what the service really answers (the hardening issue): no 422
 (API.md "Errors": 400 invalid_request), the error body, 401/403 on every route that needs a
-token, 413 and a request body on every route that reads one (also those read by hand)."""
+token, 413 and a request body on every route that reads one (also those read by hand).
+In-process: the app (tests/support/asgi.py)."""
 
 from __future__ import annotations
 

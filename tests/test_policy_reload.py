@@ -1,5 +1,6 @@
 """Reloading the policy without a restart, gated by its test suites (issue 9, part 1):
-against a real `pdp serve` whose PDP_POLICY_DIR is a copy of policies/ the test edits."""
+against a real `pdp serve` whose PDP_POLICY_DIR is a copy of policies/ the test edits (and
+replicas through Redis: real processes, tests/support/replicas.py)."""
 
 from __future__ import annotations
 
@@ -313,7 +314,7 @@ def test_watched_policy_files_go_live_when_they_pass(
 
 def test_a_policy_that_breaks_the_shape_invariants_is_refused_and_the_old_one_serves(
         live: Server, world: World, policy_dir: Path) -> None:
-    from tests.test_shape_check import BROKEN
+    from tests.support.shape_breaks import BROKEN
 
     version = live_policy(live)["version"]
     for what, old, new, says in BROKEN:
@@ -336,7 +337,7 @@ def test_a_policy_that_breaks_the_shape_invariants_is_refused_and_the_old_one_se
 
 def test_a_candidate_that_breaks_the_shape_invariants_is_refused(
         live: Server, policy_dir: Path) -> None:
-    from tests.test_shape_check import BROKEN
+    from tests.support.shape_breaks import BROKEN
 
     _, old, new, says = BROKEN[1]  # timestamp arithmetic
     files = candidate_files(policy_dir, "rules.polar", old, new)

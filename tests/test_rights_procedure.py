@@ -7,7 +7,8 @@ only by notice and rescission. The register of rights granted before the service
 in once, through `POST /v1/grants:import`, each right with its approval record. A right
 is for its purposes: tasks that widen give it no new one. Either party gives notice.
 
-The module runs a server of its own (municipality-admin tokens; agreements it changes).
+The module runs the app in-process of its own (tests/support/asgi.py; municipality-admin
+tokens; agreements it changes); `pdp facts import` is a real process on its store.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """AuthZEN search agrees with the rules: on random worlds, every search (walked page by
 page) returns exactly what exhaustive evaluation allows; and over HTTP: the shapes,
-paging while facts change, errors, and the searches in the decision log."""
+paging while facts change, errors, and the searches in the decision log (in-process: the
+app, tests/support/asgi.py)."""
 
 from __future__ import annotations
 

@@ -18,27 +18,10 @@ from pdp.engine.policy_engine import PolicyError, compile_sources, load_policy
 from pdp.engine.policy_manager import PolicyManager, PolicyRejected, check_shapes
 from pdp.engine.policy_vet import ShapeBroken, vet_sources, violations_in
 from pdp.engine.shape_check import shape_mismatches
+from tests.support.shape_breaks import BROKEN, OWN_RECORD
 
 ROOT = Path(__file__).parent.parent
 POLICIES = ROOT / "policies"
-OWN_RECORD = 'failing(r, "own_record") if r.user_client_id = r.client_id;'
-
-# (what, text in rules.polar, its replacement, words the refusal must say): rules that
-# break an invariant in a way the text shows.
-BROKEN: list[tuple[str, str, str, str]] = [
-    ("a constant id", OWN_RECORD,
-     'failing(r, "own_record") if r.client_id = "c-123";',
-     'the id `.client_id` compared with the constant "c-123"'),
-    ("timestamp arithmetic", "grant.valid_from <= r.now and",
-     "grant.valid_from + 86400000000 <= r.now and",
-     "the timestamp `.valid_from` in arithmetic (`+`)"),
-    ("a timestamp compared with another", "relationship.starts_at <= r.now and",
-     "relationship.starts_at <= relationship.ends_at and",
-     "the timestamp `.starts_at` compared with `.ends_at`"),
-    ("a constant municipality code", "r.client_home in r.area_municipalities and",
-     'r.client_home = "091" and',
-     'the municipality code `.client_home` compared with the constant "091"'),
-]
 
 
 def sources(name: str = "", old: str = "", new: str = "") -> dict[str, str]:

@@ -1,7 +1,8 @@
 """Webhooks: a receiver that is down for a while gets every event afterwards, in order,
 signed by Standard Webhooks; one that fails answers gets them again until it
 acknowledges; deliveries go only to public or allowed addresses, checked when configured
-and again, on what the name resolves to, at every delivery."""
+and again, on what the name resolves to, at every delivery. Real `pdp serve` processes
+delivering to a real receiver (tests/support/webhooks.py)."""
 
 from __future__ import annotations
 
