@@ -272,8 +272,3 @@ async def release_hold(
     if released is None:
         raise Refused(NOT_FOUND, f"no active hold {hold_id!r}")
     return {**hold_json(released), "released": True}
-
-
-def audit_router(runtime: Runtime) -> APIRouter:
-    """The routes above (the app includes `router`; this name is kept until it does)."""
-    return router

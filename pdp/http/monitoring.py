@@ -139,8 +139,3 @@ async def resolve(case_id: str, request: Request, runtime: RuntimeDep, caller: C
     if resolved is None:
         raise Refused(NOT_FOUND, f"no case {case_id!r}")
     return resolved
-
-
-def monitoring_router(runtime: Runtime) -> APIRouter:
-    """The routes above (the app includes `router`; this name is kept until it does)."""
-    return router

@@ -23,7 +23,6 @@ from pdp.http.wire import parse_body, read_json
 from pdp.model.errors import AUDIT_UNAVAILABLE, NOT_FOUND, POLICY_REJECTED, Refused, bad_request
 from pdp.model.facts import is_real_text
 from pdp.model.vocab import ACTIONS, CATEGORIES, SERVICES
-from pdp.service.policy_watch import watch_policy
 from pdp.service.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -160,11 +159,3 @@ async def promote(version: str, runtime: RuntimeDep, caller: CallerDep) -> dict[
 @router.delete("/v1/policy/candidates/{version}")
 async def discard(version: str, runtime: RuntimeDep) -> dict[str, Any]:
     return {"discarded": runtime.candidates.take(version).version}
-
-
-def policy_router(runtime: Runtime) -> APIRouter:
-    """The routes above (the app includes `router`; this name is kept until it does)."""
-    return router
-
-
-__all__ = ["policy_router", "router", "watch_policy"]

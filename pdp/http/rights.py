@@ -24,7 +24,6 @@ from pdp.rights.lifecycle import (
     GrantRegister,
     Step,
 )
-from pdp.service.runtime import Runtime
 
 router = APIRouter()
 
@@ -142,8 +141,3 @@ async def events(
                                     reach.listing(municipality))
     return {"events": [event_json(e) for e in found],
             "next_after": found[-1].id if found else after}
-
-
-def lifecycle_router(runtime: Runtime) -> APIRouter:
-    """The routes above (the app includes `router`; this name is kept until it does)."""
-    return router
