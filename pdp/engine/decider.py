@@ -12,8 +12,9 @@ up to renaming ids and moving timestamps without crossing now) and policy versio
 client x purpose whose record has the shape of one asked before — the next client of
 a caseload, a client after an unrelated change — needs no policy query.
 
-`check` is the one decision entry: the service's routes, search, explain, the CLI and
-the policy suites (and so the reload gate) all decide through it. It reads the facts
+`check` is the one decision entry: the service's evaluation routes, explain, the CLI and
+the policy suites (and so the reload gate and the candidates' vetting) decide through
+it; a search asks the same memo (`table`) about each candidate. It reads the facts
 once, from one view (`FactIndex.reading()`), held only while the memo is looked up and
 the policy records and audit records are built — never while the policy runs — and
 then decides, feeds the shadow, counts and builds the records the log keeps. `prepare`

@@ -23,7 +23,7 @@ from pdp.engine.core import Decision, DecisionRequest
 from pdp.engine.decider import Asker, Checked, Unreadable
 from pdp.engine.explain import explain
 from pdp.engine.facts_service import FactsBehind
-from pdp.engine.records import AuditRecord
+from pdp.engine.records import AuditRecord, DecisionLog
 from pdp.http.deps import CallerDep, RuntimeDep
 from pdp.http.wire import JSONResponse, read_json
 from pdp.model.errors import (
@@ -95,7 +95,7 @@ async def decided(runtime: Runtime, items: Sequence[DecisionRequest | Unreadable
 
 async def recorded(runtime: Runtime, records: list[AuditRecord]) -> None:
     """Return only once the records are durable; 503 if they cannot be written."""
-    audit = runtime.audit
+    audit: DecisionLog | None = runtime.audit
     if audit is None or not records:
         return
     try:
