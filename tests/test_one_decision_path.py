@@ -6,10 +6,13 @@ version: a suite's world is a change log of its own, numbered from 1).
 
 The world is written through the API of the app in-process; the suites' runner gets it
 as a case (the index's facts), `pdp check` reads it from the same store, as the command
-line does. A batch that stops early records only what it decided, from the same entry."""
+line does. A batch that stops early records only what it decided, from the same entry;
+the HTTP answer waits for the log; and the entry's view of the facts is not held while
+the policy runs. In-process (tests/support/asgi.py) and the CLI through typer's runner."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from datetime import datetime
@@ -195,3 +198,39 @@ def test_the_http_answer_waits_for_the_log(app: InProcess, world: World,
         response: httpx.Response = pep.post("/access/v1/evaluation", json=world.request())
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "audit_unavailable"
+
+
+class Watched:
+    """The policy, noting whether a writer could take the fact index while it ran."""
+
+    def __init__(self, policy: Any, index: Any) -> None:
+        self.policy, self.index = policy, index
+        self.free: list[bool] = []
+
+    @property
+    def version(self) -> str:
+        return str(self.policy.version)
+
+    def evaluate(self, record: Any) -> Any:
+        def writer() -> None:
+            taken = self.index.lock.acquire(blocking=False)
+            self.free.append(taken)
+            if taken:
+                self.index.lock.release()
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        thread.join()
+        return self.policy.evaluate(record)
+
+
+def test_the_policy_runs_outside_the_view(app: InProcess, world: World) -> None:
+    """The view is held while records are built, never while the policy runs: a cold
+    query takes milliseconds, and writes must not wait behind it."""
+    index = app.runtime.facts.index
+    watched = Watched(app.runtime.policy, index)
+    decider = Decider(watched, index)
+    request = Evaluation.model_validate(world.request()).to_request()
+    checked = decider.check([request], app.runtime.decider.clock(), Asker("x"))
+    assert checked.decisions[0].decision is True
+    assert watched.free == [True]
