@@ -137,9 +137,12 @@ def relationship_data(row: RelationshipRow) -> dict[str, Any]:
 class FactView(Protocol):
     """The reads a decision makes, over one consistent state of the facts.
 
-    Get one from `FactIndex.reading()` and read it only inside that `with` block: the
-    engine decides over a view and takes no lock itself (the lock protocol stays in
-    this module). Read-only by type: the mappings are the index's own, never copies."""
+    Get one from `FactIndex.reading()`: inside that `with` block every read is of one
+    version (the engine decides over such a view and takes no lock itself; the lock
+    protocol stays in this module). A reader that makes single reads and checks them
+    later — the rights procedure, whose plans carry the versions they read; the misuse
+    detector — may hold the index as a FactView outside a block: each read is atomic.
+    Read-only by type: the mappings are the index's own, never copies."""
 
     @property
     def version(self) -> int: ...

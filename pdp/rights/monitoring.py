@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.engine import Connection, Engine
 
 from pdp.audit.log import RECORD_HEAD, AuditRecord, head_table, records_table
-from pdp.engine.factindex import FactIndex
+from pdp.engine.factindex import FactView
 from pdp.model.clock import END_OF_TIME, from_micros, to_micros, utcnow
 from pdp.rights.lifecycle import Lifecycle, Suspension, WorkflowError
 from pdp.store.protocols import Event, FactStore, StoreUnavailable
@@ -203,7 +203,7 @@ class Detector:
     sliding windows (per rule and user) that count the matches. The windows are the
     caller's (the store's, see Monitor), or this detector's own in memory (`observe`)."""
 
-    def __init__(self, config: MonitoringConfig, facts: FactIndex) -> None:
+    def __init__(self, config: MonitoringConfig, facts: FactView) -> None:
         self.config = config
         self.facts = facts
         self.zone = ZoneInfo(config.timezone)
@@ -552,7 +552,7 @@ class Monitor:
     chain (it is a move listener) and every `poll_seconds` (records another process
     moved), and counts what the cursor `monitor` has not, `chunk` records per step."""
 
-    def __init__(self, config: MonitoringConfig, facts: FactIndex, cases: Cases, *,
+    def __init__(self, config: MonitoringConfig, facts: FactView, cases: Cases, *,
                  poll_seconds: float = 1.0, chunk: int = 2000, start: bool = True) -> None:
         self.config = config
         self.detector = Detector(config, facts)
