@@ -37,7 +37,7 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pdp.engine.factindex import FactIndex
+from pdp.engine.factindex import FactView
 from pdp.http.errors import ApiError, refusal_response
 from pdp.model.callers import MUNICIPALITY_ADMIN, Authenticator, Caller, forbidden
 from pdp.model.errors import INVALID_REQUEST, NOT_FOUND, Refused, bad_request
@@ -145,7 +145,7 @@ class Reach:
         return asked
 
 
-def owner(index: FactIndex, kind: str, fact_id: str) -> str | None:
+def owner(index: FactView, kind: str, fact_id: str) -> str | None:
     """Which municipality owns a fact: a user's own, a right's user's, an agreement's
     code (None: not known, or a kind that no municipality owns)."""
     if kind == "user":

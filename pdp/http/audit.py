@@ -22,7 +22,7 @@ from pdp.audit.log import (
     hold_json,
     read_record,
 )
-from pdp.engine.factindex import FactIndex
+from pdp.engine.factindex import FactView
 from pdp.http.access import ReachDep
 from pdp.http.deps import CallerDep, RuntimeDep
 from pdp.http.wire import parse_body, read_json
@@ -175,7 +175,7 @@ async def report(
             "employee_identities": include_users}
 
 
-def summarise(index: FactIndex, rows: list[dict[str, Any]], include_users: bool
+def summarise(index: FactView, rows: list[dict[str, Any]], include_users: bool
               ) -> list[dict[str, Any]]:
     """Accesses per day, organisation and purpose: what categories and actions."""
     groups: dict[tuple[str, str, str], dict[str, set[str]]] = defaultdict(
@@ -202,7 +202,7 @@ def summarise(index: FactIndex, rows: list[dict[str, Any]], include_users: bool
     return out
 
 
-def municipality_name(index: FactIndex, code: str) -> str | None:
+def municipality_name(index: FactView, code: str) -> str | None:
     for area in index.areas.values():
         for municipality in area.municipalities:
             if municipality.code == code:

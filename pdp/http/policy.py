@@ -78,12 +78,11 @@ async def playground() -> HTMLResponse:
 
 @router.get("/v1/playground/choices")
 async def choices(runtime: RuntimeDep) -> dict[str, Any]:
-    index = runtime.facts.index
-    with index.lock:
+    with runtime.facts.index.reading() as view:
         users = [{"id": user_id, "municipality": user.municipality}
-                 for user_id, user in sorted(index.users.items())[:CHOICES]]
+                 for user_id, user in sorted(view.users.items())[:CHOICES]]
         clients = [{"id": client_id, "home": client.home_municipality}
-                   for client_id, client in sorted(index.clients.items())[:CHOICES]]
+                   for client_id, client in sorted(view.clients.items())[:CHOICES]]
     return {"users": users, "clients": clients, "categories": list(CATEGORIES),
             "actions": list(ACTIONS), "purposes": ["", *SERVICES]}
 
