@@ -33,8 +33,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="session")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
-    """The app in-process on a store of its own, shared by the session."""
-    with in_process(tmp_path_factory.mktemp("app")) as running:
+    """The app in-process on a store of its own, shared by the session. Its search pages
+    may take 5 s, not 0.25: the store fills with every module's worlds, and a test of what
+    a search refuses must not fail because a loaded machine found no result in time
+    (tests/test_search.py tests the page budget on an app of its own, with the default)."""
+    with in_process(tmp_path_factory.mktemp("app"),
+                    env={"PDP_SEARCH_PAGE_BUDGET_SECONDS": "5"}) as running:
         yield running
 
 

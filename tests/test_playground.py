@@ -21,6 +21,9 @@ CHROMIUM = Path("/usr/bin/chromium")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: scripts/services installs Debian's chromium")
+    # The suites of a candidate run in a sandbox process: on a loaded machine (make test
+    # runs two workers) they take longer than Playwright's 5 s default.
+    expect.set_options(timeout=30_000)
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=str(CHROMIUM),
                                               args=["--no-sandbox", "--disable-gpu"])
