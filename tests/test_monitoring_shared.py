@@ -127,9 +127,14 @@ def test_a_restart_in_the_middle_of_a_window_keeps_counting(
                                   "status": "open", "hits": 1, "opened_by": "monitoring",
                                   "comments": []}
         assert counted(db, world.user) == 0  # a hit starts a new run
-        events = admin.get("/v1/events", params={"limit": 1000}).json()["events"]
-        assert [e["type"] for e in events if e["subject"]["id"] == case["id"]] == [
-            "case.opened"]
+
+        def announced() -> list[str]:
+            # the detector commits the case, then announces it in a transaction of its own
+            # (Cases.announce): the event follows the case, it is not in its transaction
+            events = admin.get("/v1/events", params={"limit": 1000}).json()["events"]
+            return [e["type"] for e in events if e["subject"]["id"] == case["id"]]
+
+        assert wait_for("the case's announcement", announced) == ["case.opened"]
 
 
 # -- two replicas on one PostgreSQL --------------------------------------------------------
