@@ -47,7 +47,9 @@
 # So two records alike up to renaming ids and codes, reordering those lists, other
 # relationships and other assigned users, and moving timestamps without moving any
 # across now get one answer, and the service asks the policy once per such shape.
-# tests/test_shapes.py checks this on random records; a rule that needs more (a
+# A policy that breaks these is refused when it loads (pdp/engine/policy_vet.py, by the
+# kinds of pdp/model/policy_schema.py), and the reload gate checks them on random records
+# (pdp/engine/shape_check.py; tests/test_shapes.py too); a rule that needs more (a
 # duration, a constant id, another relationship) must change record_shape first.
 
 decision(r, _category, _action, reason, "") if
