@@ -19,7 +19,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, StringConstraints
 from starlette.concurrency import run_in_threadpool
 
-from pdp.http.access import Reach, ReachDep
+from pdp.http.access import Reach, ReachDep, owner
 from pdp.http.deps import CallerDep, RuntimeDep
 from pdp.http.wire import parse_body, read_json
 from pdp.model.clock import to_micros
@@ -89,12 +89,12 @@ async def list_cases(
 async def open_case(request: Request, runtime: RuntimeDep, caller: CallerDep,
                     reach: ReachDep) -> dict[str, Any]:
     body = parse_body(CaseReport, await read_json(request, runtime.settings.max_body_bytes))
-    user = runtime.facts.index.users.get(body.user)
+    municipality = owner(runtime.facts.index, "user", body.user)
     # A municipality opens cases about its own users only; another's is not there.
-    if user is None or not reach.covers(user.municipality):
+    if municipality is None or not reach.covers(municipality):
         raise Refused(NOT_FOUND, f"no user {body.user!r}")
     return await run_in_threadpool(lambda: runtime.cases.open_by_hand(
-        user=body.user, municipality=user.municipality, client=body.client,
+        user=body.user, municipality=municipality, client=body.client,
         observed=body.observed, justification=body.justification, by=caller.name,
         now_us=now_us()))
 

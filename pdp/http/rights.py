@@ -41,10 +41,10 @@ async def apply_for(request: Request, runtime: RuntimeDep, caller: CallerDep,
                     reach: ReachDep) -> dict[str, Any]:
     application = parse_body(Application,
                              await read_json(request, runtime.settings.max_body_bytes))
-    user = runtime.facts.index.users.get(application.user)
+    municipality = owner(runtime.facts.index, "user", application.user)
     # A municipality admin sees only its own users; for the authority an unknown user is
     # refused by the limits (user_unknown).
-    if not (reach.covers(user.municipality) if user else reach.everywhere):
+    if not (reach.covers(municipality) if municipality else reach.everywhere):
         raise Refused(NOT_FOUND, f"no user {application.user!r}")
     grant_id, grant, version = await run_in_threadpool(
         runtime.lifecycle.apply_for, application, caller.name)
