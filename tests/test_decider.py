@@ -43,6 +43,23 @@ def test_second_decision_is_a_cache_hit(policy: Any) -> None:
     assert (decider.misses, decider.hits) == (1, 2)
 
 
+def test_prepare_memoised_builds_no_record_and_counts_only_what_it_serves(
+        policy: Any) -> None:
+    """The service prepares a request on its event loop only when every item is
+    memoised; a miss anywhere gives None, having counted nothing and built no record
+    (the request is then read and decided in a worker thread)."""
+    decider = Decider(policy, world(), clock=Clock(T0))
+    other = DecisionRequest("u1", "c1", "name_contact", "read", "guidance")
+    assert decider.prepare_memoised([REQUEST], T0) is None
+    assert (decider.hits, decider.misses) == (0, 0)
+    decider.decide(REQUEST)
+    assert decider.prepare_memoised([REQUEST, other], T0) is None  # `other` misses
+    assert decider.hits == 0
+    prepared = decider.prepare_memoised([REQUEST, REQUEST], T0)
+    assert prepared is not None and decider.hits == 2
+    assert all(read.record is None and read.table is not None for read in prepared.items)
+
+
 def test_memoised_answers_only_what_needs_no_policy_query(policy: Any) -> None:
     clock = Clock(GRANT_END - timedelta(seconds=1))
     facts = world()

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Generic, NamedTuple, Protocol, TypeVar
+from typing import Generic, NamedTuple, Protocol, TypeVar, overload
 
 from pdp.engine.core import (
     Decision,
@@ -119,11 +119,6 @@ class Prepared(NamedTuple):
     now: datetime
     at_us: int
 
-    @property
-    def quick(self) -> bool:
-        """Every item is memoised: deciding takes microseconds, no policy query."""
-        return all(read.record is None for read in self.items)
-
 
 class Checked(NamedTuple):
     """The decisions made, in order (a batch that stops early has fewer than it asked;
@@ -170,15 +165,17 @@ class Decider(Generic[P]):
                 facts.stamp("area", area), facts.stamp("client", client))
 
     def _hit(self, policy: Evaluator, key: Key, stamps: Stamps, now_us: int,
-             version: int | None = None) -> DecisionTable | None:
-        """The memoised table, if it is still the answer (inside `facts.reading()`)."""
+             version: int | None = None, count: bool = True) -> DecisionTable | None:
+        """The memoised table, if it is still the answer (inside `facts.reading()`);
+        `count`: count the hit (else the caller counts it)."""
         memo = self._memo.get(key)
         if (memo is not None and memo.policy_version == policy.version
                 and memo.stamps == stamps
                 and memo.table.valid_from <= now_us < memo.table.valid_until):
-            self.hits += 1
-            if self.metrics:
-                self.metrics.cache_hits.inc()
+            if count:
+                self.hits += 1
+                if self.metrics:
+                    self.metrics.cache_hits.inc()
             return memo.table.at_version(self.facts.version if version is None else version)
         return None
 
@@ -299,8 +296,40 @@ class Decider(Generic[P]):
             return Prepared([self._read(view, policy, item, now_us, version)
                              for item in items], policy, version, now, now_us)
 
+    def prepare_memoised(self, items: Sequence[Item], now: datetime) -> Prepared | None:
+        """`prepare` when every item is memoised (microseconds: the service does this on
+        its event loop); else None, having built no policy record: such a request is
+        decided by `check` in a worker thread, where its records are built from one view
+        of its own (building records for a batch of misses is milliseconds of work under
+        the index's read side, which neither the loop nor writers should wait for)."""
+        policy = self.policy
+        now_us = to_micros(now)
+        reads: list[_Read] = []
+        with self.facts.reading() as view:
+            version = view.version
+            for item in items:
+                read = self._read(view, policy, item, now_us, version, memo_only=True)
+                if read is None:
+                    return None
+                reads.append(read)
+        hits = sum(1 for read in reads if not isinstance(read.item, Unreadable))
+        self.hits += hits
+        if self.metrics and hits:
+            self.metrics.cache_hits.inc(hits)
+        return Prepared(reads, policy, version, now, now_us)
+
+    @overload
     def _read(self, view: FactView, policy: Evaluator, item: Item, now_us: int,
-              version: int) -> _Read:
+              version: int) -> _Read: ...
+
+    @overload
+    def _read(self, view: FactView, policy: Evaluator, item: Item, now_us: int,
+              version: int, memo_only: bool) -> _Read | None: ...
+
+    def _read(self, view: FactView, policy: Evaluator, item: Item, now_us: int,
+              version: int, memo_only: bool = False) -> _Read | None:
+        """One item read from the view: its memoised table, else its policy record
+        (`memo_only`: None instead of building the record)."""
         if isinstance(item, Unreadable):
             return _Read(item, ("", "", "", ""), None, None, (0, 0, 0, 0), None, None)
         user_id, client_id = item.user, item.client
@@ -312,7 +341,9 @@ class Decider(Generic[P]):
         stamps = (view.stamp("user", user_id), view.stamp("agreement", municipality),
                   view.stamp("area", agreement.area if agreement else ""),
                   view.stamp("client", client_id))  # as _stamps, the user read once
-        table = self._hit(policy, key, stamps, now_us, version)
+        table = self._hit(policy, key, stamps, now_us, version, count=not memo_only)
+        if table is None and memo_only:
+            return None
         record = None if table is not None else policy_record(
             view, user_id, client_id, item.purpose, now_us, item.owner)
         return _Read(item, key, table, record, stamps, user.municipality if user else None,

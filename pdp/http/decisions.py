@@ -82,15 +82,15 @@ def unreadable(raw: Any) -> Unreadable:
 
 async def decided(runtime: Runtime, items: Sequence[DecisionRequest | Unreadable],
                   now: datetime, asker: Asker, stop: str | None = None) -> Checked:
-    """The one decision entry (Decider.check), read from one view of the facts at the
-    edge: memoised answers take microseconds, so they are decided on the event loop; a
-    policy query takes milliseconds, so a request that needs one is finished in a worker
-    thread and the loop keeps serving meanwhile."""
+    """The one decision entry (Decider.check), read from one view of the facts: a
+    request whose answers are all memoised takes microseconds, so it is decided on the
+    event loop; one that needs a policy query (milliseconds) is read and decided in a
+    worker thread, and the loop keeps serving meanwhile."""
     decider = runtime.decider
-    prepared = decider.prepare(items, now)
-    if prepared.quick:
+    prepared = decider.prepare_memoised(items, now)
+    if prepared is not None:
         return decider.finish(prepared, asker, stop)
-    return await run_in_threadpool(decider.finish, prepared, asker, stop)
+    return await run_in_threadpool(decider.check, items, now, asker, stop)
 
 
 async def recorded(runtime: Runtime, records: list[AuditRecord]) -> None:
