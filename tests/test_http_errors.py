@@ -794,3 +794,38 @@ def test_request_id_is_echoed_on_every_response(server: InProcess, case: str) ->
                                     headers={"Content-Type": "application/json"})
         assert without_id.status_code == status, without_id.text
         assert "x-request-id" not in without_id.headers
+
+
+# -- the one table from a refusal's code to its answer (pdp.http.errors) -----------------
+
+
+def test_every_code_of_the_domain_has_its_status() -> None:
+    """A code the table forgets would be answered 500: every stable code of
+    pdp.model.errors has a status, and the 5xx ones are the faults and the unavailable."""
+    from pdp.http.errors import STATUS
+    from pdp.model import errors
+
+    codes = {value for name, value in vars(errors).items()
+             if name.isupper() and isinstance(value, str)}
+    assert codes <= set(STATUS), sorted(codes - set(STATUS))
+    assert {code for code, status in STATUS.items() if status >= 500} == {
+        "internal_error", "policy_error", "unavailable", "audit_unavailable"}
+
+
+def test_retry_after_only_when_the_refusal_says_when() -> None:
+    """503 with Retry-After when a part is busy or unreachable for now (the candidate
+    queue says 5 s); none when the decision log is off (retrying would not help)."""
+    from pdp.engine.shadow import CandidateError
+    from pdp.http.errors import refusal_response
+    from pdp.model.errors import AUDIT_UNAVAILABLE, UNAUTHORIZED, UNAVAILABLE, Refused
+
+    busy = refusal_response(CandidateError(UNAVAILABLE, "busy", retry_after=5))
+    assert (busy.status_code, busy.headers.get("retry-after")) == (503, "5")
+    off = refusal_response(Refused(AUDIT_UNAVAILABLE, "the decision log is off"))
+    assert off.status_code == 503 and "retry-after" not in off.headers
+    down = refusal_response(Refused(AUDIT_UNAVAILABLE, "disk full", retry_after=1))
+    assert down.headers.get("retry-after") == "1"
+    who = refusal_response(Refused(UNAUTHORIZED, "a bearer token is required"))
+    assert (who.status_code, who.headers.get("www-authenticate")) == (401, "Bearer")
+    assert orjson.loads(bytes(off.body)) == {
+        "error": {"code": "audit_unavailable", "message": "the decision log is off"}}

@@ -99,7 +99,7 @@ async def call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return await run_in_threadpool(lambda: fn(*args, **kwargs))
     except AuditUnavailable as error:
-        raise Refused(AUDIT_UNAVAILABLE, str(error)) from None
+        raise Refused(AUDIT_UNAVAILABLE, str(error), retry_after=1) from None
 
 
 async def read_recorded(runtime: Runtime, caller: Caller, request: Request, what: str,

@@ -51,14 +51,14 @@ async def ensure_facts(runtime: Runtime, min_version: int | None) -> None:
     facts = runtime.facts
     if not facts.fresh() and not (await run_in_threadpool(facts.confirm)
                                   and facts.fresh()):
-        raise Refused(UNAVAILABLE, "facts cannot be confirmed current")
+        raise Refused(UNAVAILABLE, "facts cannot be confirmed current", retry_after=1)
     if min_version is None or facts.index.version >= min_version:
         return
     try:
         await run_in_threadpool(facts.ensure_version, min_version,
                                 runtime.settings.min_facts_wait_seconds)
     except FactsBehind as error:
-        raise Refused(UNAVAILABLE, str(error)) from None
+        raise Refused(UNAVAILABLE, str(error), retry_after=1) from None
 
 
 def answer(made: Decision, record: AuditRecord) -> dict[str, Any]:
@@ -102,7 +102,8 @@ async def recorded(runtime: Runtime, records: list[AuditRecord]) -> None:
         await asyncio.wrap_future(audit.append(records))
     except AuditUnavailable as error:
         runtime.metrics.audit_failures.inc()
-        raise Refused(AUDIT_UNAVAILABLE, f"the decision log is unavailable: {error}") from None
+        raise Refused(AUDIT_UNAVAILABLE, f"the decision log is unavailable: {error}",
+                      retry_after=1) from None
 
 
 async def pep_request(runtime: Runtime, request: Request, model: type[Shape]) -> Shape:

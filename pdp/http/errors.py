@@ -61,11 +61,11 @@ def status_of(error: e.Refused) -> int:
 
 def refusal_response(error: e.Refused) -> JSONResponse:
     """The answer to a refusal: its status, its body, and the headers its kind calls for
-    (Retry-After on 503, WWW-Authenticate on 401)."""
+    (Retry-After when the refusal says when to try again, WWW-Authenticate on 401)."""
     status = status_of(error)
     headers = dict(error.headers) if isinstance(error, ApiError) else {}
-    if status == 503 or error.retry_after is not None:
-        headers.setdefault("Retry-After", str(error.retry_after or 1))
+    if error.retry_after is not None:  # a part busy or unreachable for now (not one that is off)
+        headers.setdefault("Retry-After", str(error.retry_after))
     if status == 401:
         headers.setdefault("WWW-Authenticate", "Bearer")
     return JSONResponse(error.body(), status_code=status, headers=headers)
@@ -93,7 +93,8 @@ async def _routing(_request: Request, error: Exception) -> Response:
 
 async def _store_down(_request: Request, error: Exception) -> Response:
     log.warning("store unavailable: %s", error)
-    return refusal_response(e.Refused(e.UNAVAILABLE, "the fact store is unavailable"))
+    return refusal_response(e.Refused(e.UNAVAILABLE, "the fact store is unavailable",
+                                      retry_after=1))
 
 
 async def _unexpected(_request: Request, error: Exception) -> Response:

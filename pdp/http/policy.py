@@ -144,7 +144,7 @@ async def examples(version: str, request: Request, runtime: RuntimeDep,
     try:
         await run_in_threadpool(runtime.audit.write, [record])
     except AuditUnavailable as error:
-        raise Refused(AUDIT_UNAVAILABLE, str(error)) from None
+        raise Refused(AUDIT_UNAVAILABLE, str(error), retry_after=1) from None
     return {"version": version, "examples": found}
 
 
