@@ -13,8 +13,7 @@ from pdp.engine.facts_service import FactService
 from pdp.engine.policy_engine import CompiledPolicy, load_policy
 from pdp.engine.policy_manager import PolicyManager
 from pdp.model.errors import POLICY_REJECTED, Refused
-from pdp.store.bus import BusUnavailable
-from pdp.store.protocols import Event
+from pdp.store.protocols import BusUnavailable, Event
 
 POLICIES = Path(__file__).parent.parent / "policies"
 

@@ -27,8 +27,16 @@ from pdp.engine.factindex import FactIndex
 from pdp.model.errors import INVALID_REQUEST, Refused, validation_details
 from pdp.model.facts import Id, MunicipalityCode, dump_fact, parse_fact
 from pdp.model.vocab import FACT_KINDS
-from pdp.store.bus import BusUnavailable, RedisBus
-from pdp.store.protocols import Change, ChangeRecord, Event, FactStore, StoredFact, StoreUnavailable
+from pdp.store.protocols import (
+    Bus,
+    BusUnavailable,
+    Change,
+    ChangeRecord,
+    Event,
+    FactStore,
+    StoredFact,
+    StoreUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +46,7 @@ class FactsBehind(Exception):
 
 
 class FactService:
-    def __init__(self, store: FactStore, bus: RedisBus | None = None, *,
+    def __init__(self, store: FactStore, bus: Bus | None = None, *,
                  staleness_bound: float = 1.0) -> None:
         self.store = store
         self.bus = bus

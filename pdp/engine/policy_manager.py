@@ -31,8 +31,7 @@ from pdp.engine.policy_tests import Report, SuiteError, load_suites, run_suites
 from pdp.engine.shape_check import shape_mismatches
 from pdp.model.clock import utcnow
 from pdp.model.errors import POLICY_REJECTED, Refused
-from pdp.store.bus import BusUnavailable
-from pdp.store.protocols import Event
+from pdp.store.protocols import BusUnavailable, Event
 
 if TYPE_CHECKING:
     from pdp.engine.facts_service import FactService

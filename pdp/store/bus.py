@@ -23,12 +23,10 @@ from typing import Any
 import orjson
 import redis
 
-from pdp.store.protocols import Change, ChangeRecord, StoredFact
+from pdp.store.protocols import BusUnavailable, Change, ChangeRecord, StoredFact
 
 log = logging.getLogger(__name__)
 
-class BusUnavailable(Exception):
-    """Redis cannot be reached."""
 
 
 class RedisBus:

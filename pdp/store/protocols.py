@@ -145,3 +145,25 @@ class FactStore(Protocol):
         """Raise StoreUnavailable unless the store answers."""
 
     def close(self) -> None: ...
+
+
+class BusUnavailable(Exception):
+    """The bus (Redis) cannot be reached."""
+
+
+class Bus(Protocol):
+    """What the engine asks of the bus between replicas (pdp.store.bus.RedisBus): tell
+    the others of a write or a policy put in force, and share a snapshot of the facts.
+    Every call is best effort: BusUnavailable when the bus cannot be reached."""
+
+    connected: bool
+
+    def publish(self, version: int, changes: Sequence[Change]) -> None: ...
+
+    def publish_policy(self, version: str) -> None: ...
+
+    def save_snapshot(self, version: int, facts: Sequence[StoredFact]) -> None: ...
+
+    def load_snapshot(self) -> tuple[int, list[StoredFact]] | None: ...
+
+    def close(self) -> None: ...
