@@ -3,7 +3,7 @@
 Writing: records are queued and committed by one writer thread in batches (group
 commit); `append` returns a future that completes only when the record is durable, and
 the HTTP layer answers only then — so no decision a caller received can be lost. If the
-log cannot be written, the future fails and the caller answers 503 `audit_unavailable`.
+log cannot be written, the future fails and the caller refuses with `audit_unavailable`.
 
 Each group commit is one *segment*: one row holding the batch's records (JSON), chained to
 the segment before it by `hash = sha256(prev_hash | id | body)`. That is all the hot path
@@ -667,7 +667,7 @@ class AuditLog:
         """Raise AuditUnavailable unless the log can be written now (readiness).
 
         A read answering is not enough: a database that is read-only, lost a table or
-        has a full disk answers reads while every decision is 503 `audit_unavailable`.
+        has a full disk answers reads while every decision is refused (`audit_unavailable`).
         So the probe writes as a commit does — it takes the segment head (the write lock),
         inserts a segment row and deletes it again, and commits: nothing is left behind.
         The answer is reused for PROBE_SECONDS, so that a busy /readyz costs at most a

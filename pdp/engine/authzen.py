@@ -4,9 +4,9 @@ Bad shape, wrong types, an unknown category or action, an id that breaks the id 
 API.md (a control character, a direction or zero-width mark, ...), a purpose that is no
 short word (longer than 64 characters, or holding a control, format or other invisible
 character), an owner of the record that is neither a three-digit municipality code nor
-"authority": invalid (400, or an item error in a batch). A missing or unknown purpose is
-not an error: the policy denies it (`purpose_invalid`); unknown users and clients likewise,
-and a write that names no owner (`action_not_permitted`).
+"authority": invalid (`invalid_request`, or an item error in a batch). A missing or
+unknown purpose is not an error: the policy denies it (`purpose_invalid`); unknown users
+and clients likewise, and a write that names no owner (`action_not_permitted`).
 """
 
 from __future__ import annotations

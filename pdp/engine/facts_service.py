@@ -8,7 +8,7 @@ a short timer does the same.
 
 Freshness: the index is *confirmed* when this process has read the store's change log
 and holds every committed change. Decisions are made only while the last confirmation is
-younger than the staleness bound; past it (the store unreachable) the caller answers 503
+younger than the staleness bound; past it (the store unreachable) the caller refuses (`unavailable`)
 rather than risk a stale allow. Redis cannot confirm: a write made while a replica was
 cut off from it, or before it restarted empty, is known to the store alone.
 """
@@ -204,7 +204,7 @@ def parse_id(kind: str, fact_id: str) -> str:
 
 
 def parse_batch(raw: list[Any]) -> list[Change]:
-    """Validate every item of a facts batch; 400 naming the first bad one, nothing stored."""
+    """Validate every item of a facts batch: `invalid_request` naming the first bad one."""
     changes: list[Change] = []
     details: list[dict[str, Any]] = []
     for index, item in enumerate(raw):

@@ -1,6 +1,6 @@
 """The closed vocabularies of the wire contract (API.md): categories, actions, states.
 
-These are schema, used to refuse bad input with 400. What the rules make of them
+These are schema, used to refuse bad input (`invalid_request`). What the rules make of them
 (task profiles, never-needed and writable categories) is policy data in `policies/`.
 """
 

@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     max_decision_batch: int = 1000
     # What a request may be before anything of it is parsed (pdp.http.serving, pdp.http.access):
     # the request line and headers together, the number of headers, how long the head
-    # and then the body may take to arrive (slower clients get 408 and are cut off).
+    # and then the body may take to arrive (slower clients get request_timeout and are cut off).
     max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
     max_header_count: int = Field(default=100, ge=10, le=1000)
     header_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     notice_months: int = Field(default=3, ge=3, le=24)
     # The cut-over of the register of rights granted before the service (POST
     # /v1/grants:import): an RFC 3339 time with offset; every imported right was approved
-    # and opened before it. Unset: the register is closed (409 register_closed).
+    # and opened before it. Unset: the register is closed (register_closed).
     register_before: AwareDatetime | None = None
     webhooks: list[Webhook] = Field(default_factory=list)
     # Where webhooks may go besides public addresses (pdp.rights.egress): IP addresses, CIDR
