@@ -6,7 +6,6 @@ returned. Who may call each route is the access table's (pdp.http.access)."""
 from __future__ import annotations
 
 import base64
-from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -22,7 +21,6 @@ from pdp.audit.log import (
     hold_json,
     read_record,
 )
-from pdp.engine.factindex import FactView
 from pdp.http.access import ReachDep
 from pdp.http.deps import CallerDep, RuntimeDep
 from pdp.http.wire import parse_body, read_json
@@ -30,6 +28,7 @@ from pdp.model.callers import Caller
 from pdp.model.clock import from_micros, to_micros
 from pdp.model.errors import AUDIT_UNAVAILABLE, NOT_FOUND, Refused, bad_request
 from pdp.model.facts import REAL_TEXT, Id, MunicipalityCode, is_real_text
+from pdp.rights.report import subject_accesses
 from pdp.service.runtime import Runtime
 
 router = APIRouter()
@@ -171,43 +170,9 @@ async def report(
     await read_recorded(runtime, caller, request, "client_report",
                         {"client": client, "include_users": include_users},
                         justification, len(rows))
-    return {"client": client, "accesses": summarise(runtime.facts.index, rows, include_users),
+    return {"client": client,
+            "accesses": subject_accesses(runtime.facts.index, rows, include_users),
             "employee_identities": include_users}
-
-
-def summarise(index: FactView, rows: list[dict[str, Any]], include_users: bool
-              ) -> list[dict[str, Any]]:
-    """Accesses per day, organisation and purpose: what categories and actions."""
-    groups: dict[tuple[str, str, str], dict[str, set[str]]] = defaultdict(
-        lambda: defaultdict(set))
-    for row in rows:
-        day = from_micros(row["at_us"]).date().isoformat()
-        key = (day, row["user_municipality"] or "", row["purpose"] or "")
-        groups[key]["categories"].add(row["category"] or "")
-        groups[key]["actions"].add(row["action"] or "")
-        if include_users and row["user_id"]:
-            groups[key]["users"].add(row["user_id"])
-    out = []
-    for (day, code, purpose), sets in sorted(groups.items()):
-        entry: dict[str, Any] = {
-            "date": day,
-            "organisation": {"municipality": code, "name": municipality_name(index, code)},
-            "purpose": purpose,
-            "categories": sorted(sets["categories"]),
-            "actions": sorted(sets["actions"]),
-        }
-        if include_users:
-            entry["users"] = sorted(sets["users"])
-        out.append(entry)
-    return out
-
-
-def municipality_name(index: FactView, code: str) -> str | None:
-    for area in index.areas.values():
-        for municipality in area.municipalities:
-            if municipality.code == code:
-                return municipality.name
-    return None
 
 
 @router.get("/v1/monitoring/samples")

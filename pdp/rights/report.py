@@ -9,7 +9,7 @@ grow with the number of records.
 from __future__ import annotations
 
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from html import escape
@@ -17,7 +17,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from pdp.audit.log import AuditLog
-from pdp.model.clock import to_micros
+from pdp.engine.factindex import FactView
+from pdp.model.clock import from_micros, to_micros
 
 ZONE = ZoneInfo("Europe/Helsinki")
 UNKNOWN = "—"  # records without a user municipality
@@ -227,3 +228,40 @@ def monthly_report(log: AuditLog, cases: list[dict[str, Any]], month: str,
         f'{_card("Municipalities", len(codes), "municipalities")}</div>'
         f'{summary_table}</section>'
         + "".join(sections) + "</main></body></html>\n")
+
+
+def subject_accesses(index: FactView, rows: list[dict[str, Any]], include_users: bool
+                     ) -> list[dict[str, Any]]:
+    """The data subject's report (`GET /v1/audit/clients/{client}/report`): a client's
+    accesses per day, organisation and purpose, with the categories and actions (and,
+    when asked, the employees)."""
+    groups: dict[tuple[str, str, str], dict[str, set[str]]] = defaultdict(
+        lambda: defaultdict(set))
+    for row in rows:
+        day = from_micros(row["at_us"]).date().isoformat()
+        key = (day, row["user_municipality"] or "", row["purpose"] or "")
+        groups[key]["categories"].add(row["category"] or "")
+        groups[key]["actions"].add(row["action"] or "")
+        if include_users and row["user_id"]:
+            groups[key]["users"].add(row["user_id"])
+    out = []
+    for (day, code, purpose), sets in sorted(groups.items()):
+        entry: dict[str, Any] = {
+            "date": day,
+            "organisation": {"municipality": code, "name": municipality_name(index, code)},
+            "purpose": purpose,
+            "categories": sorted(sets["categories"]),
+            "actions": sorted(sets["actions"]),
+        }
+        if include_users:
+            entry["users"] = sorted(sets["users"])
+        out.append(entry)
+    return out
+
+
+def municipality_name(index: FactView, code: str) -> str | None:
+    for area in index.areas.values():
+        for municipality in area.municipalities:
+            if municipality.code == code:
+                return municipality.name
+    return None
