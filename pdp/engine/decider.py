@@ -155,8 +155,7 @@ class Decider(Generic[P]):
         """Use a new compiled policy from the next decision on (atomic)."""
         self.policy = policy
 
-    def _stamps(self, user: str, client: str, facts: FactView | None = None) -> Stamps:
-        facts = self.facts if facts is None else facts
+    def _stamps(self, user: str, client: str, facts: FactView) -> Stamps:
         user_fact = facts.users.get(user)
         municipality = user_fact.municipality if user_fact else ""
         agreement = facts.agreements.get(municipality)
@@ -165,7 +164,7 @@ class Decider(Generic[P]):
                 facts.stamp("area", area), facts.stamp("client", client))
 
     def _hit(self, policy: Evaluator, key: Key, stamps: Stamps, now_us: int,
-             version: int | None = None, count: bool = True) -> DecisionTable | None:
+             version: int, count: bool = True) -> DecisionTable | None:
         """The memoised table, if it is still the answer (inside `facts.reading()`);
         `count`: count the hit (else the caller counts it)."""
         memo = self._memo.get(key)
@@ -176,7 +175,7 @@ class Decider(Generic[P]):
                 self.hits += 1
                 if self.metrics:
                     self.metrics.cache_hits.inc()
-            return memo.table.at_version(self.facts.version if version is None else version)
+            return memo.table.at_version(version)
         return None
 
     def memoised(self, request: DecisionRequest, now: datetime | None = None
