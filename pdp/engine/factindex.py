@@ -139,10 +139,11 @@ class FactView(Protocol):
 
     Get one from `FactIndex.reading()`: inside that `with` block every read is of one
     version (the decider and search open such a block and decide over the view; what
-    the block holds, and when a writer waits, is this module's alone). A reader that makes single reads and checks them
-    later — the rights procedure, whose plans carry the versions they read; the misuse
-    detector — may hold the index as a FactView outside a block: each read is atomic.
-    Read-only by type: the mappings are the index's own, never copies."""
+    the block holds, and when a writer waits, is this module's alone). A reader that
+    makes single reads and checks them later (the rights procedure, whose plans carry
+    the versions they read; the misuse detector) may hold the index as a FactView
+    outside a block: each read is atomic. Read-only by type: the mappings are the
+    index's own, never copies."""
 
     @property
     def version(self) -> int: ...
