@@ -15,7 +15,7 @@ from pdp.engine.core import DecisionRequest, check_policy, decide
 from pdp.engine.decider import Asker, Decider
 from pdp.engine.factindex import FactIndex
 from pdp.engine.facts_service import parse_batch
-from pdp.engine.policy_engine import load_policy
+from pdp.engine.policy_engine import CompiledPolicy, load_policy
 from pdp.service.demo import demo_facts, demo_grant_facts
 from pdp.service.settings import DEFAULT_POLICY_DIR
 from pdp.store.protocols import ChangeRecord
@@ -31,16 +31,22 @@ def per_call(fn: Callable[[], object], seconds: float) -> float:
     return (time.perf_counter() - started) / calls
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=2.0)
-    seconds = parser.parse_args().seconds
-    now = datetime.now(UTC)
+def demo_world(now: datetime) -> tuple[FactIndex, CompiledPolicy]:
+    """The demo world's facts in an index, and the shipped policy, checked."""
     index = FactIndex()
     index.apply([ChangeRecord(1, c.kind, c.id, c.data) for c in parse_batch(
         demo_facts(now) + demo_grant_facts(now))])
     policy = load_policy(DEFAULT_POLICY_DIR)
     check_policy(policy)
+    return index, policy
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=2.0)
+    seconds = parser.parse_args().seconds
+    now = datetime.now(UTC)
+    index, policy = demo_world(now)
     allow = DecisionRequest("u-1001", "c-749-001", "service_needs_plans", "read", "coaching")
     early_deny = DecisionRequest("nobody", "c-749-001", "name_contact", "read", "coaching")
     decider = Decider(policy, index)

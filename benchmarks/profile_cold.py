@@ -20,16 +20,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from bench_core import demo_world
 
-from pdp.engine.core import check_policy
-from pdp.engine.factindex import FactIndex
-from pdp.engine.facts_service import parse_batch
-from pdp.engine.policy_engine import load_policy, var
+from pdp.engine.policy_engine import var
 from pdp.engine.policy_input import policy_record, record_shape
 from pdp.model.clock import to_micros
-from pdp.service.demo import demo_facts, demo_grant_facts
-from pdp.service.settings import DEFAULT_POLICY_DIR
-from pdp.store.protocols import ChangeRecord
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -43,11 +38,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     rounds = parser.parse_args().rounds
     now = datetime.now(UTC)
-    index = FactIndex()
-    index.apply([ChangeRecord(1, c.kind, c.id, c.data) for c in parse_batch(
-        demo_facts(now) + demo_grant_facts(now))])
-    policy = load_policy(DEFAULT_POLICY_DIR)
-    check_policy(policy)
+    index, policy = demo_world(now)
     now_us = to_micros(now)
     with index.reading() as view:
         pairs = [(u, c) for u in sorted(view.users) for c in sorted(view.clients)]
