@@ -180,21 +180,11 @@ class Decider(Generic[P]):
 
     def memoised(self, request: DecisionRequest, now: datetime | None = None
                  ) -> Decision | None:
-        """The decision if it is memoised (microseconds, no policy query), else None: the
-        service decides such requests on its event loop and the others in a thread."""
-        started = time.perf_counter()
-        now_us = to_micros(now or self.clock())
-        with self.facts.reading() as view:
-            table = self._hit(self.policy, (request.user, request.client, request.purpose,
-                                            request.owner),
-                              self._stamps(request.user, request.client, view), now_us,
-                              view.version)
-        if table is None:
-            return None
-        made = table.pick(request.category, request.action)
-        if self.metrics:
-            self.metrics.decision_seconds.observe(time.perf_counter() - started)
-        return made
+        """The decision if it is memoised (no policy query), else None: a probe of the
+        memo, `prepare_memoised` for one request without its audit record."""
+        prepared = self.prepare_memoised([request], now or self.clock())
+        table = None if prepared is None else prepared.items[0].table
+        return None if table is None else table.pick(request.category, request.action)
 
     def table(self, user: str, client: str, purpose: str,
               now: datetime | None = None, owner: str = "") -> DecisionTable:
