@@ -204,7 +204,7 @@ def search_figures(policy: CompiledPolicy, index: FactIndex, want: int) -> dict[
     return {"user": user, "purpose": purpose, "related_clients": related,
             "results": results, "cold_first_page_ms": cold_first, "cold_all_pages_ms": cold_all,
             "warm_first_page_ms": warm_first, "warm_all_pages_ms": warm_all,
-            "policy_queries": decider.misses - decider.shape_hits}
+            "policy_queries": decider.queries}
 
 
 # -- the summary -------------------------------------------------------------------------

@@ -14,6 +14,14 @@
 # reason holds for every category and action (twenty solutions would cost twenty times
 # the work in the Polar VM, which is slow per step: keep the rules lean).
 #
+# Written in this form, `decision` is asked in two stages (pdp/engine/policy_vet.py
+# `stage_plan`): `failing` about a record of only the fields rules 1-8 read, and, when
+# none fails, `category_outcome` about a record of only the fields rules 9-11 read; each
+# answer is kept by the shape of its smaller record, so rules 9-11 are asked once per
+# user's rights and purpose rather than once per client. The reload gate checks on
+# random records that the stages answer exactly as `decision` asked whole does. Change
+# the two clauses of `decision` and it is asked whole, as before.
+#
 # The input `r` is a flat record made by pdp/engine/policy_input.py from the facts:
 #   now                        decision time, integer microseconds since the epoch
 #   user_known, user_id, user_status, user_municipality, user_tasks, user_client_id
@@ -55,6 +63,10 @@
 decision(r, _category, _action, reason, "") if
     failing(r, reason) and cut;
 decision(r, category, action, reason, grant) if
+    category_outcome(r, category, action, reason, grant);
+
+# Rules 9-11, for every category and action (when none of rules 1-8 fails).
+category_outcome(r, category, action, reason, grant) if
     category(category) and
     category_decision(r, category, action, reason, grant);
 

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from pdp.engine.factindex import FactIndex
 from pdp.engine.policy_engine import Evaluator, Outcome, PolicyError
-from pdp.engine.policy_input import Record, policy_record, time_window
+from pdp.engine.policy_input import Record, narrowed, policy_record, time_window
 from pdp.model.clock import to_micros
 from pdp.model.vocab import ACTIONS, CATEGORIES, REASONS
 
@@ -97,6 +97,38 @@ def evaluate_outcomes(policy: Evaluator, record: Record) -> Outcomes | None:
         return _table(policy.evaluate(record))
     except PolicyError:
         return None
+
+
+def gate_outcomes(policy: Evaluator, record: Record) -> Outcomes | None:
+    """The first stage of a staged decision (policy_vet.StagePlan) about a record
+    narrowed to its fields: the failing rule's outcome for every category and action,
+    {} when none fails, None if the policy failed."""
+    try:
+        failing = policy.gate(record)  # type: ignore[attr-defined]
+    except PolicyError:
+        return None
+    return {} if failing is None else _table([failing])
+
+
+def table_outcomes(policy: Evaluator, record: Record) -> Outcomes | None:
+    """The second stage, about a record narrowed to its fields: every category x action
+    outcome of rules 9-11; None if the policy failed."""
+    try:
+        return _table(policy.category_outcomes(record))  # type: ignore[attr-defined]
+    except PolicyError:
+        return None
+
+
+def staged_outcomes(policy: Evaluator, record: Record) -> Outcomes | None:
+    """`evaluate_outcomes` asked in the two stages of a staged decision, each about the
+    record narrowed to the fields its rules read, without any memo: what the decider
+    does (keeping each stage's answers by shape), to be compared with the plain query
+    (pdp.engine.shape_check in the reload gate; the property tests)."""
+    plan = policy.plan  # type: ignore[attr-defined]
+    gate = gate_outcomes(policy, narrowed(record, plan.gate_fields))
+    if gate is None or gate:
+        return gate
+    return table_outcomes(policy, narrowed(record, plan.table_fields))
 
 
 def table_for(policy: Evaluator, record: Record, outcomes: Outcomes | None,

@@ -37,12 +37,15 @@ from pdp.engine.core import (
     DecisionTable,
     Outcomes,
     evaluate_outcomes,
+    gate_outcomes,
     table_for,
+    table_outcomes,
 )
 from pdp.engine.factindex import FactIndex, FactView
 from pdp.engine.metrics import Metrics
 from pdp.engine.policy_engine import Evaluator
-from pdp.engine.policy_input import Record, policy_record, record_shape
+from pdp.engine.policy_input import Record, narrowed, policy_record, record_shape
+from pdp.engine.policy_vet import StagePlan
 from pdp.engine.records import AuditRecord, new_record_id
 from pdp.model.clock import to_micros, utcnow
 from pdp.model.errors import INVALID_REQUEST
@@ -146,6 +149,7 @@ class Decider(Generic[P]):
         # Deciders of one policy over other worlds (the suites' cases) may share them.
         self._shapes: dict[bytes, tuple[str, Outcomes]] = {} if shapes is None else shapes
         self.shape_hits = 0
+        self.queries = 0  # policy queries asked (a staged decision may ask two)
         self.hits = 0
         self.misses = 0
         # The candidate policies shadowing this one (the service sets it).
@@ -220,29 +224,55 @@ class Decider(Generic[P]):
         return table
 
     def _outcomes(self, policy: Evaluator, record: Record) -> Outcomes | None:
-        """The outcomes of a record: the policy's answer for its shape (asked once per
-        shape and policy version), with the grant ids renamed back."""
-        key, shape, back = record_shape(record)
-        shaped = self._shapes.get(key)
-        if shaped is not None and shaped[0] == policy.version:
+        """The outcomes of a record: the policy's answers for its shape (asked once per
+        shape and policy version), with the grant ids renamed back. A policy with a
+        stage plan (policy_vet.stage_plan) is asked in its two stages, each about the
+        record narrowed to the fields it reads and kept by that smaller record's shape:
+        rules 9-11 are then asked once per user's rights, purpose and the few client
+        facts they read, not once per client."""
+        plan: StagePlan | None = getattr(policy, "plan", None)
+        asked = self.queries
+        if plan is None:
+            outcomes = self._by_shape(policy, b"d", record, evaluate_outcomes)
+        else:
+            outcomes = self._by_shape(policy, b"g", narrowed(record, plan.gate_fields),
+                                      gate_outcomes)
+            if outcomes is not None and not outcomes:  # no rule of 1-8 fails
+                outcomes = self._by_shape(policy, b"t",
+                                          narrowed(record, plan.table_fields),
+                                          table_outcomes)
+        if self.queries == asked:
             self.shape_hits += 1
             if self.metrics:
                 self.metrics.shape_hits.inc()
-            outcomes: Outcomes | None = shaped[1]
+        elif self.metrics:
+            self.metrics.shape_misses.inc()
+        return outcomes
+
+    def _by_shape(self, policy: Evaluator, stage: bytes, record: Record,
+                  ask: Callable[[Evaluator, Record], Outcomes | None]) -> Outcomes | None:
+        """`ask` about a record's shape, or its answer kept from before, renamed back."""
+        shape_key, shape, back = record_shape(record)
+        key = stage + shape_key
+        shaped = self._shapes.get(key)
+        if shaped is not None and shaped[0] == policy.version:
+            outcomes: Outcomes = shaped[1]
         else:
+            self.queries += 1
             if self.metrics:
-                self.metrics.shape_misses.inc()
                 self.metrics.policy_queries.inc()
-            outcomes = evaluate_outcomes(policy, shape)
-            if outcomes is None:
+            found = ask(policy, shape)
+            if found is None:
                 return None
+            outcomes = found
             if len(self._shapes) >= self.cache_size:
                 with contextlib.suppress(RuntimeError, StopIteration):
                     self._shapes.pop(next(iter(self._shapes)), None)
             self._shapes[key] = (policy.version, outcomes)
-        assert outcomes is not None
-        return {key: (reason, back.get(grant, grant))
-                for key, (reason, grant) in outcomes.items()}
+        if not back:
+            return outcomes
+        return {pair: (reason, back.get(grant, grant))
+                for pair, (reason, grant) in outcomes.items()}
 
     def decide(self, request: DecisionRequest, now: datetime | None = None) -> Decision:
         started = time.perf_counter()

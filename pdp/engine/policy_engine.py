@@ -36,7 +36,15 @@ from polar.ffi import PolarSource
 from polar.predicate import Predicate
 from polar.query import Query
 
-from pdp.engine.policy_vet import ShapeBroken, UnsafePolicy, vet_sources
+from pdp.engine.policy_vet import (
+    GATE_RULE,
+    TABLE_RULE,
+    ShapeBroken,
+    StagePlan,
+    UnsafePolicy,
+    stage_plan,
+    vet_sources,
+)
 
 log = logging.getLogger(__name__)
 
@@ -168,11 +176,14 @@ class CompiledPolicy:
     """A loaded, checked policy. Immutable after construction; safe to share across threads."""
 
     def __init__(self, files: Sequence[Path], version: str, polar: Polar,
-                 sources: Mapping[str, str] | None = None) -> None:
+                 sources: Mapping[str, str] | None = None,
+                 plan: StagePlan | None = None) -> None:
         self.files = tuple(files)
         self.version = version
         # The text of each file as loaded, by file name.
         self.sources: Mapping[str, str] = dict(sources or {})
+        # How `decision` may be asked in two stages (policy_vet.stage_plan), if it may.
+        self.plan = plan
         self._polar = polar
         self._lock = threading.Lock()
 
@@ -191,6 +202,19 @@ class CompiledPolicy:
         except PolarError as error:
             raise PolicyError(f"evaluation failed: {error}") from error
         return outcomes
+
+    def gate(self, record: Mapping[str, Any]) -> Outcome | None:
+        """The first stage of a staged decision: the first answer of `failing` (rules
+        1-8) as the outcome of every category and action, or None when none fails."""
+        found = self.first(GATE_RULE, dict(record), Variable("reason"))
+        return None if found is None else Outcome(None, None, found["reason"], "")
+
+    def category_outcomes(self, record: Mapping[str, Any]) -> list[Outcome]:
+        """The second stage: every answer of `category_outcome` (rules 9-11)."""
+        return [Outcome(_bound(b["category"]), _bound(b["action"]), b["reason"], b["grant"])
+                for b in self.every(TABLE_RULE, dict(record), Variable("category"),
+                                    Variable("action"), Variable("reason"),
+                                    Variable("grant"))]
 
     def every(self, rule: str, *args: Any) -> list[dict[str, Any]]:
         """The bindings of every answer to rule(*args) (variables made by `var`)."""
@@ -280,4 +304,5 @@ def compile_sources(sources: Mapping[str, str], directory: Path | str = ".") -> 
     warnings = _ALLOW_WARNING.sub("", printed.getvalue()).strip()
     if warnings:
         log.warning("policy: %s", warnings)
-    return CompiledPolicy(files, sources_version(sources), polar, dict(ordered))
+    plan, _ = stage_plan(dict(ordered))
+    return CompiledPolicy(files, sources_version(sources), polar, dict(ordered), plan)

@@ -7,6 +7,7 @@ in force, in the area, necessary — is the policy's. See the header of policies
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -109,14 +110,17 @@ def record_shape(record: Record) -> tuple[bytes, Record, dict[str, str]]:
     relationship (the invariants in the header of policies/rules.polar), so records of
     one shape get one answer; the decider asks the policy once per shape. Returns the
     shape as canonical JSON (a key), the shape itself (to ask the policy about) and the
-    renaming back, token -> id, for the grant ids in the answer."""
-    now: int = record["now"]
+    renaming back, token -> id, for the grant ids in the answer. A record `narrowed` to
+    the fields of one stage of a staged decision is shaped the same way, field by field
+    (a relationship is then left out by municipality or purpose only if the stage reads
+    them)."""
+    now: int = record.get("now", 0)
 
     def side(moment: int) -> int:
         return (moment > now) - (moment < now)
 
     names: dict[str, str] = {}
-    user = record["user_id"]
+    user = record.get("user_id")
 
     def name(value: str) -> str:
         if not value:
@@ -126,31 +130,59 @@ def record_shape(record: Record) -> tuple[bytes, Record, dict[str, str]]:
             token = names[value] = f"#{len(names)}"
         return token
 
-    shape = {
-        **record,
-        "now": 0,
-        "user_id": name(record["user_id"]),
-        "user_client_id": name(record["user_client_id"]),
-        "client_id": name(record["client_id"]),
-        "user_municipality": name(record["user_municipality"]),
-        "client_home": name(record["client_home"]),
-        "record_owner": name(record["record_owner"]),
-        "area_municipalities": sorted(name(m) for m in record["area_municipalities"]),
-        "agreement_ends_at": side(record["agreement_ends_at"]),
-        "grants": [{**grant, "id": name(grant["id"]),
-                    "valid_from": side(grant["valid_from"]),
-                    "valid_until": side(grant["valid_until"]),
-                    "recertify_by": side(grant["recertify_by"])}
-                   for grant in record["grants"]],
-        "relationships": [orjson.loads(rel) for rel in sorted({
-            orjson.dumps({**rel, "municipality": name(rel["municipality"]),
-                          "starts_at": side(rel["starts_at"]), "ends_at": side(rel["ends_at"]),
-                          "assigned_users": sorted({name(u) if u == user else OTHERS
-                                                    for u in rel["assigned_users"]})},
-                         option=orjson.OPT_SORT_KEYS)
+    shape = dict(record)
+    if "now" in record:
+        shape["now"] = 0
+    for field in _NAMED:
+        if field in record:
+            shape[field] = name(record[field])
+    if "area_municipalities" in record:
+        shape["area_municipalities"] = sorted(name(m) for m in record["area_municipalities"])
+    if "agreement_ends_at" in record:
+        shape["agreement_ends_at"] = side(record["agreement_ends_at"])
+    if "grants" in record:
+        shape["grants"] = [_shaped_item(grant, name, side, user)
+                           for grant in record["grants"]]
+    if "relationships" in record:
+        municipality = record.get("user_municipality")
+        purpose = record.get("purpose")
+        shape["relationships"] = [orjson.loads(rel) for rel in sorted({
+            orjson.dumps(_shaped_item(rel, name, side, user), option=orjson.OPT_SORT_KEYS)
             for rel in record["relationships"]
-            if rel["municipality"] == record["user_municipality"]
-            and rel["service"] == record["purpose"]})],
-    }
+            if (municipality is None or rel.get("municipality") == municipality)
+            and (purpose is None or rel.get("service") == purpose)})]
     return (orjson.dumps(shape, option=orjson.OPT_SORT_KEYS), shape,
             {token: value for value, token in names.items()})
+
+
+# The ids and codes of the record renamed in a shape, in this order (record_shape).
+_NAMED = ("user_id", "user_client_id", "client_id", "user_municipality", "client_home",
+          "record_owner")
+
+
+def _shaped_item(item: Record, name: Callable[[str], str], side: Callable[[int], int],
+                 user: str | None) -> Record:
+    """A grant or a relationship as record_shape has it: ids and codes renamed,
+    timestamps -1/0/1 around now, of the assigned users only the user and OTHERS."""
+    shaped = dict(item)
+    for field in ("id", "municipality"):
+        if field in item:
+            shaped[field] = name(item[field])
+    for field in ("valid_from", "valid_until", "recertify_by", "starts_at", "ends_at"):
+        if field in item:
+            shaped[field] = side(item[field])
+    if "assigned_users" in item:
+        shaped["assigned_users"] = sorted({name(u) if u == user else OTHERS
+                                           for u in item["assigned_users"]})
+    return shaped
+
+
+def narrowed(record: Record, fields: frozenset[str]) -> Record:
+    """The record with only these fields, of it and of each of its grants and
+    relationships: the input of one stage of a staged decision (policy_vet.StagePlan)."""
+    out = {field: value for field, value in record.items() if field in fields}
+    for listed in ("grants", "relationships"):
+        if listed in out:
+            out[listed] = [{field: value for field, value in item.items() if field in fields}
+                           for item in out[listed]]
+    return out

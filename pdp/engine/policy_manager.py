@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from pdp.engine.core import check_policy
 from pdp.engine.policy_engine import CompiledPolicy, Evaluator, PolicyError, load_policy
 from pdp.engine.policy_tests import Report, SuiteError, load_suites, run_suites
-from pdp.engine.shape_check import shape_mismatches
+from pdp.engine.shape_check import STAGED, shape_mismatches
 from pdp.model.clock import utcnow
 from pdp.model.errors import POLICY_REJECTED, Refused
 from pdp.store.protocols import BusUnavailable, Event
@@ -126,8 +126,14 @@ def vet_policy(policy: Evaluator, suites_dir: Path, failure: Callable[[], str] =
 def check_shapes(policy: Evaluator) -> None:
     """PolicyRejected if the policy answers two records of one shape differently (the
     property check of pdp.engine.shape_check): the decision cache would serve one
-    record the answer of another."""
+    record the answer of another; or if, asked in two stages, it answers a record
+    otherwise than asked whole."""
     mismatches = shape_mismatches(policy)
+    if mismatches and mismatches[0].change == STAGED:
+        raise PolicyRejected(
+            "asked in two stages, the policy answers otherwise than `decision` asked "
+            "whole, so the service would decide otherwise than its rules: "
+            + mismatches[0].describe()["message"], [m.describe() for m in mismatches])
     if mismatches:
         raise PolicyRejected(
             "the policy answers records of one shape differently, so the decision cache "

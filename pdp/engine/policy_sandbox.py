@@ -35,6 +35,7 @@ from typing import IO, Any
 
 import orjson
 
+from pdp.engine.core import Outcomes
 from pdp.engine.policy_engine import Outcome, PolicyError
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -189,6 +190,22 @@ class SandboxedPolicy:
         return [Outcome(o[0], o[1], str(o[2]), str(o[3])) for o in answer["outcomes"]]
 
 
+    def staged(self, record: Mapping[str, Any]) -> tuple[bool, Outcomes | None]:
+        """Whether the candidate would be asked in stages once live (it has a stage
+        plan), and if so its outcomes asked that way (None: the policy failed), from
+        the child (pdp.engine.core.staged_outcomes there)."""
+        with self._lock:
+            if self._process is None:
+                self._start()
+            answer = self._ask({"staged": dict(record)}, self.limits.query_wall_seconds)
+        if "error" in answer:
+            raise PolicyError(str(answer["error"].get("message", "the query failed")))
+        listed = answer.get("staged")
+        outcomes = None if listed is None else {
+            (str(c), str(a)): (str(reason), str(grant)) for c, a, reason, grant in listed}
+        return bool(answer.get("plan")), outcomes
+
+
 def _read_line(stream: IO[bytes], seconds: float) -> bytes:
     """One line from the child, waiting at most `seconds` (TimeoutError)."""
     deadline = time.monotonic() + seconds
@@ -234,7 +251,7 @@ def _confine(limits: Mapping[str, int]) -> None:
 def _child(argv: list[str]) -> int:
     # Everything the child needs is imported before it confines itself (it may not be
     # able to read the interpreter's files afterwards).
-    from pdp.engine.core import _table  # noqa: F401 - imported for its own imports
+    from pdp.engine.core import _table, staged_outcomes  # noqa: F401 - and their imports
     from pdp.engine.policy_engine import CompiledPolicy, compile_sources
 
     limits = orjson.loads(argv[0])
@@ -259,6 +276,12 @@ def _child(argv: list[str]) -> int:
             if "load" in message:
                 policy = compile_sources(message["load"], message.get("directory", "."))
                 answer({"version": policy.version})
+            elif "staged" in message and policy is not None:
+                staged = (None if policy.plan is None
+                          else staged_outcomes(policy, message["staged"]))
+                answer({"staged": None if staged is None else [
+                    [c, a, reason, grant] for (c, a), (reason, grant) in staged.items()],
+                    "plan": policy.plan is not None})
             elif "evaluate" in message and policy is not None:
                 outcomes = policy.evaluate(message["evaluate"])
                 answer({"outcomes": [[o.category, o.action, o.reason, o.grant]

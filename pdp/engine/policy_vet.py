@@ -145,6 +145,13 @@ class _RuleUse:
     # strings compared with a variable or a rule's result: what an id may be tested
     # against out of the text's sight (pdp.engine.shape_check puts them in its records)
     compared: set[str] = dataclass_field(default_factory=set)
+    # the fields it looks up (`x.field`), and where it could see an input whole (a
+    # dictionary written out, `in` over something other than a field or a list): what
+    # a staged decision may leave out of a stage's record (`stage_plan`)
+    fields: set[str] = dataclass_field(default_factory=set)
+    whole: list[tuple[int, str]] = dataclass_field(default_factory=list)
+    # its tokens, from the head to the `;` (the form of `decision`, `stage_plan`)
+    tokens: tuple[str, ...] = ()
 
 
 def _kind(value: _Value) -> str | None:
@@ -410,6 +417,9 @@ class _Parser:
             self.i += 1
             left = self.last
             depth = self.deeper(max(depth, operand()) + 1, start)
+            if operator == "in" and self.last[0] not in ("field", "list", "empty"):
+                self.current.whole.append((start, "`in` over something other than a "
+                                                  "field or a list written out"))
             problem = _misuse(operator, left, self.last)
             if problem is not None:
                 self.current.findings.append((start, problem))
@@ -438,6 +448,7 @@ class _Parser:
             raise _Refused(self.offset(), "a resource block or declaration "
                                           "(only rules are allowed)")
         self.take("(")
+        first = self.i - 2
         self.current = _RuleUse(head.text, set(), [], {}, [])
         self.rules.append(self.current)
         if not self.at(")"):
@@ -454,6 +465,7 @@ class _Parser:
         elif self.at(":="):
             raise _Refused(self.offset(), "`:=` after a rule head (write `if`)")
         self.take(";", "';' at the end of the rule")
+        self.current.tokens = tuple(token.text for token in self.tokens[first:self.i])
 
     def parameter(self, position: int) -> None:
         self.additive()
@@ -527,6 +539,7 @@ class _Parser:
                 raise _Refused(field.offset, f"the attribute `.{field.text}` (a policy reads "
                                              f"only the fields of its input)")
             self.last = ("field", field.text)
+            self.current.fields.add(field.text)
             depth = self.deeper(depth + 1, start)
         return depth
 
@@ -658,6 +671,7 @@ class _Parser:
                 self.take(",")
             self.take("}", "'}'")
             self.leave()
+            self.current.whole.append((token.offset, "a dictionary written out"))
             self.last = ("dict", "")
             return self.deeper(depth + 1, token.offset)
         what = "a rest variable `*x`" if token.kind == "*" else repr(token.text)
@@ -761,3 +775,55 @@ def vet_sources(sources: Mapping[str, str] | Iterable[tuple[str, str]]) -> None:
     broken = shape_violations((file, text, rules) for file, text, _, rules in read)
     if broken:
         raise ShapeBroken(broken)
+
+
+# -- a decision in two stages ---------------------------------------------------------------
+# A `decision` written in exactly this form (as policies/rules.polar writes it) is the
+# first answer of `failing` for every category and action, or else every answer of
+# `category_outcome`: the service may ask the two apart, each about a record holding only
+# the fields its rules read, and keep each answer by the shape of that smaller record
+# (pdp.engine.decider). Any other form of `decision` is asked whole.
+GATE_RULE = "failing"
+TABLE_RULE = "category_outcome"
+STAGED_DECISION = (
+    'decision(r, _category, _action, reason, "") if failing(r, reason) and cut;',
+    "decision(r, category, action, reason, grant) if "
+    "category_outcome(r, category, action, reason, grant);",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StagePlan:
+    """How to ask a `decision` of the staged form: the fields each stage's rules read
+    (of the decision record, of a grant, of a relationship; one name space)."""
+
+    gate_fields: frozenset[str]
+    table_fields: frozenset[str]
+
+
+def _fields_of(rules: list[_RuleUse], entry: str) -> tuple[frozenset[str], list[str]]:
+    """The fields the rules `entry` reaches look up, and where they could see an input
+    whole (then a record narrowed to those fields could be answered differently)."""
+    reached = _reached(rules, entry)
+    fields: set[str] = set()
+    whole: list[str] = []
+    for rule in rules:
+        if rule.name in reached:
+            fields |= rule.fields
+            whole += [f"{rule.name}: {what}" for _, what in rule.whole]
+    return frozenset(fields), whole
+
+
+def stage_plan(sources: Mapping[str, str]) -> tuple[StagePlan | None, str]:
+    """The plan for asking this policy's `decision` in two stages, or None and why not
+    (the policy is then asked whole, as always correct). Assumes `vet_sources` passed."""
+    rules = [rule for file, text in sorted(sources.items()) for rule in _read(file, text)[1]]
+    clauses = [rule.tokens for rule in rules if rule.name == "decision"]
+    expected = [tuple(token.text for token in _tokens(clause)) for clause in STAGED_DECISION]
+    if clauses != expected:
+        return None, "`decision` is not written in the staged form"
+    gate, gate_whole = _fields_of(rules, GATE_RULE)
+    table, table_whole = _fields_of(rules, TABLE_RULE)
+    if gate_whole or table_whole:
+        return None, f"a stage's rules could see the record whole ({(gate_whole + table_whole)[0]})"
+    return StagePlan(gate, table), ""

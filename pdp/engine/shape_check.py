@@ -12,6 +12,11 @@ its mate differently is refused before it goes live (the reload gate and a candi
 vetting, pdp.engine.policy_manager.vet_policy). The records are synthetic: nothing of
 the service's facts is read. Ids and codes are drawn partly from the policy's own string
 constants, and now partly from its numbers, so a rule that singles one out is met.
+
+A policy asked in two stages (pdp.engine.policy_vet.stage_plan) is also asked each random
+record both ways: the stages, each about the record narrowed to the fields its rules read,
+must give exactly the outcomes of `decision` asked whole, or the policy is refused the
+same way.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pdp.engine.core import Outcomes, evaluate_outcomes
+from pdp.engine.core import Outcomes, evaluate_outcomes, staged_outcomes
 from pdp.engine.policy_engine import Evaluator
 from pdp.engine.policy_input import Record, record_shape
 from pdp.engine.policy_vet import compared_strings
@@ -275,18 +280,59 @@ def _differences(policy: Evaluator, record: Record, answers: Outcomes | None, ma
     return found
 
 
+def _staged(policy: Evaluator, record: Record) -> tuple[bool, Outcomes | None]:
+    """Whether the policy is asked in two stages (it has a stage plan), and its outcomes
+    asked that way; a candidate in its sandbox answers from its own process."""
+    ask = getattr(policy, "staged", None)
+    if ask is not None:
+        planned, outcomes = ask(record)
+        return bool(planned), outcomes
+    if getattr(policy, "plan", None) is None:
+        return False, None
+    return True, staged_outcomes(policy, record)
+
+
+def _stage_differences(policy: Evaluator, record: Record, answers: Outcomes | None
+                       ) -> list[Mismatch] | None:
+    """Where the two stages answer a record otherwise than the plain query; None when
+    the policy is not asked in stages."""
+    planned, staged = _staged(policy, record)
+    if not planned:
+        return None
+    if answers is None or staged is None:
+        if (answers is None) == (staged is None):
+            return []
+        return [Mismatch(STAGED, "*", "*", "a failure" if answers is None else "an answer",
+                         "a failure" if staged is None else "an answer")]
+    return [Mismatch(STAGED, c, a, "/".join(filter(None, answers.get((c, a), ("", "")))),
+                     "/".join(filter(None, staged.get((c, a), ("", "")))))
+            for c, a in sorted(set(answers) | set(staged))
+            if answers.get((c, a)) != staged.get((c, a))]
+
+
+# What a stage mismatch says was done to the record (the same record, asked in stages).
+STAGED = "asked in two stages (each stage's record narrowed to the fields it reads)"
+
+
 def shape_mismatches(policy: Evaluator, records: int = RECORDS, seed: int = SEED,
                      most: int = 5) -> list[Mismatch]:
     """Where `policy` answers records of one shape differently (at most `most` of them,
-    the first record that shows any); [] when it keeps the invariants on every record
-    tried. Deterministic for a seed and a policy text."""
+    the first record that shows any), or — a policy asked in two stages — where the
+    stages answer a record otherwise than `decision` asked whole; [] when it keeps the
+    invariants on every record tried. Deterministic for a seed and a policy text."""
     sources: Mapping[str, str] = getattr(policy, "sources", {}) or {}
     rng = random.Random(seed)
     maker = Maker(rng, *policy_constants(sources))
+    staged = True  # until the policy says it is not asked in stages
     for _ in range(records):
         record = maker.record()
         answers = evaluate_outcomes(policy, record)
         mate_seed = rng.randrange(2**32)
+        if staged:
+            differences = _stage_differences(policy, record, answers)
+            if differences:
+                return differences[:most]
+            staged = differences is not None
         if not _differences(policy, record, answers, all_changes(record, mate_seed)):
             continue
         for number, change in enumerate(CHANGES):  # which change shows it, on its own
