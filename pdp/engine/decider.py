@@ -150,6 +150,7 @@ class Decider(Generic[P]):
         self._shapes: dict[bytes, tuple[str, Outcomes]] = {} if shapes is None else shapes
         self.shape_hits = 0
         self.queries = 0  # policy queries asked (a staged decision may ask two)
+        self.warm_queries = 0  # ... and asked ahead of requests (`warm`)
         self.hits = 0
         self.misses = 0
         # The candidate policies shadowing this one (the service sets it).
@@ -230,17 +231,8 @@ class Decider(Generic[P]):
         record narrowed to the fields it reads and kept by that smaller record's shape:
         rules 9-11 are then asked once per user's rights, purpose and the few client
         facts they read, not once per client."""
-        plan: StagePlan | None = getattr(policy, "plan", None)
         asked = self.queries
-        if plan is None:
-            outcomes = self._by_shape(policy, b"d", record, evaluate_outcomes)
-        else:
-            outcomes = self._by_shape(policy, b"g", narrowed(record, plan.gate_fields),
-                                      gate_outcomes)
-            if outcomes is not None and not outcomes:  # no rule of 1-8 fails
-                outcomes = self._by_shape(policy, b"t",
-                                          narrowed(record, plan.table_fields),
-                                          table_outcomes)
+        outcomes = self._answers(policy, record)
         if self.queries == asked:
             self.shape_hits += 1
             if self.metrics:
@@ -249,18 +241,40 @@ class Decider(Generic[P]):
             self.metrics.shape_misses.inc()
         return outcomes
 
+    def _answers(self, policy: Evaluator, record: Record, counted: bool = True
+                 ) -> Outcomes | None:
+        """The outcomes of a record by shape, stage by stage (see `_outcomes`);
+        `counted`: a request's (else a warming's) queries."""
+        plan: StagePlan | None = getattr(policy, "plan", None)
+        if plan is None:
+            return self._by_shape(policy, b"d", record, evaluate_outcomes, counted)
+        outcomes = self._by_shape(policy, b"g", narrowed(record, plan.gate_fields),
+                                  gate_outcomes, counted)
+        if outcomes is not None and not outcomes:  # no rule of 1-8 fails
+            outcomes = self._by_shape(policy, b"t", narrowed(record, plan.table_fields),
+                                      table_outcomes, counted)
+        return outcomes
+
     def _by_shape(self, policy: Evaluator, stage: bytes, record: Record,
-                  ask: Callable[[Evaluator, Record], Outcomes | None]) -> Outcomes | None:
-        """`ask` about a record's shape, or its answer kept from before, renamed back."""
+                  ask: Callable[[Evaluator, Record], Outcomes | None],
+                  counted: bool = True) -> Outcomes | None:
+        """`ask` about a record's shape, or its answer kept from before, renamed back.
+        Kept by policy version too: a version being warmed before it goes live leaves
+        the live one's answers in place."""
         shape_key, shape, back = record_shape(record)
-        key = stage + shape_key
+        key = b"%s %s %s" % (policy.version.encode(), stage, shape_key)
         shaped = self._shapes.get(key)
         if shaped is not None and shaped[0] == policy.version:
             outcomes: Outcomes = shaped[1]
         else:
-            self.queries += 1
-            if self.metrics:
-                self.metrics.policy_queries.inc()
+            if counted:
+                self.queries += 1
+                if self.metrics:
+                    self.metrics.policy_queries.inc()
+            else:
+                self.warm_queries += 1
+                if self.metrics:
+                    self.metrics.warm_queries.inc()
             found = ask(policy, shape)
             if found is None:
                 return None
@@ -273,6 +287,25 @@ class Decider(Generic[P]):
             return outcomes
         return {pair: (reason, back.get(grant, grant))
                 for pair, (reason, grant) in outcomes.items()}
+
+    def warm(self, keys: Sequence[Key], now: datetime, policy: Evaluator | None = None
+             ) -> int:
+        """Work out the policy's answers for these likely requests ahead of any request
+        (pdp.engine.warming): their records are built from one view and asked about
+        by shape, stage by stage, as a request's would be — nothing is memoised by key,
+        nothing counted as a request's, no audit record. `policy`: a version about to go
+        live (its answers are kept beside the live one's). Returns the queries asked."""
+        policy = self.policy if policy is None else policy
+        now_us = to_micros(now)
+        with self.facts.reading() as view:
+            records = [policy_record(view, user, client, purpose, now_us, owner)
+                       for user, client, purpose, owner in keys]
+        asked = self.warm_queries
+        for record in records:
+            self._answers(policy, record, counted=False)
+        if self.metrics:
+            self.metrics.warm_requests.inc(len(records))
+        return self.warm_queries - asked
 
     def decide(self, request: DecisionRequest, now: datetime | None = None) -> Decision:
         started = time.perf_counter()

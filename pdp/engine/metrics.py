@@ -109,6 +109,21 @@ class Metrics:
         self.cases_open = Gauge(
             "pdp_monitoring_cases_open", "Misuse cases open now.", registry=r,
             multiprocess_mode="mostrecent")
+        self._warming(r)
+
+    def _warming(self, r: CollectorRegistry) -> None:
+        """Decisions worked out ahead of requests (pdp.engine.warming); not counted in
+        the decision or cache metrics, which count what requests asked."""
+        self.warm_requests = Counter(
+            "pdp_warm_requests", "Likely requests whose policy answers were worked out "
+            "ahead of any request.", registry=r)
+        self.warm_queries = Counter(
+            "pdp_warm_policy_queries", "Policy engine queries asked ahead of requests.",
+            registry=r)
+        self.warm_passes = Counter(
+            "pdp_warm_passes", "Passes over the likely requests, by why (start, policy, "
+            "facts) and whether they finished or were cut short.", ["why", "result"],
+            registry=r)
 
     def expose(self) -> bytes:
         """The text exposition: of all workers when they share a multiprocess directory."""

@@ -1,5 +1,5 @@
 """The work a service process does besides answering requests: confirming the facts and
-sharing snapshots, watching the policy files, delivering webhooks.
+sharing snapshots, warming decisions, watching the policy files, delivering webhooks.
 
 Service work, not HTTP: the app's lifespan (pdp.http.app) only enters `running(runtime)`,
 which starts these loops and, on the way out, cancels them and waits for them to end.
@@ -39,10 +39,32 @@ async def poll_store(runtime: Runtime) -> None:
             log.exception("confirming the facts failed")
 
 
+async def warm_decisions(runtime: Runtime, every: float = 1.0) -> None:
+    """Decisions ready before they are asked (pdp.engine.warming): a pass over every
+    user's likely requests at start (serving meanwhile), then, every `every` seconds,
+    over what changed — a new policy version, the users a write touched."""
+    warmer = runtime.warmer
+    assert warmer is not None
+    started = time.monotonic()
+    try:
+        await asyncio.to_thread(warmer.full, "start")
+        log.info("decisions warmed in %.1f s", time.monotonic() - started)
+    except Exception:  # serving goes on unwarmed
+        log.exception("warming the decisions failed")
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await asyncio.to_thread(warmer.follow)
+        except Exception:
+            log.exception("warming the decisions failed")
+
+
 def loops(runtime: Runtime) -> list[Coroutine[Any, Any, None]]:
     """The loops this process runs while it serves, as its settings ask."""
     settings = runtime.settings
     found = [poll_store(runtime)]
+    if runtime.warmer is not None:
+        found.append(warm_decisions(runtime))
     if settings.policy_watch_seconds > 0:
         found.append(watch_policy(runtime, settings.policy_watch_seconds))
     if settings.webhooks:

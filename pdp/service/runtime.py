@@ -19,6 +19,7 @@ from pdp.engine.policy_engine import CompiledPolicy, load_policy, set_query_time
 from pdp.engine.policy_manager import PolicyManager
 from pdp.engine.policy_sandbox import SandboxLimits
 from pdp.engine.shadow import Candidates
+from pdp.engine.warming import Warmer
 from pdp.model.callers import Authenticator
 from pdp.rights.lifecycle import GRANT_STATES, Lifecycle
 from pdp.rights.monitoring import Cases, Monitor, MonitoringConfig, load_config
@@ -44,6 +45,9 @@ class Runtime:
     monitoring: MonitoringConfig
     policies: PolicyManager
     candidates: Candidates
+    # Works out decisions ahead of requests (None: PDP_WARM=false); pdp.service.background
+    # runs its passes.
+    warmer: Warmer | None = None
     # (facts_version, time slot) when the rights were last counted by state (gauges())
     counted: tuple[int, int] = field(default=(-1, -1), repr=False)
 
@@ -125,8 +129,20 @@ def build_runtime(settings: Settings, keys: dict[str, Any]) -> Runtime:
     decider = Decider(policy, facts.index, cache_size=settings.decision_cache_size,
                       metrics=metrics)
 
+    warmer = (Warmer(decider, facts.index, settings.warm_cpu_share, metrics)
+              if settings.warm else None)
+
     def swap(new: CompiledPolicy) -> None:
-        decider.swap_policy(new)
+        if warmer is not None and settings.warm_swap_seconds > 0:
+            # The new version's answers for the likely requests, before it goes live (in
+            # the reloading thread; the live version serves meanwhile).
+            warmed = warmer.full("policy", policy=new,
+                                 deadline=time.monotonic() + settings.warm_swap_seconds)
+            decider.swap_policy(new)
+            if warmed:  # no need for another pass over the same version
+                warmer.warmed_version = new.version
+        else:
+            decider.swap_policy(new)
         metrics.policy_info.clear()
         metrics.policy_info.labels(new.version).set(1)
 
@@ -164,4 +180,4 @@ def build_runtime(settings: Settings, keys: dict[str, Any]) -> Runtime:
                        else store.deployment_secret("fingerprint_key"))
     auth = Authenticator(keys, fingerprint_key=fingerprint_key)
     return Runtime(settings, facts, decider, metrics, auth, lifecycle, audit,
-                   cases, monitoring, policies, candidates)
+                   cases, monitoring, policies, candidates, warmer=warmer)

@@ -57,6 +57,13 @@ class Settings(BaseSettings):
     search_page_budget_seconds: float = Field(default=0.25, gt=0, le=60)
     max_facts_batch: int = 5000
     decision_cache_size: int = 100_000
+    # Decisions ready before they are asked (pdp.engine.warming): worked out in the
+    # background at start, after writes and after a policy reload, using at most this
+    # share of one CPU; a reloaded policy is warmed for up to `warm_swap_seconds` before
+    # it goes live.
+    warm: bool = True
+    warm_cpu_share: float = Field(default=0.5, gt=0, le=1)
+    warm_swap_seconds: float = Field(default=5.0, ge=0, le=600)
     # A candidate policy in shadow: the share of live decisions it also decides, and how
     # many may wait for it (more are dropped and counted).
     shadow_sample_rate: float = Field(default=1.0, ge=0, le=1)
