@@ -20,7 +20,12 @@ from pdp.engine.decider import Asker, Decider
 from pdp.engine.factindex import FactIndex
 from pdp.engine.facts_service import parse_batch
 from pdp.engine.metrics import Metrics
-from pdp.engine.policy_engine import compile_sources, load_policy, read_policy
+from pdp.engine.policy_engine import (
+    CompiledPolicy,
+    compile_sources,
+    load_policy,
+    read_policy,
+)
 from pdp.engine.warming import Likely, Warmer
 from pdp.model.clock import to_micros
 from pdp.service.demo import demo_facts, demo_grant_facts
@@ -121,12 +126,18 @@ def test_warming_counts_nothing_as_a_request() -> None:
     assert decider.hits == decider.misses == decider.shape_hits == 0
 
 
-def test_a_revocation_denies_on_the_very_next_request_after_warming() -> None:
+def warmed() -> tuple[FactIndex, CompiledPolicy, Decider[CompiledPolicy], Warmer]:
+    """The demo world, and a decider over it after a whole pass."""
     index = world()
     policy = load_policy(POLICIES)
     decider = Decider(policy, index, clock=lambda: NOW)
     warmer = Warmer(decider, index, share=1.0, clock=lambda: NOW)
-    warmer.full("start")
+    assert warmer.full("start")
+    return index, policy, decider, warmer
+
+
+def test_a_revocation_denies_on_the_very_next_request_after_warming() -> None:
+    index, policy, decider, warmer = warmed()
     allowed = next(r for r in requests_of(likely_triples(index))
                    if decide(policy, index, r, NOW).decision)
     made = decider.check([allowed], NOW, ASKER).decisions[0]
@@ -140,30 +151,29 @@ def test_a_revocation_denies_on_the_very_next_request_after_warming() -> None:
     after = decider.check([allowed], NOW, ASKER).decisions[0]
     assert not after.decision
     assert after == decide(policy, index, allowed, NOW)
-    # ... and the next pass warms the user's new look.
+    # ... and the next pass warms the user's new look, for their other clients too.
     queries = decider.queries
     warmer.follow()
-    assert decider.check(requests_of([(allowed.user, allowed.client, allowed.purpose,
-                                       allowed.owner)]), NOW, ASKER).decisions
+    requests = requests_of([t for t in likely_triples(index) if t[0] == allowed.user])
+    assert len({r.client for r in requests}) > 1
+    checked = decider.check(requests, NOW, ASKER)
     assert decider.queries == queries
+    for request, made in zip(requests, checked.decisions, strict=True):
+        assert made == decide(policy, index, request, NOW)
 
 
 def test_after_a_write_the_users_it_touched_are_warmed_again() -> None:
-    index = world()
-    policy = load_policy(POLICIES)
-    decider = Decider(policy, index, clock=lambda: NOW)
-    warmer = Warmer(decider, index, share=1.0, clock=lambda: NOW)
-    warmer.full("start")
+    index, policy, decider, warmer = warmed()
     user = next(u for u, found in sorted(index.users.items())
                 if found.status == "active" and len(found.tasks) > 1)
     data = index.users[user].model_dump(mode="json")
-    # A new look: one task fewer (the user's rights no longer cover... the same shapes).
+    # A new look: one task fewer (rule 7 reads the tasks: records of new shapes).
     changed = {**data, "tasks": data["tasks"][:1]}
     index.apply([ChangeRecord(index.version + 1, c.kind, c.id, c.data)
                  for c in parse_batch([{"kind": "user", "id": user, "data": changed}])])
-    warmed = decider.warm_queries
+    asked = decider.warm_queries
     warmer.follow()
-    assert decider.warm_queries > warmed  # the new look was asked about
+    assert decider.warm_queries > asked  # the new look was asked about
     triples = [t for t in likely_triples(index) if t[0] == user]
     assert triples
     requests = requests_of(triples)
@@ -172,9 +182,9 @@ def test_after_a_write_the_users_it_touched_are_warmed_again() -> None:
     for request, made in zip(requests, checked.decisions, strict=True):
         assert made == decide(policy, index, request, NOW)
     # Nothing changed since: following again asks nothing.
-    warmed = decider.warm_queries
+    asked = decider.warm_queries
     warmer.follow()
-    assert decider.warm_queries == warmed
+    assert decider.warm_queries == asked
 
 
 def test_a_new_version_is_warmed_beside_the_live_one_before_it_goes_live() -> None:
