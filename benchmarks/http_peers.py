@@ -83,8 +83,10 @@ def wrk(url: str, bodies: list[str], connections: int, seconds: float,
         return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
     rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    assert rate is not None, out
-    return {"requests_per_s": float(rate.group(1)), "p50_ms": millis("50%"),
+    sent = re.search(r"(\d+) requests in", out)
+    assert rate is not None and sent is not None, out
+    return {"requests_per_s": float(rate.group(1)), "requests": float(sent.group(1)),
+            "bodies": float(len(bodies)), "p50_ms": millis("50%"),
             "p75_ms": millis("75%"), "p90_ms": millis("90%"), "p99_ms": millis("99%")}
 
 
@@ -101,6 +103,25 @@ def settle(url: str, body: str, headers: dict[str, str], timeout: float = 120) -
         started = time.monotonic()
         httpx.post(url, content=body, headers=headers, timeout=timeout).raise_for_status()
         quick = quick + 1 if time.monotonic() - started < 0.05 else 0
+
+
+def warm_passes(base: str) -> float:
+    """How many whole warming passes of its start the server has finished (its
+    pdp_warm_passes_total{why="start",result="finished"}, of all workers)."""
+    text = httpx.get(base + "/metrics", timeout=10).text
+    found = re.findall(r'^pdp_warm_passes_total\{(?=[^}]*result="finished")'
+                       r'(?=[^}]*why="start")[^}]*\}\s+([\d.e+]+)$', text, re.MULTILINE)
+    return sum(float(value) for value in found)
+
+
+def wait_warm(base: str, workers: int = 1, timeout: float = 1800) -> float:
+    """Wait until every worker has finished its start's warming pass; seconds waited."""
+    started = time.monotonic()
+    while warm_passes(base) < workers:
+        if time.monotonic() - started > timeout:
+            raise SystemExit(f"the server did not finish warming in {timeout} s")
+        time.sleep(0.5)
+    return time.monotonic() - started
 
 
 def warm_up(url: str, bodies: list[str], headers: dict[str, str], passes: int = 6) -> None:
@@ -195,8 +216,10 @@ def compare(facts: list[dict[str, Any]], index: FactIndex, mix: list[Request], n
             warm_set: int, batch: int = 100, workers: int = 1) -> dict[str, dict[str, float]]:
     """pdp and Cerbos, cold and warm single evaluations and batches of `batch`: wrk
     figures, one after the other (decisions/s = requests/s x batch for batches). Cold:
-    no request is sent twice (singles: the mix; batches: requests not in the mix);
-    warm: a small set sent over and over."""
+    no request is sent twice (singles: the mix, to a process just ready, warming in the
+    background; batches: requests not in the mix); mix cycled: the whole mix over and
+    over, once the start's warming pass has finished; warm: a small set sent over and
+    over."""
     workdir = Path(tempfile.mkdtemp(prefix="wrk-"))
     ours = [json.dumps(r.authzen()) for r in mix]
     theirs = [json.dumps(cerbos_peer.check_body(index, r.user, [(r.client, r.category,
@@ -222,9 +245,17 @@ def compare(facts: list[dict[str, Any]], index: FactIndex, mix: list[Request], n
             single = base + "/access/v1/evaluation"
             probe = ours[0]
             headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+            ready = time.monotonic()
             settle(single, probe, headers)
+            # A fresh process: its warming pass of the start runs meanwhile.
             results["pdp, cold (no request repeats)"] = wrk(single, ours, connections, seconds,
                                                             workdir)
+            waited = wait_warm(base, workers)
+            results["pdp, warming"] = {"warm_after_ready_s": time.monotonic() - ready,
+                                       "waited_s": waited}
+            settle(single, probe, headers)
+            # The whole mix over and over: a working day's variety, warmed as it serves.
+            results["pdp, mix cycled"] = wrk(single, ours, connections, seconds, workdir)
             settle(single, probe, headers)
             warm_up(single, ours[:warm_set], headers)
             settle(single, probe, headers)
@@ -243,6 +274,7 @@ def compare(facts: list[dict[str, Any]], index: FactIndex, mix: list[Request], n
             url = cerbos.url + "/api/check/resources"
             results["Cerbos, cold (no request repeats)"] = wrk(url, theirs, connections,
                                                                seconds, workdir)
+            results["Cerbos, mix cycled"] = wrk(url, theirs, connections, seconds, workdir)
             results["Cerbos, warm (requests repeat)"] = wrk(url, theirs[:warm_set],
                                                             connections, seconds, workdir)
             results[f"Cerbos, batches of {batch}, cold"] = per_decision(wrk(

@@ -45,12 +45,14 @@ from pdp.engine.decider import Decider
 from pdp.engine.factindex import FactIndex
 from pdp.engine.policy_engine import CompiledPolicy, load_policy
 from pdp.engine.search import search_resources
+from pdp.engine.warming import Warmer
 from pdp.http.app import tune_gc
 from pdp.model.clock import to_micros
 from pdp.service.settings import DEFAULT_POLICY_DIR
 
-WARM, SHAPES, COLD = ("pdp warm (memoised)", "pdp cold, answers by shape kept",
-                      "pdp cold, nothing memoised")
+WARM, WARMED, SHAPES, COLD = (
+    "pdp warm (memoised)", "pdp never asked before, after a warming pass",
+    "pdp cold, answers by shape kept", "pdp first of its shape (policy queries)")
 RAW, CEDAR, CERBOS = ("raw oso (same policies, no caches)", "cedarpy (in process, no caches)",
                       "Cerbos (HTTP round trip, one client)")
 
@@ -122,6 +124,15 @@ def in_process(policy: CompiledPolicy, index: FactIndex, mix: list[Request], sam
     print(f"agreement: cedarpy = pdp on all {len(mix)} requests")
 
     samples: dict[str, list[float]] = {}
+    # As a served process: a warming pass over every user's likely requests, then each
+    # request of the mix the first time it is asked (nothing memoised by key).
+    fresh = Decider(policy, index, clock=lambda: NOW, cache_size=10_000_000)
+    started = time.perf_counter()
+    Warmer(fresh, index, share=1.0, clock=lambda: NOW).full("start")
+    warming = {"seconds": time.perf_counter() - started, "queries": fresh.warm_queries}
+    samples[WARMED] = timed(mix, lambda: fresh.clear(shapes=False),
+                            lambda r: fresh.decide(r.decision_request(), NOW))
+    warming["missed"] = fresh.queries
     for request in mix:  # warm: every answer memoised
         decider.decide(request.decision_request(), NOW)
     samples[WARM] = _timed_warm(decider, [r.decision_request() for r in mix])
@@ -145,7 +156,10 @@ def in_process(policy: CompiledPolicy, index: FactIndex, mix: list[Request], sam
                 raise SystemExit(f"Cerbos and pdp disagree on {request}")
         print(f"agreement: Cerbos = pdp on {len(sample)} requests")
         samples[CERBOS] = timed(sample, None, cerbos_allows)
-    return {name: percentiles(values) for name, values in samples.items()}, samples
+    figures: dict[str, dict[str, float]] = {
+        name: percentiles(values) for name, values in samples.items()}
+    figures["warming pass"] = warming
+    return figures, samples
 
 
 def _timed_warm(decider: Decider, requests: list[Any]) -> list[float]:
@@ -213,11 +227,11 @@ def http_pairs(http: dict[str, dict[str, float]]
                ) -> list[tuple[str, dict[str, float], dict[str, float]]]:
     """(label, pdp's row, Cerbos's row) for each HTTP run that both made."""
     pairs = []
-    for kind in ("cold (no request repeats)", "warm (requests repeat)",
+    for kind in ("cold (no request repeats)", "mix cycled", "warm (requests repeat)",
                  "batches of 100, cold", "batches of 100, warm"):
         ours, theirs = http.get(f"pdp, {kind}"), http.get(f"Cerbos, {kind}")
         if ours and theirs:
-            label = (f"HTTP {kind}" if kind.startswith("batches")
+            label = (f"HTTP {kind}" if kind.startswith("batches") or kind == "mix cycled"
                      else f"HTTP single, {kind.split(' ')[0]}")
             pairs.append((label, ours, theirs))
     return pairs
@@ -228,7 +242,7 @@ def ratios(results: dict[str, Any]) -> list[tuple[str, float, str]]:
     rows: list[tuple[str, float, str]] = []
     inproc = results["in_process"]
     for peer in (RAW, CEDAR, CERBOS):
-        for ours in (WARM, SHAPES, COLD):
+        for ours in (WARM, WARMED, SHAPES, COLD):
             rows.append((f"in process p50: {ours} / {peer.split(' (')[0]}",
                          inproc[ours]["p50_us"] / inproc[peer]["p50_us"], "lower"))
     for label, ours, theirs in http_pairs(results["http"]):
@@ -243,33 +257,49 @@ def ratios(results: dict[str, Any]) -> list[tuple[str, float, str]]:
 
 
 def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
-    """(target, what was measured, met) — None where it was not measured."""
+    """(target, what was measured, met) — None where it was not measured or where the
+    issue asks for a figure, not a bound (issue 17's targets)."""
     rows: list[tuple[str, str, bool | None]] = []
     inproc = results["in_process"]
-    rows.append(("warm in-process decision p99 < 20 µs", f"{inproc[WARM]['p99_us']:.1f} µs",
+    rows.append(("in process: warm p99 < 20 µs", f"{inproc[WARM]['p99_us']:.1f} µs",
                  inproc[WARM]["p99_us"] < 20))
-    rows.append(("cold in-process decision (nothing memoised) p99 < 1 ms",
-                 f"{inproc[COLD]['p99_us'] / 1000:.2f} ms", inproc[COLD]["p99_us"] < 1000))
+    rows.append(("in process: never asked before, once warmed, p99 < 1 ms",
+                 f"{inproc[WARMED]['p99_us'] / 1000:.2f} ms", inproc[WARMED]["p99_us"] < 1000))
+    rows.append(("in process: first query of a never-seen shape (reported)",
+                 f"p50 {inproc[COLD]['p50_us'] / 1000:.2f} / p99 "
+                 f"{inproc[COLD]['p99_us'] / 1000:.2f} ms", None))
+    bounds = {"HTTP single, cold": (1.0, None), "HTTP mix cycled": (1.5, 1.0),
+              "HTTP batches of 100, cold": (1.0, None), "HTTP batches of 100, warm": (3.0, None),
+              "HTTP single, warm": (1.0, 1.0)}
     for label, ours, theirs in http_pairs(results["http"]):
-        if "batches" in label:
-            rate = ours["decisions_per_s"] / theirs["decisions_per_s"]
-            rows.append((f"{label}: decisions/s ≥ 3x Cerbos's", f"{rate:.2f}x", rate >= 3))
-            continue
-        rate = ours["requests_per_s"] / theirs["requests_per_s"]
-        p99 = ours["p99_ms"] / theirs["p99_ms"]
-        rows.append((f"{label}: requests/s ≥ Cerbos's", f"{rate:.2f}x", rate >= 1))
-        rows.append((f"{label}: p99 ≤ Cerbos's", f"{p99:.2f}x", p99 <= 1))
+        rate_bound, p99_bound = bounds.get(label, (1.0, None))
+        key = "decisions_per_s" if "batches" in label else "requests_per_s"
+        rate = ours[key] / theirs[key]
+        rows.append((f"{label}: {key.replace('_per_s', '')}/s ≥ {rate_bound:g}x Cerbos's",
+                     f"{rate:.2f}x", rate >= rate_bound))
+        if p99_bound is not None:
+            p99 = ours["p99_ms"] / theirs["p99_ms"]
+            rows.append((f"{label}: p99 ≤ Cerbos's", f"{p99:.2f}x", p99 <= p99_bound))
+    search = results.get("search")
+    if search:
+        rows.append((f"search, {search['related_clients']} related clients: first page "
+                     f"of 100 cold < 20 ms", f"{search['cold_first_page_ms']:.1f} ms",
+                     search["cold_first_page_ms"] < 20))
+        rows.append(("search: every page cold < 100 ms", f"{search['cold_all_pages_ms']:.0f} ms",
+                     search["cold_all_pages_ms"] < 100))
     prop = results.get("propagation")
     rows.append(("revocation propagation p99 < 100 ms",
                  f"{prop['p99']:.1f} ms" if prop else "not run",
                  prop["p99"] < 100 if prop else None))
     cold = results.get("cold_start")
     if cold:
-        rows.append((f"cold start with {cold['facts']:,} facts < 30 s", f"{cold['ready_s']:.1f} s",
-                     cold["ready_s"] < 30))
+        rows.append((f"cold start with {cold['facts']:,} facts: ready < 30 s",
+                     f"{cold['ready_s']:.1f} s", cold["ready_s"] < 30))
         rows.append(("resident memory per replica < 1 GiB",
-                     f"{cold['rss_after_decisions_mib']:.0f} MiB",
-                     cold["rss_after_decisions_mib"] < 1024))
+                     f"{max(cold['rss_after_decisions_mib'], cold['rss_at_warm_mib']):.0f} MiB",
+                     max(cold["rss_after_decisions_mib"], cold["rss_at_warm_mib"]) < 1024))
+        rows.append(("... fully warm (reported)", f"{cold['warm_s']:.0f} s, "
+                     f"{cold['rss_at_warm_mib']:.0f} MiB", None))
     else:
         rows.append(("cold start with 1 000 000 facts < 30 s, < 1 GiB", "not run", None))
     return rows
@@ -296,6 +326,8 @@ def plot(path: Path, samples: dict[str, list[float]], http: dict[str, dict[str, 
     left.legend(fontsize=7)
     quantiles = [50, 75, 90, 99]
     for name, row in http.items():
+        if "p50_ms" not in row:
+            continue
         values = [row.get(f"p{q}_ms", float("nan")) for q in quantiles]
         right.plot(values, quantiles, marker="o",
                    linestyle="-" if name.startswith("pdp") else "--", label=name)
@@ -375,7 +407,11 @@ def main() -> None:
     results["in_process"] = inproc
     print(f"{'in process, per decision':40} {'p50 µs':>10} {'p99 µs':>10} {'n':>7}")
     for name, row in inproc.items():
-        print(f"{name:40} {row['p50_us']:10.1f} {row['p99_us']:10.1f} {row['n']:7.0f}")
+        if "p50_us" in row:
+            print(f"{name:48} {row['p50_us']:10.1f} {row['p99_us']:10.1f} {row['n']:7.0f}")
+    warming = inproc["warming pass"]
+    print(f"warming pass: {warming['seconds']:.1f} s, {warming['queries']:.0f} policy queries; "
+          f"then {warming['missed']:.0f} queries for the {len(mix)} requests of the mix")
 
     http: dict[str, dict[str, float]] = {}
     if args.http:
@@ -386,6 +422,9 @@ def main() -> None:
         print(f"{'HTTP, wrk, 16 connections':40} {'req/s':>9} {'decisions/s':>12} "
               f"{'p50 ms':>8} {'p99 ms':>8}")
         for name, row in http.items():
+            if "requests_per_s" not in row:
+                print(f"{name:40} " + ", ".join(f"{k} {v:.1f}" for k, v in row.items()))
+                continue
             print(f"{name:40} {row['requests_per_s']:9.0f} "
                   f"{row.get('decisions_per_s', row['requests_per_s']):12.0f} "
                   f"{row['p50_ms']:8.2f} {row['p99_ms']:8.2f}")
