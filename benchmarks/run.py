@@ -215,8 +215,15 @@ def search_figures(policy: CompiledPolicy, index: FactIndex, want: int) -> dict[
     decider = Decider(policy, index, clock=lambda: NOW, cache_size=10_000_000)
     results, cold_first, cold_all = walk(decider)
     _, warm_first, warm_all = walk(decider)
+    # As in a served process that has warmed the user's likely requests (its caseload
+    # and its municipality's open relationships), nothing memoised by key.
+    warmed = Decider(policy, index, clock=lambda: NOW, cache_size=10_000_000)
+    Warmer(warmed, index, share=1.0, clock=lambda: NOW).warm_users([user], "start")
+    _, warmed_first, warmed_all = walk(warmed)
     return {"user": user, "purpose": purpose, "related_clients": related,
             "results": results, "cold_first_page_ms": cold_first, "cold_all_pages_ms": cold_all,
+            "warmed_first_page_ms": warmed_first, "warmed_all_pages_ms": warmed_all,
+            "warmed_policy_queries": warmed.queries,
             "warm_first_page_ms": warm_first, "warm_all_pages_ms": warm_all,
             "policy_queries": decider.queries}
 
@@ -287,6 +294,9 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
                      search["cold_first_page_ms"] < 20))
         rows.append(("search: every page cold < 100 ms", f"{search['cold_all_pages_ms']:.0f} ms",
                      search["cold_all_pages_ms"] < 100))
+        rows.append(("search once the user is warmed: first page / every page (reported)",
+                     f"{search['warmed_first_page_ms']:.1f} / "
+                     f"{search['warmed_all_pages_ms']:.0f} ms", None))
     prop = results.get("propagation")
     rows.append(("revocation propagation p99 < 100 ms",
                  f"{prop['p99']:.1f} ms" if prop else "not run",
@@ -437,7 +447,8 @@ def main() -> None:
           f"{search['cold_first_page_ms']:.1f} ms cold / {search['warm_first_page_ms']:.2f} ms "
           f"warm, every page {search['cold_all_pages_ms']:.0f} ms cold / "
           f"{search['warm_all_pages_ms']:.1f} ms warm ({search['policy_queries']} policy "
-          f"queries)")
+          f"queries); once the user is warmed {search['warmed_first_page_ms']:.1f} / "
+          f"{search['warmed_all_pages_ms']:.0f} ms ({search['warmed_policy_queries']} queries)")
 
     if args.propagation:
         workdir = Path(tempfile.mkdtemp(prefix="pdp-propagation-"))

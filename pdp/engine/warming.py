@@ -173,10 +173,16 @@ class Warmer:
         if changed["agreement"] or changed["area"]:
             self.full("facts")
             return
-        if self._users(sorted(users), None, None, self.warmed_version):
+        if self.warm_users(sorted(users)):
             self.facts_seen = version
-            if self.metrics:
-                self.metrics.warm_passes.labels("facts", "finished").inc()
+
+    def warm_users(self, users: list[str], why: str = "facts") -> bool:
+        """Warm these users' likely requests for the live policy. True when it
+        finished (not cut short by another version going live)."""
+        finished = self._users(users, None, None, self.decider.policy.version)
+        if self.metrics:
+            self.metrics.warm_passes.labels(why, "finished" if finished else "cut").inc()
+        return finished
 
     def _users(self, users: list[str], policy: Evaluator | None, deadline: float | None,
                live_version: str | None) -> bool:
