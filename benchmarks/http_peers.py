@@ -145,10 +145,11 @@ def pdp_server(facts: list[dict[str, Any]], port: int, workers: int = 1) -> Iter
     store.close()
     env = {**os.environ, "PDP_DATABASE_URL": url,
            "PDP_API_KEYS": json.dumps({TOKEN: ["pep"]})}
+    log = (workdir / "serve.log").open("wb")
     process = subprocess.Popen([sys.executable, "-m", "pdp", "serve", "--port", str(port),
                                 "--log-level", "warning", "--workers", str(workers)],
-                               cwd=workdir, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 600
@@ -164,6 +165,10 @@ def pdp_server(facts: list[dict[str, Any]], port: int, workers: int = 1) -> Iter
         else:
             raise SystemExit("pdp serve did not get ready")
         yield base
+    except BaseException:
+        print("pdp serve's log, its end:\n"
+              + (workdir / "serve.log").read_text(errors="replace")[-4000:], file=sys.stderr)
+        raise
     finally:
         process.terminate()
         try:

@@ -257,3 +257,13 @@ def test_warming_can_be_turned_off(tmp_path: Path) -> None:
         with app.client("t-pep") as pep:
             assert decide_http(pep, built.request())["decision"] is True
         assert app.runtime.decider.queries >= 1
+
+
+def test_a_stopped_warmer_ends_its_pass_and_starts_no_other() -> None:
+    index = world()
+    decider = Decider(load_policy(POLICIES), index, clock=lambda: NOW)
+    warmer = Warmer(decider, index, share=1.0, clock=lambda: NOW, batch=1)
+    warmer.stop()
+    assert not warmer.full("start")
+    warmer.follow()
+    assert decider.warm_queries == 0 and warmer.warmed_version is None

@@ -20,6 +20,7 @@ that shape (the decider checks, as for any request).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
@@ -134,7 +135,13 @@ class Warmer:
         self.clock = clock
         self.batch = batch
         self.warmed_version: str | None = None  # the policy version last warmed whole
+        self._stopped = threading.Event()
         self.facts_seen = 0  # the facts version that pass (or a later follow) began at
+
+    def stop(self) -> None:
+        """End any pass at its next batch, and every later one at once (the process is
+        shutting down: a pass must not outlive the facts it reads)."""
+        self._stopped.set()
 
     def full(self, why: str, policy: Evaluator | None = None,
              deadline: float | None = None) -> bool:
@@ -194,6 +201,8 @@ class Warmer:
     def _pass(self, likely: Likely, users: list[str], policy: Evaluator | None,
               deadline: float | None, live_version: str | None) -> bool:
         for start in range(0, len(users), self.batch):
+            if self._stopped.is_set():
+                return False
             if deadline is not None and time.monotonic() > deadline:
                 return False
             if live_version is not None and self.decider.policy.version != live_version:
@@ -206,7 +215,7 @@ class Warmer:
             if keys:
                 self.decider.warm(keys, now, policy)
             spent = time.perf_counter() - began
-            time.sleep(spent * (1 / self.share - 1))
+            self._stopped.wait(spent * (1 / self.share - 1))
         return True
 
 

@@ -47,16 +47,19 @@ async def warm_decisions(runtime: Runtime, every: float = 1.0) -> None:
     assert warmer is not None
     started = time.monotonic()
     try:
-        await asyncio.to_thread(warmer.full, "start")
-        log.info("decisions warmed in %.1f s", time.monotonic() - started)
-    except Exception:  # serving goes on unwarmed
-        log.exception("warming the decisions failed")
-    while True:
-        await asyncio.sleep(every)
         try:
-            await asyncio.to_thread(warmer.follow)
-        except Exception:
+            if await asyncio.to_thread(warmer.full, "start"):
+                log.info("decisions warmed in %.1f s", time.monotonic() - started)
+        except Exception:  # serving goes on unwarmed
             log.exception("warming the decisions failed")
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await asyncio.to_thread(warmer.follow)
+            except Exception:
+                log.exception("warming the decisions failed")
+    finally:  # cancelled: the pass in its thread ends at its next batch
+        warmer.stop()
 
 
 def loops(runtime: Runtime) -> list[Coroutine[Any, Any, None]]:
