@@ -134,15 +134,24 @@ def warm_up(url: str, bodies: list[str], headers: dict[str, str], passes: int = 
                 client.post(url, content=body).raise_for_status()
 
 
-@contextmanager
-def pdp_server(facts: list[dict[str, Any]], port: int, workers: int = 1) -> Iterator[str]:
-    workdir = Path(tempfile.mkdtemp(prefix="pdp-bench-"))
-    url = f"sqlite:///{workdir / 'facts.sqlite3'}"
+def load_facts(url: str, facts: list[dict[str, Any]]) -> None:
+    """Write the facts into the (fresh) store at `url`."""
     store = open_store(url)
     changes = parse_batch(facts)
     for start in range(0, len(changes), 50_000):
         store.apply(changes[start:start + 50_000])
     store.close()
+
+
+@contextmanager
+def pdp_server(facts: list[dict[str, Any]], port: int, workers: int = 1,
+               database_url: str | None = None) -> Iterator[str]:
+    """`pdp serve` on the facts (in a fresh SQLite file), or on `database_url`, a store
+    that holds them already."""
+    workdir = Path(tempfile.mkdtemp(prefix="pdp-bench-"))
+    url = database_url or f"sqlite:///{workdir / 'facts.sqlite3'}"
+    if database_url is None:
+        load_facts(url, facts)
     env = {**os.environ, "PDP_DATABASE_URL": url,
            "PDP_API_KEYS": json.dumps({TOKEN: ["pep"]})}
     log = (workdir / "serve.log").open("wb")
@@ -286,6 +295,37 @@ def compare(facts: list[dict[str, Any]], index: FactIndex, mix: list[Request], n
                 url, their_cold, connections, seconds, workdir), batch)
             results[f"Cerbos, batches of {batch}, warm"] = per_decision(wrk(
                 url, their_batches, connections, seconds, workdir), batch)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return results
+
+
+def scaling(facts: list[dict[str, Any]], mix: list[Request], port: int, database_url: str,
+            connections: int, seconds: float, batch: int = 100,
+            workers: tuple[int, ...] = (1, 2)) -> dict[str, dict[str, float]]:
+    """pdp on PostgreSQL (which holds the facts and the decision log of every worker)
+    with each number of workers: the mix cycled as singles and in batches, once every
+    worker has warmed."""
+    workdir = Path(tempfile.mkdtemp(prefix="wrk-"))
+    ours = [json.dumps(r.authzen()) for r in mix]
+    groups = [json.dumps({"evaluations": [r.authzen() for r in group]})
+              for group in batches(mix, batch)]
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    results: dict[str, dict[str, float]] = {}
+    load_facts(database_url, facts)
+    try:
+        for count in workers:
+            with pdp_server([], port, count, database_url) as base:
+                single = base + "/access/v1/evaluation"
+                waited = wait_warm(base, count)
+                settle(single, ours[0], headers)
+                row = wrk(single, ours, connections, seconds, workdir)
+                results[f"PostgreSQL, {count} worker(s), mix cycled"] = {
+                    **row, "warm_after_ready_s": waited}
+                settle(single, ours[0], headers)
+                results[f"PostgreSQL, {count} worker(s), batches of {batch}"] = per_decision(
+                    wrk(base + "/access/v1/evaluations", groups, connections, seconds,
+                        workdir), batch)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return results

@@ -376,6 +376,8 @@ def main() -> None:
     parser.add_argument("--cold-start-facts", type=int, default=1_000_000)
     parser.add_argument("--no-http", dest="http", action="store_false",
                         help="skip the HTTP runs (wrk)")
+    parser.add_argument("--no-scaling", dest="scaling", action="store_false",
+                        help="skip pdp on PostgreSQL with 1 and 2 workers")
     parser.add_argument("--no-propagation", dest="propagation", action="store_false",
                         help="skip the propagation rounds (PostgreSQL and Redis)")
     parser.add_argument("--no-cold-start", dest="cold_start", action="store_false",
@@ -439,6 +441,16 @@ def main() -> None:
                   f"{row.get('decisions_per_s', row['requests_per_s']):12.0f} "
                   f"{row['p50_ms']:8.2f} {row['p99_ms']:8.2f}")
     results["http"] = http
+
+    if args.http and args.scaling:
+        with propagation.pg_database() as database_url:
+            scaled = http_peers.scaling(facts, mix, free_port(), database_url, 16,
+                                        args.seconds)
+        results["scaling"] = scaled
+        for name, row in scaled.items():
+            print(f"{name:40} {row['requests_per_s']:9.0f} "
+                  f"{row.get('decisions_per_s', row['requests_per_s']):12.0f} "
+                  f"{row['p50_ms']:8.2f} {row['p99_ms']:8.2f}")
 
     search = search_figures(policy, index, args.search_clients)
     results["search"] = search

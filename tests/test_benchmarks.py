@@ -48,6 +48,12 @@ def test_the_workload_benchmark_runs_on_a_tiny_world(tmp_path: Path) -> None:
         for kind in ("cold", "warm"):
             row = result["http"][f"{who}, batches of 100, {kind}"]
             assert row["decisions_per_s"] == row["requests_per_s"] * 100
+    # pdp on PostgreSQL with one and two workers, each warmed.
+    assert set(result["scaling"]) == {
+        f"PostgreSQL, {n} worker(s), {what}" for n in (1, 2)
+        for what in ("mix cycled", "batches of 100")}
+    for row in result["scaling"].values():
+        assert row["requests_per_s"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"]
     # Search: a user with related clients, every page walked, cold and warm.
     search = result["search"]
     assert search["related_clients"] > 0 and 0 < search["results"] <= search["related_clients"]
