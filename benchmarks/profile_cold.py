@@ -3,8 +3,10 @@
 For every user x client of the demo world (purpose coaching), with nothing memoised and no
 shape seen: building the policy record from one view of the facts, working out its shape,
 the whole `decision` query (every category and action), the `failing` rules alone (rules
-1-8: the user, the client and the purpose), and the same query on the record of an
-unknown user (the base cost of a query, which grows with the record the VM is given).
+1-8: the user, the client and the purpose), the two stages the service asks instead, each
+about the record narrowed to the fields its rules read (rules 1-8; rules 9-11 where none
+of them fails), and the `decision` query on the record of an unknown user (the base cost
+of a query, which grows with the record the VM is given).
 
 Run: .venv/bin/python benchmarks/profile_cold.py [--rounds N]
 Speed is measured here, never asserted in tests (issue 17 starts from these numbers).
@@ -23,7 +25,7 @@ import orjson
 from bench_core import demo_world
 
 from pdp.engine.policy_engine import var
-from pdp.engine.policy_input import policy_record, record_shape
+from pdp.engine.policy_input import narrowed, policy_record, record_shape
 from pdp.model.clock import to_micros
 
 
@@ -44,7 +46,10 @@ def main() -> None:
         pairs = [(u, c) for u in sorted(view.users) for c in sorted(view.clients)]
     parts: dict[str, list[float]] = {name: [] for name in (
         "record", "shape", "decision query", "  of which some allow", "  of which all deny",
-        "failing rules alone", "unknown user query")}
+        "failing rules alone", "stage 1 (1-8, narrowed)", "stage 2 (9-11, narrowed)",
+        "unknown user query")}
+    plan = policy.plan
+    assert plan is not None, "the shipped policy is asked in stages"
     sizes: list[int] = []
     for _ in range(rounds):
         for user, client in pairs:
@@ -61,6 +66,13 @@ def main() -> None:
             parts["  of which some allow" if allows else "  of which all deny"].append(took)
             parts["failing rules alone"].append(timed(
                 lambda s=shape: policy.every("failing", dict(s), var("reason")))[0])
+            # As the decider asks: each stage about the record narrowed to its fields.
+            took, failing = timed(lambda s=shape: policy.gate(narrowed(s, plan.gate_fields)))
+            parts["stage 1 (1-8, narrowed)"].append(took)
+            if failing is None:
+                parts["stage 2 (9-11, narrowed)"].append(timed(
+                    lambda s=shape: policy.category_outcomes(
+                        narrowed(s, plan.table_fields)))[0])
         with index.reading() as view:
             unknown = record_shape(policy_record(view, "nobody", pairs[0][1], "coaching",
                                                  now_us, ""))[1]

@@ -245,3 +245,49 @@ def test_never_needed_wins_over_an_edited_profile(tmp_path: Path) -> None:
     benefits = DecisionRequest("u1", "c1", "benefits", "read", "coaching")
     assert decide(edited, facts, benefits, T0).reason == "category_not_necessary"
     assert decide(edited, facts, REQUEST, T0).decision is True
+
+
+def test_at_most_threads_decisions_work_at_once() -> None:
+    """`check` in worker threads is CPU-bound Python: the decider lets at most `threads`
+    of them (and of its warming batches) work at once, so that threads holding a
+    database lock are not starved of the interpreter."""
+    import threading
+    import time as clock
+
+    from pdp.engine.decider import Asker
+    from pdp.engine.policy_engine import load_policy
+
+    policy = load_policy(Path(__file__).parent.parent / "policies")
+    inside, most = 0, 0
+    guard = threading.Lock()
+
+    class Slow:
+        """The policy, counting how many ask it at once (each ask takes a while)."""
+
+        version = policy.version
+        plan = None
+
+        def evaluate(self, record: Any) -> Any:
+            nonlocal inside, most
+            with guard:
+                inside += 1
+                most = max(most, inside)
+            clock.sleep(0.05)
+            with guard:
+                inside -= 1
+            return policy.evaluate(record)
+
+    for threads in (1, 2):
+        inside, most = 0, 0
+        decider = Decider(Slow(), world(), threads=threads)
+        # Four shapes (an unknown user, each purpose and none): four policy queries.
+        requests = [DecisionRequest(f"u-{n}", "c-749-001", "name_contact", "read", purpose)
+                    for n, purpose in enumerate(("coaching", "guidance", "training", ""))]
+        workers = [threading.Thread(target=decider.check,
+                                    args=([request], T0, Asker("t", None)))
+                   for request in requests]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        assert most == threads

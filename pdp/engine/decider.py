@@ -25,6 +25,7 @@ and the rest in a worker thread.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -134,8 +135,14 @@ class Checked(NamedTuple):
 class Decider(Generic[P]):
     def __init__(self, policy: P, facts: FactIndex, *, cache_size: int = 100_000,
                  clock: Callable[[], datetime] = utcnow, metrics: Metrics | None = None,
-                 shapes: dict[bytes, tuple[str, Outcomes]] | None = None) -> None:
+                 shapes: dict[bytes, tuple[str, Outcomes]] | None = None,
+                 threads: int = 2) -> None:
         self.policy = policy
+        # How many `check`s and warmings may work at once. They are CPU-bound Python
+        # (the interpreter runs one thread at a time): more would not decide faster, but
+        # would keep the threads that hold a database lock (the decision log's writer and
+        # indexer) waiting for the interpreter, until the database said "locked".
+        self._working = threading.BoundedSemaphore(threads)
         self.facts = facts
         self.clock = clock
         self.metrics = metrics
@@ -301,8 +308,9 @@ class Decider(Generic[P]):
             records = [policy_record(view, user, client, purpose, now_us, owner)
                        for user, client, purpose, owner in keys]
         asked = self.warm_queries
-        for record in records:
-            self._answers(policy, record, counted=False)
+        with self._working:  # a request's share of the interpreter, no more
+            for record in records:
+                self._answers(policy, record, counted=False)
         if self.metrics:
             self.metrics.warm_requests.inc(len(records))
         return self.warm_queries - asked
@@ -329,7 +337,8 @@ class Decider(Generic[P]):
 
         `stop`: "deny_on_first_deny" or "permit_on_first_permit" stops a batch at the
         first such decision (the items after it are neither decided nor recorded)."""
-        return self.finish(self.prepare(items, now), asker, stop)
+        with self._working:
+            return self.finish(self.prepare(items, now), asker, stop)
 
     def prepare(self, items: Sequence[Item], now: datetime, view: FactView | None = None,
                 policy: Evaluator | None = None) -> Prepared:

@@ -127,7 +127,7 @@ class Warmer:
 
     def __init__(self, decider: Warmable, index: FactIndex, share: float = 0.5,
                  metrics: Metrics | None = None, clock: Callable[[], datetime] = utcnow,
-                 batch: int = 32) -> None:
+                 batch: int = 8) -> None:
         self.decider = decider
         self.index = index
         self.share = share

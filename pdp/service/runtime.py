@@ -127,7 +127,7 @@ def build_runtime(settings: Settings, keys: dict[str, Any]) -> Runtime:
     metrics.policy_info.labels(policy.version).set(1)
     metrics.facts_version.set(facts.index.version)
     decider = Decider(policy, facts.index, cache_size=settings.decision_cache_size,
-                      metrics=metrics)
+                      metrics=metrics, threads=settings.decision_threads)
 
     warmer = (Warmer(decider, facts.index, settings.warm_cpu_share, metrics)
               if settings.warm else None)

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     search_page_budget_seconds: float = Field(default=0.25, gt=0, le=60)
     max_facts_batch: int = 5000
     decision_cache_size: int = 100_000
+    # Decisions (and warming batches) worked out at once in worker threads: the Python
+    # parts run one at a time, so more only contend with the decision log's writer.
+    decision_threads: int = Field(default=2, ge=1, le=64)
     # Decisions ready before they are asked (pdp.engine.warming): worked out in the
     # background at start, after writes and after a policy reload, using at most this
     # share of one CPU; a reloaded policy is warmed for up to `warm_swap_seconds` before
