@@ -1357,3 +1357,37 @@ def test_two_logs_on_one_postgresql_chain_every_record_once() -> None:
             for log in logs:
                 log.stop()
             store.close()
+
+
+def test_a_move_whose_heads_moved_meanwhile_moves_nothing_twice(
+        pending_db: tuple[Path, list[list[str]]], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """move_segments reads and hashes outside the write lock, so another process may move
+    the same segments in between: then this one moves nothing, and no record is chained
+    twice (here the other process is a move run from inside the first's hashing)."""
+    from pdp.audit import log as audit_log
+    from pdp.store.sql import create_store_engine
+
+    source, segments = pending_db
+    db = copy_db(source, tmp_path / "facts.sqlite3")
+    engine = create_store_engine(f"sqlite:///{db}")
+    real = audit_log._chained_rows
+    inner: list[list[AuditRecord]] = []
+
+    def meanwhile(*args: Any) -> Any:
+        if not inner:
+            monkeypatch.setattr(audit_log, "_chained_rows", real)
+            inner.append(audit_log.move_segments(engine, 10_000))
+        return real(*args)
+
+    monkeypatch.setattr(audit_log, "_chained_rows", meanwhile)
+    assert audit_log.move_segments(engine, 10_000) == []
+    moved = inner[0]
+    assert [r.record_id for r in moved] == [i for segment in segments for i in segment]
+    assert sql(db, "SELECT count(*) FROM audit_segments") == [(0,)]
+    assert sql(db, "SELECT count(*), count(DISTINCT record_id) FROM audit_records") == [
+        (len(moved), len(moved))]
+    engine.dispose()
+    done = pdp_cli(db, "audit", "verify")
+    assert done.returncode == 0 and done.stdout.startswith(f"ok: {len(moved)} records"), (
+        done.stdout + done.stderr)

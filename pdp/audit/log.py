@@ -766,28 +766,45 @@ def move_segments(engine: Engine, max_records: int) -> list[AuditRecord]:
     """Move the oldest pending segments, about `max_records` records, into the record
     chain in one transaction; return the records moved. The first segment that
     does not match its chain stops the move (AuditTampered if it is the oldest): it stays
-    where it is, for verify to name."""
-    with write_transaction(engine) as conn:
-        moved_id, moved_hash = _head(conn, MOVED_HEAD, lock=True)
+    where it is, for verify to name.
+
+    The work in Python (reading, checking and parsing the segments, hashing the chain) is
+    done before the write lock is taken, so that the lock is held only for the writes:
+    a process busy deciding may keep this thread waiting for the interpreter, and the
+    decision log's writer must not wait for the lock that long (SQLite's busy timeout).
+    The write then checks that both heads are still where they were read (another
+    process may have moved them meanwhile): if not, it moves nothing this time."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":  # one snapshot for all the reads (SQLite:
+            conn.execution_options(isolation_level="REPEATABLE READ")  # its BEGIN has one)
+        moved_id, moved_hash = _head(conn, MOVED_HEAD)
+        seq, prev = _head(conn, RECORD_HEAD)
         s = segments_table
         records: list[AuditRecord] = []
-        last = moved_id
+        last, last_hash = moved_id, moved_hash
         for row in conn.execute(sa.select(s).where(s.c.id > moved_id).order_by(s.c.id)
                                 .limit(max(1, max_records))):
-            problem = _segment_problem(row, last, moved_hash)
+            problem = _segment_problem(row, last, last_hash)
             if problem and last == moved_id:
                 raise AuditTampered(f"pending segment {row.id}: {problem}")
             if problem:
                 break  # move the intact ones before it; the next round names it
             records.extend(segment_records(row.body))
-            last, moved_hash = int(row.id), str(row.hash)
+            last, last_hash = int(row.id), str(row.hash)
             if len(records) >= max_records:
                 break
-        if last == moved_id:
-            return []
-        _chain_records(conn, records)
+        conn.rollback()
+    if last == moved_id:
+        return []
+    rows, head = _chained_rows(seq, prev, records)
+    with write_transaction(engine) as conn:
+        if (_head(conn, MOVED_HEAD, lock=True) != (moved_id, moved_hash)
+                or _head(conn, RECORD_HEAD, lock=True) != (seq, prev)):
+            return []  # moved by another process meanwhile: read again next round
+        _insert_records(conn, rows)
+        _set_head(conn, RECORD_HEAD, *head)
         conn.execute(s.delete().where(s.c.id <= last))
-        _set_head(conn, MOVED_HEAD, last, moved_hash)
+        _set_head(conn, MOVED_HEAD, last, last_hash)
     return records
 
 
@@ -851,17 +868,21 @@ def _first_record_id(body: bytes) -> str | None:
         return None
 
 
-def _chain_records(conn: Connection, records: Sequence[AuditRecord]) -> int:
-    """Chain and insert records after the head of the record chain; return the last seq."""
-    postgres = conn.dialect.name == "postgresql"
-    seq, prev = _head(conn, RECORD_HEAD, lock=True)
+def _chained_rows(seq: int, prev: str, records: Sequence[AuditRecord]
+                  ) -> tuple[list[tuple[Any, ...]], tuple[int, str]]:
+    """The rows of records chained after the head (seq, prev), and the new head."""
     rows = []
     for record in records:
         seq += 1
         digest = record_hash(prev, seq, record)
         rows.append((seq, *record, prev, digest))
         prev = digest
-    # One multi-row INSERT per chunk, through the driver.
+    return rows, (seq, prev)
+
+
+def _insert_records(conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """One multi-row INSERT per chunk of rows, through the driver."""
+    postgres = conn.dialect.name == "postgresql"
     mark = "%s" if postgres else "?"  # psycopg's and sqlite3's paramstyles
     one = "(" + ", ".join([mark] * len(_INSERT_COLUMNS)) + ")"
     for start in range(0, len(rows), _ROWS_PER_INSERT):
@@ -870,8 +891,6 @@ def _chain_records(conn: Connection, records: Sequence[AuditRecord]) -> int:
             f"INSERT INTO audit_records ({', '.join(_INSERT_COLUMNS)}) VALUES "
             + ", ".join([one] * len(chunk)),
             tuple(chain.from_iterable(chunk)))
-    _set_head(conn, RECORD_HEAD, seq, prev)
-    return int(seq)
 
 
 def _first_line(error: BaseException) -> str:
