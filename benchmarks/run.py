@@ -282,8 +282,11 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
         rate_bound, p99_bound = bounds.get(label, (1.0, None))
         key = "decisions_per_s" if "batches" in label else "requests_per_s"
         rate = ours[key] / theirs[key]
+        # A cold run is cold only while wrk sent no body twice.
+        repeated = "cold" in label and ours.get("requests", 0) > ours.get("bodies", 1)
         rows.append((f"{label}: {key.replace('_per_s', '')}/s ≥ {rate_bound:g}x Cerbos's",
-                     f"{rate:.2f}x", rate >= rate_bound))
+                     f"{rate:.2f}x" + (" (bodies repeated)" if repeated else ""),
+                     None if repeated else rate >= rate_bound))
         if p99_bound is not None:
             p99 = ours["p99_ms"] / theirs["p99_ms"]
             rows.append((f"{label}: p99 ≤ Cerbos's", f"{p99:.2f}x", p99 <= p99_bound))
@@ -491,7 +494,8 @@ def main() -> None:
     results["targets"] = []
     for target, measured, met in targets(results):
         results["targets"].append({"target": target, "measured": measured, "met": met})
-        verdict = "met" if met else "not run" if met is None else "MISSED"
+        verdict = ("met" if met else "MISSED" if met is not None
+                   else "not run" if measured == "not run" else "reported")
         print(f"  {target:60} {measured:>12}  {verdict}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -68,7 +68,8 @@ def test_the_workload_benchmark_runs_on_a_tiny_world(tmp_path: Path) -> None:
     assert any("cedarpy" in what for what in result["ratios"])
     assert any("Cerbos" in what for what in result["ratios"])
     assert {t["met"] for t in result["targets"]} <= {True, False, None}
-    assert sum(t["met"] is None for t in result["targets"]) == 3  # figures, not bounds
+    # figures, not bounds (and a cold run whose bodies repeated: not a verdict)
+    assert sum(t["met"] is None for t in result["targets"]) >= 3
     assert len(result["targets"]) == 17
     assert "targets:" in done.stdout and "ratios (pdp / peer):" in done.stdout
     # The plot of the latency distributions.

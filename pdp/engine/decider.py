@@ -212,7 +212,8 @@ class Decider(Generic[P]):
             if hit is not None:
                 return hit
             record = policy_record(view, user, client, purpose, now_us, owner)
-        return self._evaluate(policy, key, stamps, record, version)
+        with self._working:  # as `check`: searches decide in worker threads too
+            return self._evaluate(policy, key, stamps, record, version)
 
     def _evaluate(self, policy: Evaluator, key: Key, stamps: Stamps, record: Record,
                   version: int) -> DecisionTable:
@@ -238,9 +239,8 @@ class Decider(Generic[P]):
         record narrowed to the fields it reads and kept by that smaller record's shape:
         rules 9-11 are then asked once per user's rights, purpose and the few client
         facts they read, not once per client."""
-        asked = self.queries
-        outcomes = self._answers(policy, record)
-        if self.queries == asked:
+        outcomes, asked = self._answers(policy, record)
+        if not asked:
             self.shape_hits += 1
             if self.metrics:
                 self.metrics.shape_hits.inc()
@@ -249,29 +249,33 @@ class Decider(Generic[P]):
         return outcomes
 
     def _answers(self, policy: Evaluator, record: Record, counted: bool = True
-                 ) -> Outcomes | None:
-        """The outcomes of a record by shape, stage by stage (see `_outcomes`);
-        `counted`: a request's (else a warming's) queries."""
+                 ) -> tuple[Outcomes | None, bool]:
+        """The outcomes of a record by shape, stage by stage (see `_outcomes`), and
+        whether the policy was asked; `counted`: a request's (else a warming's) queries."""
         plan: StagePlan | None = getattr(policy, "plan", None)
         if plan is None:
             return self._by_shape(policy, b"d", record, evaluate_outcomes, counted)
-        outcomes = self._by_shape(policy, b"g", narrowed(record, plan.gate_fields),
-                                  gate_outcomes, counted)
+        outcomes, asked = self._by_shape(policy, b"g", narrowed(record, plan.gate_fields),
+                                         gate_outcomes, counted)
         if outcomes is not None and not outcomes:  # no rule of 1-8 fails
-            outcomes = self._by_shape(policy, b"t", narrowed(record, plan.table_fields),
-                                      table_outcomes, counted)
-        return outcomes
+            outcomes, asked_too = self._by_shape(
+                policy, b"t", narrowed(record, plan.table_fields), table_outcomes, counted)
+            asked = asked or asked_too
+        return outcomes, asked
 
     def _by_shape(self, policy: Evaluator, stage: bytes, record: Record,
                   ask: Callable[[Evaluator, Record], Outcomes | None],
-                  counted: bool = True) -> Outcomes | None:
-        """`ask` about a record's shape, or its answer kept from before, renamed back.
+                  counted: bool = True) -> tuple[Outcomes | None, bool]:
+        """`ask` about a record's shape, or its answer kept from before, renamed back;
+        and whether the policy was asked.
         Kept by policy version too: a version being warmed before it goes live leaves
         the live one's answers in place."""
         shape_key, shape, back = record_shape(record)
         key = b"%s %s %s" % (policy.version.encode(), stage, shape_key)
         shaped = self._shapes.get(key)
-        if shaped is not None and shaped[0] == policy.version:
+        asked = shaped is None or shaped[0] != policy.version
+        if not asked:
+            assert shaped is not None
             outcomes: Outcomes = shaped[1]
         else:
             if counted:
@@ -284,16 +288,16 @@ class Decider(Generic[P]):
                     self.metrics.warm_queries.inc()
             found = ask(policy, shape)
             if found is None:
-                return None
+                return None, True
             outcomes = found
             if len(self._shapes) >= self.cache_size:
                 with contextlib.suppress(RuntimeError, StopIteration):
                     self._shapes.pop(next(iter(self._shapes)), None)
             self._shapes[key] = (policy.version, outcomes)
         if not back:
-            return outcomes
+            return outcomes, asked
         return {pair: (reason, back.get(grant, grant))
-                for pair, (reason, grant) in outcomes.items()}
+                for pair, (reason, grant) in outcomes.items()}, asked
 
     def warm(self, keys: Sequence[Key], now: datetime, policy: Evaluator | None = None
              ) -> int:
@@ -308,8 +312,8 @@ class Decider(Generic[P]):
             records = [policy_record(view, user, client, purpose, now_us, owner)
                        for user, client, purpose, owner in keys]
         asked = self.warm_queries
-        with self._working:  # a request's share of the interpreter, no more
-            for record in records:
+        for record in records:
+            with self._working:  # a request's share of the interpreter, record by record
                 self._answers(policy, record, counted=False)
         if self.metrics:
             self.metrics.warm_requests.inc(len(records))

@@ -112,8 +112,8 @@ def record_shape(record: Record) -> tuple[bytes, Record, dict[str, str]]:
     shape as canonical JSON (a key), the shape itself (to ask the policy about) and the
     renaming back, token -> id, for the grant ids in the answer. A record `narrowed` to
     the fields of one stage of a staged decision is shaped the same way, field by field
-    (a relationship is then left out by municipality or purpose only if the stage reads
-    them)."""
+    (its relationships, kept whole, are then left out by municipality or purpose only if
+    the stage reads the user's municipality or the purpose)."""
     now: int = record.get("now", 0)
 
     def side(moment: int) -> int:
@@ -149,8 +149,8 @@ def record_shape(record: Record) -> tuple[bytes, Record, dict[str, str]]:
         shape["relationships"] = [orjson.loads(rel) for rel in sorted({
             orjson.dumps(_shaped_item(rel, name, side, user), option=orjson.OPT_SORT_KEYS)
             for rel in record["relationships"]
-            if (municipality is None or rel.get("municipality") == municipality)
-            and (purpose is None or rel.get("service") == purpose)})]
+            if (municipality is None or rel["municipality"] == municipality)
+            and (purpose is None or rel["service"] == purpose)})]
     return (orjson.dumps(shape, option=orjson.OPT_SORT_KEYS), shape,
             {token: value for value, token in names.items()})
 
@@ -178,11 +178,7 @@ def _shaped_item(item: Record, name: Callable[[str], str], side: Callable[[int],
 
 
 def narrowed(record: Record, fields: frozenset[str]) -> Record:
-    """The record with only these fields, of it and of each of its grants and
-    relationships: the input of one stage of a staged decision (policy_vet.StagePlan)."""
-    out = {field: value for field, value in record.items() if field in fields}
-    for listed in ("grants", "relationships"):
-        if listed in out:
-            out[listed] = [{field: value for field, value in item.items() if field in fields}
-                           for item in out[listed]]
-    return out
+    """The record with only these of its own fields: the input of one stage of a staged
+    decision (policy_vet.StagePlan). Its grants and relationships are kept whole: a rule
+    may compare two of them whole (`g1 = g2`), which fields alone would not show."""
+    return {field: value for field, value in record.items() if field in fields}

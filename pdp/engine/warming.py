@@ -214,8 +214,10 @@ class Warmer:
                                        users[start:start + self.batch])
             if keys:
                 self.decider.warm(keys, now, policy)
-            spent = time.perf_counter() - began
-            self._stopped.wait(spent * (1 / self.share - 1))
+            pause = (time.perf_counter() - began) * (1 / self.share - 1)
+            if deadline is not None:
+                pause = min(pause, max(0.0, deadline - time.monotonic()))
+            self._stopped.wait(pause)
         return True
 
 

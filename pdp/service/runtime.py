@@ -15,8 +15,13 @@ from pdp.engine.core import check_policy
 from pdp.engine.decider import Decider
 from pdp.engine.facts_service import FactService
 from pdp.engine.metrics import Metrics
-from pdp.engine.policy_engine import CompiledPolicy, load_policy, set_query_timeout
-from pdp.engine.policy_manager import PolicyManager
+from pdp.engine.policy_engine import (
+    CompiledPolicy,
+    PolicyError,
+    load_policy,
+    set_query_timeout,
+)
+from pdp.engine.policy_manager import PolicyManager, PolicyRejected, check_shapes
 from pdp.engine.policy_sandbox import SandboxLimits
 from pdp.engine.shadow import Candidates
 from pdp.engine.warming import Warmer
@@ -114,6 +119,10 @@ def load_checked_policy(settings: Settings) -> CompiledPolicy:
     set_query_timeout(settings.policy_query_timeout_ms)
     policy = load_policy(settings.policy_dir)
     check_policy(policy)
+    try:  # what the reload gate checks too: shapes, and the stages against the whole
+        check_shapes(policy)
+    except PolicyRejected as error:
+        raise PolicyError(error.message) from None
     return policy
 
 
@@ -135,14 +144,15 @@ def build_runtime(settings: Settings, keys: dict[str, Any]) -> Runtime:
     def swap(new: CompiledPolicy) -> None:
         if warmer is not None and settings.warm_swap_seconds > 0:
             # The new version's answers for the likely requests, before it goes live (in
-            # the reloading thread; the live version serves meanwhile).
-            warmed = warmer.full("policy", policy=new,
-                                 deadline=time.monotonic() + settings.warm_swap_seconds)
-            decider.swap_policy(new)
-            if warmed:  # no need for another pass over the same version
-                warmer.warmed_version = new.version
-        else:
-            decider.swap_policy(new)
+            # the reloading thread; the live version serves meanwhile). A failure here
+            # is logged: the version goes live all the same, unwarmed.
+            try:
+                if warmer.full("policy", policy=new,
+                               deadline=time.monotonic() + settings.warm_swap_seconds):
+                    warmer.warmed_version = new.version  # no second pass over it
+            except Exception:
+                log.exception("warming policy %s before it goes live failed", new.version)
+        decider.swap_policy(new)
         metrics.policy_info.clear()
         metrics.policy_info.labels(new.version).set(1)
 
