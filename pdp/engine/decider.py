@@ -52,6 +52,8 @@ from pdp.model.clock import to_micros, utcnow
 from pdp.model.errors import INVALID_REQUEST
 
 Stamps = tuple[int, int, int, int]
+# Likely requests whose records a warming builds from one view of the facts (`warm`).
+WARM_VIEW_KEYS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,15 +310,18 @@ class Decider(Generic[P]):
         live (its answers are kept beside the live one's). Returns the queries asked."""
         policy = self.policy if policy is None else policy
         now_us = to_micros(now)
-        with self.facts.reading() as view:
-            records = [policy_record(view, user, client, purpose, now_us, owner)
-                       for user, client, purpose, owner in keys]
         asked = self.warm_queries
-        for record in records:
-            with self._working:  # a request's share of the interpreter, record by record
-                self._answers(policy, record, counted=False)
+        for start in range(0, len(keys), WARM_VIEW_KEYS):
+            # A few records per view: requests on the event loop and writes take the
+            # index's lock too, and must not wait for a whole batch's records.
+            with self.facts.reading() as view:
+                records = [policy_record(view, user, client, purpose, now_us, owner)
+                           for user, client, purpose, owner in keys[start:start + WARM_VIEW_KEYS]]
+            for record in records:
+                with self._working:  # a request's share of the interpreter, record by record
+                    self._answers(policy, record, counted=False)
         if self.metrics:
-            self.metrics.warm_requests.inc(len(records))
+            self.metrics.warm_requests.inc(len(keys))
         return self.warm_queries - asked
 
     def decide(self, request: DecisionRequest, now: datetime | None = None) -> Decision:
