@@ -137,7 +137,7 @@ class Checked(NamedTuple):
 class Decider(Generic[P]):
     def __init__(self, policy: P, facts: FactIndex, *, cache_size: int = 100_000,
                  clock: Callable[[], datetime] = utcnow, metrics: Metrics | None = None,
-                 shapes: dict[bytes, tuple[str, Outcomes]] | None = None,
+                 shapes: dict[bytes, Outcomes] | None = None,
                  threads: int = 2) -> None:
         self.policy = policy
         # How many `check`s and warmings may work at once. They are CPU-bound Python
@@ -156,7 +156,7 @@ class Decider(Generic[P]):
         # Policy answers by record shape (pdp.engine.policy_input.record_shape): a record of a
         # shape seen before needs no policy query.
         # Deciders of one policy over other worlds (the suites' cases) may share them.
-        self._shapes: dict[bytes, tuple[str, Outcomes]] = {} if shapes is None else shapes
+        self._shapes: dict[bytes, Outcomes] = {} if shapes is None else shapes
         self.shape_hits = 0
         self.queries = 0  # policy queries asked (a staged decision may ask two)
         self.warm_queries = 0  # ... and asked ahead of requests (`warm`)
@@ -274,11 +274,10 @@ class Decider(Generic[P]):
         the live one's answers in place."""
         shape_key, shape, back = record_shape(record)
         key = b"%s %s %s" % (policy.version.encode(), stage, shape_key)
-        shaped = self._shapes.get(key)
-        asked = shaped is None or shaped[0] != policy.version
-        if not asked:
-            assert shaped is not None
-            outcomes: Outcomes = shaped[1]
+        kept = self._shapes.get(key)
+        asked = kept is None
+        if kept is not None:
+            outcomes = kept
         else:
             if counted:
                 self.queries += 1
@@ -295,7 +294,7 @@ class Decider(Generic[P]):
             if len(self._shapes) >= self.cache_size:
                 with contextlib.suppress(RuntimeError, StopIteration):
                     self._shapes.pop(next(iter(self._shapes)), None)
-            self._shapes[key] = (policy.version, outcomes)
+            self._shapes[key] = outcomes
         if not back:
             return outcomes, asked
         return {pair: (reason, back.get(grant, grant))

@@ -142,7 +142,7 @@ def _asked(suites: Iterable[Suite]) -> list[tuple[Case, FactIndex]]:
 
 def _noticed(policy: Evaluator, asked: list[tuple[Case, FactIndex]]) -> bool:
     """Whether some case fails under `policy`."""
-    shapes: dict[bytes, tuple[str, Outcomes]] = {}
+    shapes: dict[bytes, Outcomes] = {}
     for case, index in asked:
         made = Decider(policy, index, shapes=shapes).check(
             [case.request], case.now, Asker()).decisions[0]
